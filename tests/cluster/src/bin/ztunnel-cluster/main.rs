@@ -1,0 +1,174 @@
+//! `ztunnel-cluster`: the local cluster as a command, like kubectl for it.
+//! `cargo xtask cluster ...` and `cargo xtask demo` run this binary.
+
+mod demo;
+
+use std::{os::unix::process::CommandExt, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use ztunnel_cluster::{Cluster, ClusterSpec, Selection, Status, down};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask cluster",
+    about = "A local cluster of network namespaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Name of the cluster the commands act on unless told otherwise.
+const DEFAULT_NAME: &str = "dev";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a cluster that lives until `down`.
+    Up {
+        /// Cluster name (1-12 lowercase letters and digits).
+        #[arg(long, default_value = DEFAULT_NAME)]
+        name: String,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: u8,
+        /// Pods of each app (web, client, legacy) on each node.
+        #[arg(long, default_value_t = 1)]
+        replicas: u8,
+    },
+    /// Remove clusters and anything a crashed run left behind (all, unless told which).
+    Down {
+        /// Only this cluster.
+        #[arg(long, conflicts_with = "stale")]
+        name: Option<String>,
+        /// Only leftovers of runs that are gone; live clusters stay.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show a cluster's nodes, pods, fabric, CA and config.
+    Status {
+        /// Cluster name.
+        #[arg(long, default_value = DEFAULT_NAME)]
+        name: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a pod's network namespace.
+    Exec {
+        /// Cluster name.
+        #[arg(long, default_value = DEFAULT_NAME)]
+        name: String,
+        /// Pod name, or `namespace/name`.
+        pod: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Bring up a cluster, show the system at work on it, tear it down.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Up {
+            name,
+            nodes,
+            replicas,
+        } => {
+            let cluster = Cluster::create(&ClusterSpec::new(&name, nodes, replicas))?;
+            let status = cluster.persist()?;
+            print_status(&status);
+            eprintln!(
+                "\ncluster {name} is up; `cargo xtask cluster down --name {name}` removes it"
+            );
+            Ok(())
+        }
+        Command::Down { name, stale } => {
+            let selection = match (name, stale) {
+                (Some(name), _) => Selection::Named(name),
+                (None, true) => Selection::Stale,
+                (None, false) => Selection::All,
+            };
+            for removed in down(&selection)? {
+                eprintln!("removed cluster {removed}");
+            }
+            Ok(())
+        }
+        Command::Status { name, json } => {
+            let cluster = Cluster::open(&name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(cluster.status())?);
+            } else {
+                print_status(cluster.status());
+            }
+            Ok(())
+        }
+        Command::Exec { name, pod, command } => {
+            let cluster = Cluster::open(&name)?;
+            let (program, args) = command.split_first().context("no command given")?;
+            let err = cluster.command(&pod, program)?.args(args).exec();
+            bail!("running {program} in pod {pod}: {err}")
+        }
+        Command::Demo => demo::run(Duration::from_secs(3)),
+    }
+}
+
+/// A human-readable summary of a cluster.
+fn print_status(status: &Status) {
+    println!(
+        "cluster {}  (state: {})",
+        status.name,
+        status.state_dir.display()
+    );
+    println!("\nNODE     NETNS                     IPV4          IPV6               DAEMON");
+    for node in &status.nodes {
+        let daemon = node
+            .daemon
+            .as_ref()
+            .map_or("-".to_owned(), |d| format!("pid {}", d.pid));
+        println!(
+            "{:<8} {:<25} {:<13} {:<18} {daemon}",
+            node.name, node.netns, node.ipv4, node.ipv6
+        );
+    }
+    println!(
+        "\nPOD          NAMESPACE  SERVICEACCOUNT  NODE     IPV4          IPV6                 ENROLLED"
+    );
+    for pod in &status.pods {
+        println!(
+            "{:<12} {:<10} {:<15} {:<8} {:<13} {:<20} {}",
+            pod.name,
+            pod.namespace,
+            pod.service_account,
+            pod.node,
+            pod.ipv4,
+            pod.ipv6,
+            pod.enrolled
+        );
+    }
+    println!(
+        "\nfabric: bridge {} in {} (ports {})",
+        status.fabric.bridge,
+        status.fabric.netns,
+        status.fabric.interfaces.join(", ")
+    );
+    let show = |path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .map_or("-".to_owned(), |p| p.display().to_string())
+    };
+    println!(
+        "registry: {}\npolicies: {}",
+        show(&status.config.registry),
+        show(&status.config.policies)
+    );
+    match &status.ca {
+        Some(ca) => println!(
+            "ca: pid {} at {} (root {})",
+            ca.pid,
+            ca.address,
+            ca.root_cert.display()
+        ),
+        None => println!("ca: not running"),
+    }
+}

@@ -1,0 +1,246 @@
+//! A running cluster: creation, access to its pods, and teardown.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    ClusterError, ClusterSpec, PodProcess, netns,
+    status::{PodStatus, Status},
+    teardown, topology,
+};
+
+/// Where every cluster keeps its state, config and logs (`<dir>/<name>/`).
+/// A tmpfs: it goes away on reboot, like the namespaces it describes.
+pub const STATE_ROOT: &str = "/run/ztunnel-cluster";
+
+/// A local cluster of network namespaces.
+///
+/// A cluster made by [`Cluster::create`] belongs to the calling process and
+/// is torn down when dropped, on success, failure or panic alike;
+/// [`Cluster::persist`] hands it over to `cluster down` instead.
+#[derive(Debug)]
+pub struct Cluster {
+    status: Status,
+    /// Whether dropping this value tears the cluster down.
+    owned: bool,
+}
+
+impl Cluster {
+    /// Creates the cluster described by `spec`, owned by this process.
+    pub fn create(spec: &ClusterSpec) -> Result<Self, ClusterError> {
+        spec.validate()?;
+        let state_dir = state_dir(&spec.name);
+        fs::create_dir_all(STATE_ROOT).map_err(|err| ClusterError::io(STATE_ROOT, err))?;
+        if netns::list()?
+            .iter()
+            .any(|ns| netns::cluster_of(ns) == Some(&spec.name))
+        {
+            return Err(ClusterError::Exists(spec.name.clone()));
+        }
+        // `create_dir` is the atomic claim on the name.
+        fs::create_dir(&state_dir).map_err(|err| match err.kind() {
+            std::io::ErrorKind::AlreadyExists => ClusterError::Exists(spec.name.clone()),
+            _ => ClusterError::io(&state_dir, err),
+        })?;
+        // From here on, dropping `cluster` undoes whatever was made.
+        let cluster = Self {
+            status: topology::plan(spec, &state_dir, Some(std::process::id())),
+            owned: true,
+        };
+        cluster.save()?;
+        for dir in [cluster.policies_dir(), cluster.logs_dir()] {
+            fs::create_dir_all(&dir).map_err(|err| ClusterError::io(&dir, err))?;
+        }
+        cluster.write_registry()?;
+        topology::wire(&cluster.status)?;
+        Ok(cluster)
+    }
+
+    /// Opens the existing cluster `name` (made by `cluster up`). Dropping the
+    /// value leaves the cluster running.
+    pub fn open(name: &str) -> Result<Self, ClusterError> {
+        let status = read_status(name)?.ok_or_else(|| ClusterError::NotFound(name.to_owned()))?;
+        Ok(Self {
+            status,
+            owned: false,
+        })
+    }
+
+    /// Keeps the cluster running after this value is dropped, until
+    /// `cluster down`.
+    pub fn persist(mut self) -> Result<Status, ClusterError> {
+        self.status.owner_pid = None;
+        self.save()?;
+        self.owned = false;
+        Ok(self.status.clone())
+    }
+
+    /// Tears the cluster down now, reporting any failure (dropping does the
+    /// same but can only print failures).
+    pub fn teardown(mut self) -> Result<(), ClusterError> {
+        self.owned = false;
+        teardown::remove(&self.status.name)
+    }
+
+    /// The cluster's description.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// The pod called `name` (or `namespace/name`).
+    pub fn pod(&self, name: &str) -> Result<&PodStatus, ClusterError> {
+        self.status
+            .pod(name)
+            .ok_or_else(|| ClusterError::NoSuchPod {
+                pod: name.to_owned(),
+                cluster: self.status.name.clone(),
+            })
+    }
+
+    /// A command running `program` inside pod `pod`'s network namespace.
+    pub fn command(&self, pod: &str, program: &str) -> Result<Command, ClusterError> {
+        Ok(netns::exec(&self.pod(pod)?.netns, program))
+    }
+
+    /// Runs `program args...` in pod `pod` to completion; returns its stdout,
+    /// or an error carrying its stderr if it fails.
+    pub fn run(&self, pod: &str, program: &str, args: &[&str]) -> Result<String, ClusterError> {
+        netns::output(self.command(pod, program)?.args(args))
+    }
+
+    /// Starts `program args...` in pod `pod`, its output going to a log file
+    /// in the cluster's state directory.
+    pub fn spawn(
+        &self,
+        pod: &str,
+        program: &str,
+        args: &[&str],
+    ) -> Result<PodProcess, ClusterError> {
+        let mut cmd = self.command(pod, program)?;
+        cmd.args(args);
+        let program_name = Path::new(program)
+            .file_name()
+            .map_or(program.into(), |name| name.to_string_lossy());
+        let log = self
+            .logs_dir()
+            .join(format!("{pod}-{program_name}-{}.log", unique_suffix()));
+        let file = fs::File::create(&log).map_err(|err| ClusterError::io(&log, err))?;
+        let stderr = file
+            .try_clone()
+            .map_err(|err| ClusterError::io(&log, err))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|err| ClusterError::Command {
+                command: format!("{cmd:?}"),
+                message: err.to_string(),
+            })?;
+        Ok(PodProcess::new(child, log))
+    }
+
+    /// Waits until something listens on TCP `port` in pod `pod` (a readiness
+    /// probe: it polls the pod's socket table, it does not guess a delay).
+    pub fn wait_listening(
+        &self,
+        pod: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        let filter = format!("sport = :{port}");
+        loop {
+            let sockets = self.run(pod, "ss", &["-Hltn", &filter])?;
+            if !sockets.trim().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ClusterError::Timeout(format!(
+                    "nothing listens on port {port} in pod {pod}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn policies_dir(&self) -> PathBuf {
+        self.status.state_dir.join("policies")
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        self.status.state_dir.join("logs")
+    }
+
+    fn save(&self) -> Result<(), ClusterError> {
+        let json = serde_json::to_string_pretty(&self.status).expect("status always serialises");
+        write_atomically(&self.status.state_dir.join(STATE_FILE), json.as_bytes())
+    }
+
+    fn write_registry(&self) -> Result<(), ClusterError> {
+        let path = self
+            .status
+            .config
+            .registry
+            .as_ref()
+            .expect("planned clusters have a registry");
+        write_atomically(path, topology::registry(&self.status).to_yaml().as_bytes())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.owned {
+            if let Err(err) = teardown::remove(&self.status.name) {
+                eprintln!("tearing down cluster {}: {err}", self.status.name);
+            }
+        }
+    }
+}
+
+/// The state file inside a cluster's state directory.
+const STATE_FILE: &str = "state.json";
+
+/// The state directory of cluster `name`.
+pub fn state_dir(name: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(name)
+}
+
+/// The saved status of cluster `name`, if it has one.
+pub(crate) fn read_status(name: &str) -> Result<Option<Status>, ClusterError> {
+    let path = state_dir(name).join(STATE_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(ClusterError::io(&path, err)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|err| ClusterError::State {
+            path,
+            message: err.to_string(),
+        })
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a reader
+/// (a daemon watching the registry) never sees half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).map_err(|err| ClusterError::io(&tmp, err))?;
+    fs::rename(&tmp, path).map_err(|err| ClusterError::io(path, err))
+}
+
+/// A suffix that makes log names unique within this process.
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

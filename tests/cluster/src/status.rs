@@ -1,0 +1,146 @@
+//! The cluster's description, as `cluster status --json` prints it and as it
+//! is kept in the cluster's state directory between commands.
+//!
+//! This is an interface: scripts outside the project read it. Fields are only
+//! ever added; a part that does not exist yet is `null`.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
+
+use serde::{Deserialize, Serialize};
+use ztunnel::registry::Labels;
+
+/// Everything about one local cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Cluster name (prefix of its network namespaces: `ztc-<name>-`).
+    pub name: String,
+    /// Kubernetes namespaces and their labels.
+    pub namespaces: Vec<NamespaceStatus>,
+    /// The nodes, in order.
+    pub nodes: Vec<NodeStatus>,
+    /// Every pod of every node.
+    pub pods: Vec<PodStatus>,
+    /// The network joining the nodes.
+    pub fabric: FabricStatus,
+    /// The certificate authority, once it runs.
+    pub ca: Option<CaStatus>,
+    /// Files and directories the daemons read.
+    pub config: ConfigStatus,
+    /// The directory holding this cluster's state and config.
+    pub state_dir: PathBuf,
+    /// The process whose life bounds the cluster's (a test), or `null` for a
+    /// cluster that lives until `cluster down`.
+    pub owner_pid: Option<u32>,
+}
+
+/// A Kubernetes namespace of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceStatus {
+    /// Namespace name.
+    pub name: String,
+    /// Its labels (`istio.io/dataplane-mode=ambient` enrols it).
+    pub labels: Labels,
+}
+
+/// A node: a network namespace, later with its daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node name (`node1`, ...).
+    pub name: String,
+    /// Name of its network namespace (`ip netns exec <netns> ...`).
+    pub netns: String,
+    /// Address on the fabric.
+    pub ipv4: Ipv4Addr,
+    /// IPv6 address on the fabric.
+    pub ipv6: Ipv6Addr,
+    /// The node daemon, once it runs.
+    pub daemon: Option<DaemonStatus>,
+}
+
+/// A node daemon's process and endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Process id.
+    pub pid: u32,
+    /// Admin endpoint (`host:port`, inside the node's network namespace).
+    pub admin: String,
+    /// Prometheus metrics endpoint (`host:port`, inside the node's network namespace).
+    pub metrics: String,
+}
+
+/// A pod: a network namespace behind a veth to its node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStatus {
+    /// Pod name, unique in the cluster.
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// ServiceAccount the pod runs as.
+    pub service_account: String,
+    /// Node the pod runs on.
+    pub node: String,
+    /// Name of its network namespace.
+    pub netns: String,
+    /// IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// IPv6 address.
+    pub ipv6: Ipv6Addr,
+    /// Whether the registry's enrolment rule puts this pod in the mesh.
+    pub enrolled: bool,
+    /// Pod labels.
+    pub labels: Labels,
+    /// Node-side end of the pod's veth, in the node's network namespace.
+    pub node_interface: String,
+}
+
+/// The fabric: a bridge in its own network namespace that every node plugs into.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricStatus {
+    /// Name of its network namespace.
+    pub netns: String,
+    /// The bridge; capturing on it sees every packet between nodes.
+    pub bridge: String,
+    /// The bridge's ports, one per node, in node order.
+    pub interfaces: Vec<String>,
+}
+
+/// The certificate authority's process and endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaStatus {
+    /// Process id.
+    pub pid: u32,
+    /// gRPC endpoint (`host:port`).
+    pub address: String,
+    /// Root certificate (PEM file).
+    pub root_cert: PathBuf,
+}
+
+/// Paths of what the daemons read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The workload registry file.
+    pub registry: Option<PathBuf>,
+    /// The directory of policy YAML files.
+    pub policies: Option<PathBuf>,
+}
+
+impl Status {
+    /// The pod called `name` (or `namespace/name`).
+    pub fn pod(&self, name: &str) -> Option<&PodStatus> {
+        let (namespace, name) = match name.split_once('/') {
+            Some((ns, name)) => (Some(ns), name),
+            None => (None, name),
+        };
+        self.pods
+            .iter()
+            .find(|pod| pod.name == name && namespace.is_none_or(|ns| ns == pod.namespace))
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeStatus> {
+        self.nodes.iter().find(|node| node.name == name)
+    }
+}

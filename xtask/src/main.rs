@@ -1,0 +1,93 @@
+//! `cargo xtask`: every project task behind one command.
+//!
+//! Each command first runs [`setup`](setup::run), which installs what is
+//! missing and is quick when everything is present, so no task ever needs a
+//! manual step on a fresh machine.
+
+mod build;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Set-up, build, demo cluster and tests for ztunnel"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install every prerequisite (idempotent; fast when all is present).
+    Setup,
+    /// Build the eBPF object and the userspace binaries (release profile).
+    Build,
+    /// Bring up a local cluster, show the system at work, tear it down.
+    Demo,
+    /// Run every test: unit, integration, and end-to-end on network namespaces (needs root).
+    Test {
+        /// Extra arguments for `cargo test`, for example a test-name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Manage the long-lived local cluster: up | down | status | exec (see `cluster --help`).
+    #[command(disable_help_flag = true)]
+    Cluster {
+        /// Arguments for the cluster tool, for example `up --nodes 3` or `exec client-1 -- curl ...`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    setup::run()?;
+    match cli.command {
+        Task::Setup => Ok(()),
+        Task::Build => build::all(),
+        Task::Demo => {
+            build::all()?;
+            run_tool("ztunnel-cluster", &["demo".to_owned()])
+        }
+        Task::Test { args } => test(&args),
+        Task::Cluster { args } => {
+            build::all()?;
+            run_tool("ztunnel-cluster", &args)
+        }
+    }
+}
+
+/// Runs every test in the workspace, the root-only end-to-end tests included.
+fn test(extra: &[String]) -> Result<()> {
+    setup::require_root("the end-to-end tests create network namespaces")?;
+    build::all()?;
+    // Clear what a killed earlier run may have left (never a live cluster).
+    run_tool(
+        "ztunnel-cluster",
+        &["down".to_owned(), "--stale".to_owned()],
+    )?;
+    let mut cmd = build::cargo();
+    cmd.args(["test", "--workspace", "--release"]).args(extra);
+    cmd.env("ZTUNNEL_BIN_DIR", build::bin_dir());
+    build::run(&mut cmd)
+}
+
+/// Runs one of the workspace's binaries (built by [`build::all`]) with `args`.
+fn run_tool(name: &str, args: &[String]) -> Result<()> {
+    let path = build::bin_dir().join(name);
+    let status = Command::new(&path)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", path.display()))?;
+    if !status.success() {
+        // The tool has printed its own error; pass its exit code on to scripts.
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}

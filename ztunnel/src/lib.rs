@@ -1,0 +1,15 @@
+//! ztunnel: a node-level "ambient" zero-trust proxy.
+//!
+//! One daemon per node holds a SPIFFE identity for every ServiceAccount with a
+//! pod on the node and carries every TCP connection between enrolled pods
+//! inside mutual TLS 1.3. In-kernel eBPF programs steer the pods' traffic to
+//! it; policy is Istio's YAML, enforced at L4.
+//!
+//! The crate is organised by concern, in the order a connection meets them
+//! (see `ARCHITECTURE.md` for the whole path):
+//!
+//! - [`redirect`]: the eBPF programs that capture enrolled pods' connections.
+//! - [`registry`]: the workloads, namespaces and services the daemon acts on.
+
+pub mod redirect;
+pub mod registry;

@@ -1,0 +1,76 @@
+//! The workload registry: which nodes, namespaces, pods and services exist.
+//!
+//! It is the daemon's view of the cluster. In standalone mode it is read from a
+//! YAML file ([`Registry::load`]; format in `docs/registry.md`), in Kubernetes
+//! it will be fed by watches; both produce the same validated [`Registry`].
+//!
+//! Parsing and validation happen once, at the edge: a [`Registry`] value is
+//! always internally consistent (every pod names a known node and namespace,
+//! no address belongs to two workloads), so the data path never re-checks it.
+
+mod enrolment;
+mod model;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use enrolment::{Enrolment, LabelSelector};
+pub use model::{Labels, Namespace, Node, Pod, Registry, Service, ServicePort};
+
+/// Why a registry could not be loaded. Each variant names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The file could not be read.
+    #[error("reading registry file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The text is not valid YAML for the registry schema (unknown field, wrong type, ...).
+    #[error("parsing registry{}: {message}", origin.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, when the text came from one.
+        origin: Option<PathBuf>,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The document parsed but is inconsistent.
+    #[error("invalid registry: {0}")]
+    Invalid(String),
+}
+
+impl Registry {
+    /// Parses and validates a registry from YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, RegistryError> {
+        Self::parse(text, None)
+    }
+
+    /// Reads, parses and validates a registry file.
+    pub fn load(path: &Path) -> Result<Self, RegistryError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    fn parse(text: &str, origin: Option<&Path>) -> Result<Self, RegistryError> {
+        let registry: Registry =
+            serde_saphyr::from_str(text).map_err(|err| RegistryError::Parse {
+                origin: origin.map(Path::to_owned),
+                message: err.to_string(),
+            })?;
+        validate::validate(&registry).map_err(RegistryError::Invalid)?;
+        Ok(registry)
+    }
+
+    /// Serialises the registry as YAML, in the format [`Registry::from_yaml`] reads.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).expect("the registry model always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests;

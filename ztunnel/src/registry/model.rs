@@ -1,0 +1,106 @@
+//! The registry's data model, which is also its file format (camelCase keys,
+//! as in Kubernetes objects; unknown keys are errors so typos are caught).
+
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Kubernetes-style labels: key to value, ordered for stable output.
+pub type Labels = BTreeMap<String, String>;
+
+/// Everything the daemon knows about the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Registry {
+    /// The cluster's nodes.
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+    /// Kubernetes namespaces and their labels (enrolment is decided by label).
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    /// Pods on every node.
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+    /// Services: virtual IPs that select pods by label.
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+/// A node: one daemon runs per node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Node {
+    /// Node name, as in `spec.nodeName` of its pods.
+    pub name: String,
+}
+
+/// A Kubernetes namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Namespace {
+    /// Namespace name.
+    pub name: String,
+    /// Labels; `istio.io/dataplane-mode=ambient` enrols the namespace by default.
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// A pod: one network namespace on one node, running as one ServiceAccount.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pod {
+    /// Pod name, unique within its namespace.
+    pub name: String,
+    /// The Kubernetes namespace.
+    pub namespace: String,
+    /// The ServiceAccount the pod runs as: its workload identity.
+    pub service_account: String,
+    /// The node the pod is scheduled on.
+    pub node: String,
+    /// The pod's addresses (IPv4 and/or IPv6).
+    pub ips: Vec<IpAddr>,
+    /// Path of the pod's network namespace on its node (for example `/run/netns/<name>`).
+    pub netns: PathBuf,
+    /// Pod labels (service selection, `istio.io/dataplane-mode=none` opt-out).
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// A Kubernetes Service: virtual IPs whose ports lead to the selected pods.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    /// Service name.
+    pub name: String,
+    /// The Kubernetes namespace.
+    pub namespace: String,
+    /// Virtual IPs (cluster IPs) of the service.
+    pub vips: Vec<IpAddr>,
+    /// Ports exposed on the virtual IPs.
+    pub ports: Vec<ServicePort>,
+    /// Pods of the service's namespace whose labels contain all of these.
+    #[serde(default)]
+    pub selector: Labels,
+}
+
+/// One port of a [`Service`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// Port on the virtual IP.
+    pub port: u16,
+    /// Port on the selected pods.
+    pub target_port: u16,
+}
+
+impl Registry {
+    /// The namespace called `name`, if the registry has it.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.iter().find(|ns| ns.name == name)
+    }
+
+    /// The pods scheduled on `node`.
+    pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods.iter().filter(move |pod| pod.node == node)
+    }
+}
