@@ -73,7 +73,8 @@ fn test(extra: &[String]) -> Result<()> {
         &["down".to_owned(), "--stale".to_owned()],
     )?;
     let mut cmd = build::cargo();
-    cmd.args(["test", "--workspace", "--release"]).args(extra);
+    cmd.args(["test", "--workspace", "--release", "--no-fail-fast"])
+        .args(extra);
     cmd.env("ZTUNNEL_BIN_DIR", build::bin_dir());
     build::run(&mut cmd)
 }

@@ -19,6 +19,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),              // network namespaces, veths, routes
     ("iperf3", "iperf3"),            // throughput tests and benchmarks
     ("curl", "curl"),                // HTTP client in end-to-end tests
+    ("iputils-ping", "ping"),        // reachability checks between pods
     ("tcpdump", "tcpdump"),          // captures on the fabric between nodes
     ("bpftool", "bpftool"),          // inspecting eBPF programs, links and pins
     ("protobuf-compiler", "protoc"), // gRPC code generation for the CA API

@@ -41,17 +41,28 @@ impl Cluster {
         {
             return Err(ClusterError::Exists(spec.name.clone()));
         }
-        // `create_dir` is the atomic claim on the name.
-        fs::create_dir(&state_dir).map_err(|err| match err.kind() {
-            std::io::ErrorKind::AlreadyExists => ClusterError::Exists(spec.name.clone()),
-            _ => ClusterError::io(&state_dir, err),
-        })?;
+        // The state directory is prepared under a temporary name and renamed
+        // into place: the rename is the atomic claim on the name, and no other
+        // process (a concurrent `down --stale`) ever sees it without its state.
+        let status = topology::plan(spec, &state_dir, Some(std::process::id()));
+        let staging = Path::new(STATE_ROOT).join(format!(".{}.{}", spec.name, std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir(&staging).map_err(|err| ClusterError::io(&staging, err))?;
+        write_atomically(&staging.join(STATE_FILE), &status_json(&status))?;
+        if let Err(err) = fs::rename(&staging, &state_dir) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(match err.kind() {
+                std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::DirectoryNotEmpty => {
+                    ClusterError::Exists(spec.name.clone())
+                }
+                _ => ClusterError::io(&state_dir, err),
+            });
+        }
         // From here on, dropping `cluster` undoes whatever was made.
         let cluster = Self {
-            status: topology::plan(spec, &state_dir, Some(std::process::id())),
+            status,
             owned: true,
         };
-        cluster.save()?;
         for dir in [cluster.policies_dir(), cluster.logs_dir()] {
             fs::create_dir_all(&dir).map_err(|err| ClusterError::io(&dir, err))?;
         }
@@ -177,8 +188,10 @@ impl Cluster {
     }
 
     fn save(&self) -> Result<(), ClusterError> {
-        let json = serde_json::to_string_pretty(&self.status).expect("status always serialises");
-        write_atomically(&self.status.state_dir.join(STATE_FILE), json.as_bytes())
+        write_atomically(
+            &self.status.state_dir.join(STATE_FILE),
+            &status_json(&self.status),
+        )
     }
 
     fn write_registry(&self) -> Result<(), ClusterError> {
@@ -224,6 +237,10 @@ pub(crate) fn read_status(name: &str) -> Result<Option<Status>, ClusterError> {
             path,
             message: err.to_string(),
         })
+}
+
+fn status_json(status: &Status) -> Vec<u8> {
+    serde_json::to_vec_pretty(status).expect("status always serialises")
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a reader

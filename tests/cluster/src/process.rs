@@ -2,8 +2,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Child,
+    process::{Child, ExitStatus},
+    time::{Duration, Instant},
 };
+
+use crate::ClusterError;
 
 /// A process started in a pod's network namespace. Dropping it kills it and
 /// reaps it, so a failing test leaves nothing running.
@@ -33,9 +36,24 @@ impl PodProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Whether it has exited.
-    pub fn has_exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
+    /// Waits up to `timeout` for it to exit by itself.
+    pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus, ClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    return Err(ClusterError::Timeout(format!(
+                        "process {} did not exit",
+                        self.pid()
+                    )));
+                }
+                Err(err) => return Err(ClusterError::io(&self.log, err)),
+            }
+        }
     }
 }
 

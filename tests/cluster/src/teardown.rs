@@ -27,6 +27,7 @@ pub enum Selection {
 
 /// Removes the selected clusters; returns their names.
 pub fn down(selection: &Selection) -> Result<Vec<String>, ClusterError> {
+    remove_abandoned_staging()?;
     let mut removed = Vec::new();
     for name in known_clusters()? {
         let selected = match selection {
@@ -73,12 +74,39 @@ fn known_clusters() -> Result<BTreeSet<String>, ClusterError> {
         .iter()
         .filter_map(|ns| netns::cluster_of(ns).map(str::to_owned))
         .collect();
-    match fs::read_dir(STATE_ROOT) {
-        Ok(entries) => names.extend(entries.filter_map(|e| e.ok()?.file_name().into_string().ok())),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(ClusterError::io(STATE_ROOT, err)),
-    }
+    names.extend(
+        state_entries()?
+            .into_iter()
+            .filter(|name| !name.starts_with('.')),
+    );
     Ok(names)
+}
+
+/// Removes `.<name>.<pid>` staging directories of creations that died before
+/// claiming their name (see `Cluster::create`).
+fn remove_abandoned_staging() -> Result<(), ClusterError> {
+    for entry in state_entries()? {
+        let pid = entry
+            .strip_prefix('.')
+            .and_then(|rest| rest.rsplit_once('.'))
+            .and_then(|(_, pid)| pid.parse().ok());
+        if pid.is_some_and(|pid: u32| !netns::is_alive(pid)) {
+            let path = std::path::Path::new(STATE_ROOT).join(&entry);
+            fs::remove_dir_all(&path).map_err(|err| ClusterError::io(&path, err))?;
+        }
+    }
+    Ok(())
+}
+
+/// Names of the entries of the state root.
+fn state_entries() -> Result<Vec<String>, ClusterError> {
+    match fs::read_dir(STATE_ROOT) {
+        Ok(entries) => Ok(entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(ClusterError::io(STATE_ROOT, err)),
+    }
 }
 
 fn is_stale(name: &str) -> Result<bool, ClusterError> {

@@ -1,1 +1,61 @@
-//! End-to-end tests live in `tests/`; this crate has no library code.
+//! Helpers for the end-to-end tests in `tests/`: locating the project's
+//! binaries and driving the cluster tool as a user would.
+//!
+//! The tests need root and run under `cargo xtask test`, which builds every
+//! binary first and points `ZTUNNEL_BIN_DIR` at them.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+/// The directory of the project's binaries: `ZTUNNEL_BIN_DIR`, or the
+/// profile directory this test binary was built into.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ZTUNNEL_BIN_DIR") {
+        return dir.into();
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in target/<profile>/deps")
+        .to_owned()
+}
+
+/// The path of project binary `name`; panics with the fix if it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// Runs the cluster tool (`cargo xtask cluster ...`) with `args`.
+pub fn cluster_cli(args: &[&str]) -> Output {
+    Command::new(bin("ztunnel-cluster"))
+        .args(args)
+        .output()
+        .expect("ztunnel-cluster can be spawned")
+}
+
+/// Runs the cluster tool with `args`, asserting success; returns stdout.
+pub fn cluster_cli_ok(args: &[&str]) -> String {
+    let out = cluster_cli(args);
+    assert!(
+        out.status.success(),
+        "`cluster {}` failed ({}):\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("the cluster tool prints UTF-8")
+}
+
+/// A `t`-prefixed random cluster name, unique per call.
+pub fn unique_name() -> String {
+    ztunnel_cluster::ClusterSpec::ephemeral(1, 1).name
+}
