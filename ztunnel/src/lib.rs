@@ -11,5 +11,8 @@
 //! - [`redirect`]: the eBPF programs that capture enrolled pods' connections.
 //! - [`registry`]: the workloads, namespaces and services the daemon acts on.
 
+// The daemon never unwraps: bad input gets a typed error, never a panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod redirect;
 pub mod registry;

@@ -207,10 +207,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if self.owned {
-            if let Err(err) = teardown::remove(&self.status.name) {
-                eprintln!("tearing down cluster {}: {err}", self.status.name);
-            }
+        if self.owned
+            && let Err(err) = teardown::remove(&self.status.name)
+        {
+            eprintln!("tearing down cluster {}: {err}", self.status.name);
         }
     }
 }

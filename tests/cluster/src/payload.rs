@@ -31,7 +31,7 @@ impl Payload {
         let mut word = [0u8; 8];
         for (i, byte) in buf[..n].iter_mut().enumerate() {
             let at = self.position + i as u64;
-            if i == 0 || at % 8 == 0 {
+            if i == 0 || at.is_multiple_of(8) {
                 word = splitmix64(self.seed ^ (at / 8)).to_le_bytes();
             }
             *byte = word[(at % 8) as usize];

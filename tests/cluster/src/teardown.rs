@@ -56,10 +56,10 @@ pub fn remove(name: &str) -> Result<(), ClusterError> {
         }
     }
     let dir = state_dir(name);
-    if let Err(err) = fs::remove_dir_all(&dir) {
-        if err.kind() != std::io::ErrorKind::NotFound {
-            failures.push(ClusterError::io(&dir, err).to_string());
-        }
+    if let Err(err) = fs::remove_dir_all(&dir)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        failures.push(ClusterError::io(&dir, err).to_string());
     }
     if failures.is_empty() {
         Ok(())
