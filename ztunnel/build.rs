@@ -4,7 +4,8 @@
 //!
 //! The eBPF crate is compiled by a nested `cargo` for `bpfel-unknown-none` with
 //! `-Z build-std=core` on the stable toolchain (`RUSTC_BOOTSTRAP=1`), linked by
-//! `bpf-linker`. `cargo xtask setup` installs both prerequisites.
+//! `bpf-linker`. It also generates the gRPC code of Istio's CA API with
+//! `protoc`. `cargo xtask setup` installs every prerequisite.
 
 use std::{
     env,
@@ -88,6 +89,23 @@ fn main() {
 
     let object = target_dir.join(BPF_TARGET).join("release/ztunnel-ebpf");
     copy(&object, &out_dir.join("ztunnel-ebpf.o"));
+
+    compile_protos(&manifest_dir);
+}
+
+/// Generates the gRPC code of Istio's CA API (needs `protoc`, installed by
+/// `cargo xtask setup`).
+fn compile_protos(manifest_dir: &Path) {
+    let proto = manifest_dir.join("proto/ca.proto");
+    println!("cargo::rerun-if-changed={}", proto.display());
+    if let Err(err) =
+        tonic_prost_build::configure().compile_protos(&[&proto], &[&manifest_dir.join("proto")])
+    {
+        panic!(
+            "generating gRPC code from {}: {err} (is protoc installed? run `cargo xtask setup`)",
+            proto.display()
+        );
+    }
 }
 
 fn copy(from: &Path, to: &Path) {

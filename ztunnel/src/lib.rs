@@ -9,10 +9,18 @@
 //! (see `ARCHITECTURE.md` for the whole path):
 //!
 //! - [`redirect`]: the eBPF programs that capture enrolled pods' connections.
+//! - [`identity`]: SPIFFE workload identities and their certificates.
+//! - [`ca`]: the certificate authority (`ztunnel ca`), speaking Istio's CA API.
+//! - [`tls`]: every rustls configuration, in one place.
+//! - [`reload`]: files reloaded when they change.
 //! - [`registry`]: the workloads, namespaces and services the daemon acts on.
 
 // The daemon never unwraps: bad input gets a typed error, never a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod ca;
+pub mod identity;
 pub mod redirect;
 pub mod registry;
+pub mod reload;
+pub mod tls;

@@ -102,7 +102,7 @@ mod tests {
         assert_ne!(Payload::sha256_hex(1000), Payload::sha256_hex(1001));
         assert_eq!(
             sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5d1ae2223b00361a396177a9cb410ff61f20015a"
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 }

@@ -1,0 +1,110 @@
+//! Node authentication in standalone mode: one bearer token per node.
+//!
+//! The token file maps node names to tokens (YAML, `node1: <token>`); each
+//! node daemon holds only its own token. (In Kubernetes, TokenReview of the
+//! daemon's projected ServiceAccount token replaces this file.)
+
+use std::{collections::BTreeMap, path::Path};
+
+/// Shortest token accepted: 128 bits of base64 or hex are at least this long.
+const MIN_TOKEN_LEN: usize = 22;
+
+/// Why the token file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeTokensError {
+    /// The file could not be read.
+    #[error("reading node tokens {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a map of node names to tokens, or a token is too short.
+    #[error("node tokens {}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The nodes the CA knows, by token.
+#[derive(Debug, Default)]
+pub struct NodeTokens {
+    tokens: BTreeMap<String, String>,
+}
+
+impl NodeTokens {
+    /// Loads the token file at `path`.
+    pub fn load(path: &Path) -> Result<Self, NodeTokensError> {
+        let invalid = |message: String| NodeTokensError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| NodeTokensError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let tokens: BTreeMap<String, String> =
+            serde_saphyr::from_str(&text).map_err(|err| invalid(err.to_string()))?;
+        if let Some((node, _)) = tokens.iter().find(|(_, token)| token.len() < MIN_TOKEN_LEN) {
+            return Err(invalid(format!(
+                "the token of node {node} is shorter than {MIN_TOKEN_LEN} characters"
+            )));
+        }
+        Ok(Self { tokens })
+    }
+
+    /// The node holding `token`, if any. Every known token is compared in
+    /// constant time, so timing does not reveal how much of a guess was right.
+    pub fn node_of(&self, token: &str) -> Option<&str> {
+        use subtle::ConstantTimeEq;
+        let mut found = None;
+        for (node, known) in &self.tokens {
+            if bool::from(known.as_bytes().ct_eq(token.as_bytes())) {
+                found = Some(node.as_str());
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_node_of_a_token_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.yaml");
+        std::fs::write(
+            &path,
+            "node1: aaaaaaaaaaaaaaaaaaaaaaaaaaaa\nnode2: bbbbbbbbbbbbbbbbbbbbbbbbbbbb\n",
+        )
+        .unwrap();
+        let tokens = NodeTokens::load(&path).unwrap();
+        assert_eq!(
+            tokens.node_of("bbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
+            Some("node2")
+        );
+        assert_eq!(tokens.node_of("bbbbbbbbbbbbbbbbbbbbbbbbbbb"), None);
+        assert_eq!(tokens.node_of(""), None);
+    }
+
+    #[test]
+    fn refuses_short_tokens_and_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.yaml");
+        std::fs::write(&path, "node1: short\n").unwrap();
+        assert!(
+            NodeTokens::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("node1")
+        );
+        std::fs::write(&path, "[a, b]\n").unwrap();
+        assert!(NodeTokens::load(&path).is_err());
+    }
+}
