@@ -90,7 +90,10 @@ async fn run_ca(args: CaArgs) -> anyhow::Result<()> {
         publish_root: args.publish_root,
     };
     let ca = Ca::bind(config).await?;
-    tracing::info!(address = %ca.local_addr()?, "CA serving");
+    let address = ca.local_addr()?;
+    tracing::info!(%address, "CA serving");
+    // The readiness signal for whoever started us: the address actually bound.
+    println!("listening on {address}");
     ca.serve(shutdown_signal()).await?;
     tracing::info!("CA stopped");
     Ok(())

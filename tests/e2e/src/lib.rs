@@ -59,3 +59,67 @@ pub fn cluster_cli_ok(args: &[&str]) -> String {
 pub fn unique_name() -> String {
     ztunnel_cluster::ClusterSpec::ephemeral(1, 1).name
 }
+
+/// A `ztunnel ca` process on loopback, killed when dropped.
+pub struct CaProcess {
+    child: std::process::Child,
+    /// The address it serves on.
+    pub address: std::net::SocketAddr,
+    /// Its log (stderr).
+    pub log: PathBuf,
+}
+
+impl CaProcess {
+    /// Starts `ztunnel ca` listening on `listen` (a loopback address; port 0
+    /// for a free one) with `args`, and waits until it listens.
+    pub fn start(listen: &str, args: &[&str], log: PathBuf) -> Self {
+        use std::io::BufRead;
+        let stderr = std::fs::File::create(&log).expect("the CA log can be created");
+        let mut child = Command::new(bin("ztunnel"))
+            .args(["ca", "--listen", listen, "--server-name", "127.0.0.1"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("ztunnel ca can be spawned");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading the CA's stdout");
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "the CA did not start: {line:?}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        Self {
+            child,
+            address,
+            log,
+        }
+    }
+
+    /// What the CA has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the CA (as a crash would) and waits for it to be gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -284,7 +284,7 @@ fn load_key(path: &Path) -> Result<KeyPair, AuthorityError> {
 /// Every certificate of a PEM text, each re-encoded as its own PEM block.
 fn pem_certs(path: &Path, text: &str) -> Result<Vec<String>, AuthorityError> {
     let certs: Vec<String> = CertificateDer::pem_slice_iter(text.as_bytes())
-        .map(|der| der.map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))))
+        .map(|der| der.map(|der| encode_pem(&der)))
         .collect::<Result<_, _>>()
         .map_err(|err| AuthorityError::Pem {
             path: path.to_owned(),
@@ -297,6 +297,12 @@ fn pem_certs(path: &Path, text: &str) -> Result<Vec<String>, AuthorityError> {
         });
     }
     Ok(certs)
+}
+
+/// PEM with LF line endings, like every other certificate the CA hands out.
+fn encode_pem(der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der.to_vec()), config)
 }
 
 fn first_cert(path: &Path, text: &str) -> Result<CertificateDer<'static>, AuthorityError> {

@@ -1,6 +1,16 @@
-//! Workload identity: SPIFFE IDs, and (in this module's other files) the
-//! certificates that prove them.
+//! Workload identity: SPIFFE IDs, the certificates that prove them, the CA
+//! client that obtains them, the manager that keeps them fresh, and the
+//! trust bundle peers are verified against.
 
+mod backoff;
+pub mod bundle;
+pub mod ca_client;
+pub mod certificate;
+pub mod manager;
 mod spiffe;
 
+pub use bundle::TrustBundle;
+pub use ca_client::{CaClient, CaClientConfig, CaClientError};
+pub use certificate::WorkloadCertificate;
+pub use manager::{CertManager, ManagerConfig};
 pub use spiffe::{Identity, SpiffeError, TrustDomain};

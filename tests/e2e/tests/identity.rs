@@ -1,0 +1,580 @@
+//! Workload identity against the real CA process (`ztunnel ca`): issued
+//! chains, plugged-in intermediates, refusals, renewal, and a CA outage.
+
+use std::{
+    collections::BTreeSet,
+    os::unix::fs::PermissionsExt,
+    process::Command,
+    time::{Duration, Instant, SystemTime},
+};
+
+use rcgen::{CertificateParams, KeyPair, SanType};
+use ztunnel::identity::{
+    CaClient, CaClientConfig, CaClientError, CertManager, Identity, ManagerConfig, ca_client::Code,
+};
+use ztunnel_e2e::CaProcess;
+
+const NODE1_TOKEN: &str = "node1-token-aaaaaaaaaaaaaaaaaaaaaaaa";
+const NODE2_TOKEN: &str = "node2-token-bbbbbbbbbbbbbbbbbbbbbbbb";
+const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
+const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
+
+/// A directory with the CA's inputs: node1 runs demo/web, node2 runs demo/client.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("registry.yaml"),
+            "nodes: [{name: node1}, {name: node2}]\nnamespaces: [{name: demo}]\npods:\n\
+             - {name: web-1, namespace: demo, serviceAccount: web, node: node1, ips: [10.244.1.2], netns: /run/netns/x1}\n\
+             - {name: client-2, namespace: demo, serviceAccount: client, node: node2, ips: [10.244.2.2], netns: /run/netns/x2}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("tokens.yaml"),
+            format!("node1: {NODE1_TOKEN}\nnode2: {NODE2_TOKEN}\n"),
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
+    }
+
+    /// Starts the CA on a free loopback port with a generated root in
+    /// `state/`, plus `extra` arguments.
+    fn start_ca(&self, extra: &[&str]) -> CaProcess {
+        self.start_ca_on("127.0.0.1:0", extra)
+    }
+
+    fn start_ca_on(&self, listen: &str, extra: &[&str]) -> CaProcess {
+        let mut args = vec![
+            "--state-dir".to_owned(),
+            self.path("state"),
+            "--registry".to_owned(),
+            self.path("registry.yaml"),
+            "--node-tokens".to_owned(),
+            self.path("tokens.yaml"),
+            "--publish-root".to_owned(),
+            self.path("root.pem"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        CaProcess::start(
+            listen,
+            &args,
+            self.dir.path().join(format!("ca-{listen}.log")),
+        )
+    }
+
+    fn client(&self, ca: &CaProcess, token: &str) -> CaClient {
+        CaClient::new(&CaClientConfig {
+            address: ca.address.to_string(),
+            server_name: "127.0.0.1".to_owned(),
+            root_cert: self.dir.path().join("root.pem"),
+            token: token.to_owned(),
+        })
+        .unwrap()
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+fn csr(key: &KeyPair, sans: Vec<SanType>) -> String {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = sans;
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+fn uri(s: &str) -> SanType {
+    SanType::URI(s.try_into().unwrap())
+}
+
+fn p256() -> KeyPair {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+fn openssl(args: &[&str]) -> String {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn validity_secs(pem: &str) -> i64 {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = block.parse_x509().unwrap();
+    cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issued_chains_verify_with_openssl_and_carry_exactly_the_identity() {
+    let fx = Fixture::new();
+    let ca = fx.start_ca(&["--max-validity-secs", "600"]);
+    let client = fx.client(&ca, NODE1_TOKEN);
+    let web = Identity::parse(WEB).unwrap();
+
+    let chain = client
+        .create_certificate(csr(&p256(), vec![uri(WEB)]), Duration::from_secs(120), &web)
+        .await
+        .unwrap();
+    assert_eq!(chain.len(), 2, "leaf and root");
+    assert_eq!(
+        chain[1],
+        std::fs::read_to_string(fx.path("root.pem")).unwrap(),
+        "the chain ends at the published root"
+    );
+    let leaf = fx.write("leaf.pem", &chain[0]);
+    let root = fx.path("root.pem");
+    for purpose in ["sslclient", "sslserver"] {
+        let verdict = openssl(&["verify", "-purpose", purpose, "-CAfile", &root, &leaf]);
+        assert_eq!(verdict.trim(), format!("{leaf}: OK"));
+    }
+    let san = openssl(&["x509", "-in", &leaf, "-noout", "-ext", "subjectAltName"]);
+    assert_eq!(
+        san.lines().map(str::trim).collect::<Vec<_>>(),
+        [
+            "X509v3 Subject Alternative Name: critical",
+            &format!("URI:{WEB}")
+        ]
+    );
+    let eku = openssl(&["x509", "-in", &leaf, "-noout", "-ext", "extendedKeyUsage"]);
+    assert!(
+        eku.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+        "{eku}"
+    );
+    let text = openssl(&["x509", "-in", &leaf, "-noout", "-text"]);
+    assert!(text.contains("CA:FALSE"), "{text}");
+    assert_eq!(
+        validity_secs(&chain[0]),
+        120,
+        "granted as asked, under the cap"
+    );
+
+    // Asking for more than the cap gets the cap; asking for nothing gets the cap.
+    for asked in [Duration::from_secs(48 * 3600), Duration::ZERO] {
+        let chain = client
+            .create_certificate(csr(&p256(), vec![uri(WEB)]), asked, &web)
+            .await
+            .unwrap();
+        assert_eq!(validity_secs(&chain[0]), 600);
+    }
+    // Serial numbers are random 128-bit values: two leaves never share one.
+    let mut serials = BTreeSet::new();
+    for _ in 0..3 {
+        let chain = client
+            .create_certificate(csr(&p256(), vec![uri(WEB)]), Duration::from_secs(60), &web)
+            .await
+            .unwrap();
+        let path = fx.write("s.pem", &chain[0]);
+        let serial = openssl(&["x509", "-in", &path, "-noout", "-serial"]);
+        assert!(
+            serial.trim().len() >= "serial=".len() + 30,
+            "a 128-bit serial: {serial}"
+        );
+        serials.insert(serial);
+    }
+    assert_eq!(serials.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_generated_root_is_private_and_reused_across_restarts() {
+    let fx = Fixture::new();
+    let ca = fx.start_ca(&[]);
+    let first_root = std::fs::read_to_string(fx.path("root.pem")).unwrap();
+    ca.kill();
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fx.path("state")), 0o700);
+    assert_eq!(mode(&fx.path("state/ca-key.pem")), 0o600);
+
+    let ca = fx.start_ca(&[]);
+    assert_eq!(
+        std::fs::read_to_string(fx.path("root.pem")).unwrap(),
+        first_root,
+        "a restart keeps the root"
+    );
+    let chain = fx
+        .client(&ca, NODE1_TOKEN)
+        .create_certificate(
+            csr(&p256(), vec![uri(WEB)]),
+            Duration::from_secs(60),
+            &Identity::parse(WEB).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(chain.last().unwrap(), &first_root);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugged_in_intermediate_signs_and_appears_in_the_chain() {
+    let fx = Fixture::new();
+    let dir = fx.dir.path().join("cacerts");
+    std::fs::create_dir(&dir).unwrap();
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    // An operator's PKI, made with openssl: a root and an intermediate, in Istio's cacerts layout.
+    let ec = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    openssl(&[&["genpkey"][..], &ec, &["-out", &p("root-key.pem")]].concat());
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        &p("root-key.pem"),
+        "-subj",
+        "/O=corp/CN=corp root",
+        "-days",
+        "30",
+        "-out",
+        &p("root-cert.pem"),
+    ]);
+    openssl(&[&["genpkey"][..], &ec, &["-out", &p("ca-key.pem")]].concat());
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        &p("ca-key.pem"),
+        "-subj",
+        "/O=corp/CN=mesh intermediate",
+        "-out",
+        &p("ca.csr"),
+    ]);
+    let ext = fx.write("ext.cnf", "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("ca.csr"),
+        "-CA",
+        &p("root-cert.pem"),
+        "-CAkey",
+        &p("root-key.pem"),
+        "-CAcreateserial",
+        "-days",
+        "10",
+        "-extfile",
+        &ext,
+        "-out",
+        &p("ca-cert.pem"),
+    ]);
+    let chain_text = std::fs::read_to_string(p("ca-cert.pem")).unwrap()
+        + &std::fs::read_to_string(p("root-cert.pem")).unwrap();
+    std::fs::write(p("cert-chain.pem"), chain_text).unwrap();
+
+    let ca = fx.start_ca(&["--cacerts", &p("")]);
+    assert_eq!(
+        std::fs::read_to_string(fx.path("root.pem")).unwrap(),
+        std::fs::read_to_string(p("root-cert.pem")).unwrap()
+    );
+    let chain = fx
+        .client(&ca, NODE1_TOKEN)
+        .create_certificate(
+            csr(&p256(), vec![uri(WEB)]),
+            Duration::from_secs(60),
+            &Identity::parse(WEB).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(chain.len(), 3, "leaf, intermediate, root");
+    let leaf = fx.write("leaf.pem", &chain[0]);
+    let intermediate = fx.write("intermediate.pem", &chain[1]);
+    let issuer = openssl(&["x509", "-in", &leaf, "-noout", "-issuer"]);
+    assert!(issuer.contains("mesh intermediate"), "{issuer}");
+    let verdict = openssl(&[
+        "verify",
+        "-CAfile",
+        &p("root-cert.pem"),
+        "-untrusted",
+        &intermediate,
+        &leaf,
+    ]);
+    assert_eq!(verdict.trim(), format!("{leaf}: OK"));
+    assert_eq!(
+        chain[2],
+        std::fs::read_to_string(p("root-cert.pem")).unwrap()
+    );
+    assert!(
+        chain.iter().all(|pem| !pem.contains('\r')),
+        "one line-ending style across the chain"
+    );
+}
+
+fn code(result: Result<Vec<String>, CaClientError>) -> (Code, String) {
+    match result {
+        Err(CaClientError::Status { code, message }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_are_clear_and_the_ca_keeps_serving() {
+    let fx = Fixture::new();
+    let ca = fx.start_ca(&[]);
+    let node1 = fx.client(&ca, NODE1_TOKEN);
+    let web = Identity::parse(WEB).unwrap();
+    let minute = Duration::from_secs(60);
+
+    let stranger = fx.client(&ca, "not-a-node-token-cccccccccccccccccc");
+    let (c, m) = code(
+        stranger
+            .create_certificate(csr(&p256(), vec![uri(WEB)]), minute, &web)
+            .await,
+    );
+    assert_eq!(
+        (c, m.as_str()),
+        (Code::PermissionDenied, "unknown node token")
+    );
+
+    // node1 runs no pod of demo/client (node2 does).
+    let client_id = Identity::parse(CLIENT).unwrap();
+    let (c, m) = code(
+        node1
+            .create_certificate(csr(&p256(), vec![uri(CLIENT)]), minute, &client_id)
+            .await,
+    );
+    assert_eq!(c, Code::PermissionDenied);
+    assert!(
+        m.contains("node node1 runs no pod of ServiceAccount demo/client"),
+        "{m}"
+    );
+
+    let foreign = "spiffe://other.domain/ns/demo/sa/web";
+    let (c, m) = code(
+        node1
+            .create_certificate(
+                csr(&p256(), vec![uri(foreign)]),
+                minute,
+                &Identity::parse(foreign).unwrap(),
+            )
+            .await,
+    );
+    assert_eq!(c, Code::PermissionDenied);
+    assert!(m.contains("outside this CA's trust domain"), "{m}");
+
+    // Asking on behalf of one identity with a CSR for another.
+    let (c, _) = code(
+        node1
+            .create_certificate(csr(&p256(), vec![uri(WEB)]), minute, &client_id)
+            .await,
+    );
+    assert_eq!(c, Code::InvalidArgument);
+
+    // Hostile CSRs: each an INVALID_ARGUMENT that says what is wrong.
+    let mut tampered = rcgen::CertificateParams::default();
+    tampered.subject_alt_names = vec![uri(WEB)];
+    let mut der = tampered.serialize_request(&p256()).unwrap().der().to_vec();
+    *der.last_mut().unwrap() ^= 1;
+    let tampered = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
+    let openssl_csr = |name: &str, newkey: &[&str]| {
+        let out = fx.path(name);
+        openssl(
+            &[
+                &[
+                    "req",
+                    "-new",
+                    "-nodes",
+                    "-keyout",
+                    &fx.path(&format!("{name}.key")),
+                    "-subj",
+                    "/",
+                    "-addext",
+                    &format!("subjectAltName=URI:{WEB}"),
+                    "-out",
+                    &out,
+                ][..],
+                newkey,
+            ]
+            .concat(),
+        );
+        std::fs::read_to_string(out).unwrap()
+    };
+    let hostile = [
+        ("garbage", "hello".to_owned(), "malformed CSR"),
+        ("tampered signature", tampered, "signature does not verify"),
+        (
+            "two SANs",
+            csr(&p256(), vec![uri(WEB), uri(CLIENT)]),
+            "exactly one SAN",
+        ),
+        (
+            "a DNS SAN",
+            csr(
+                &p256(),
+                vec![SanType::DnsName("web.demo".try_into().unwrap())],
+            ),
+            "exactly one SAN",
+        ),
+        ("no SAN", csr(&p256(), vec![]), "exactly one SAN"),
+        (
+            "RSA 1024",
+            openssl_csr("rsa1024.csr", &["-newkey", "rsa:1024"]),
+            "unsupported key",
+        ),
+        (
+            "P-521",
+            openssl_csr(
+                "p521.csr",
+                &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521"],
+            ),
+            "unsupported key",
+        ),
+        (
+            "Ed25519",
+            openssl_csr("ed25519.csr", &["-newkey", "ed25519"]),
+            "unsupported key",
+        ),
+    ];
+    for (what, csr_pem, expected) in hostile {
+        let (c, m) = code(node1.create_certificate(csr_pem, minute, &web).await);
+        assert_eq!(c, Code::InvalidArgument, "{what}: {m}");
+        assert!(m.contains(expected), "{what}: {m}");
+    }
+
+    // After all that, honest requests from both nodes still succeed.
+    assert!(
+        node1
+            .create_certificate(csr(&p256(), vec![uri(WEB)]), minute, &web)
+            .await
+            .is_ok()
+    );
+    let node2 = fx.client(&ca, NODE2_TOKEN);
+    assert!(
+        node2
+            .create_certificate(csr(&p256(), vec![uri(CLIENT)]), minute, &client_id)
+            .await
+            .is_ok()
+    );
+    let refusals = ca.log().matches("refused certificate request").count();
+    assert_eq!(refusals, 4 + 8, "every refusal is logged:\n{}", ca.log());
+}
+
+/// Each entry: when it was first seen, its serial, its notAfter.
+type Issued = Vec<(SystemTime, String, SystemTime)>;
+
+async fn observe(
+    manager: &CertManager,
+    identity: &Identity,
+    period: Duration,
+) -> (Issued, Vec<Instant>) {
+    let mut issued: Issued = Vec::new();
+    let mut gaps = Vec::new();
+    let deadline = Instant::now() + period;
+    while Instant::now() < deadline {
+        match manager.get(identity) {
+            Some(cert) => {
+                if issued
+                    .last()
+                    .is_none_or(|(_, serial, _)| serial != cert.serial())
+                {
+                    issued.push((
+                        SystemTime::now(),
+                        cert.serial().to_owned(),
+                        cert.not_after(),
+                    ));
+                }
+            }
+            None => gaps.push(Instant::now()),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (issued, gaps)
+}
+
+async fn first_certificate(manager: &CertManager, identity: &Identity) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while manager.get(identity).is_none() {
+        assert!(Instant::now() < deadline, "no certificate within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn short_lived_certificates_renew_at_half_life_many_times_without_a_gap() {
+    let fx = Fixture::new();
+    let ca = fx.start_ca(&["--max-validity-secs", "6"]);
+    let config = ManagerConfig {
+        validity: Duration::from_secs(6),
+        ..ManagerConfig::default()
+    };
+    let mut manager = CertManager::new(fx.client(&ca, NODE1_TOKEN), config);
+    let web = Identity::parse(WEB).unwrap();
+    manager.set_identities(&BTreeSet::from([web.clone()]));
+    first_certificate(&manager, &web).await;
+
+    let (issued, gaps) = observe(&manager, &web, Duration::from_secs(17)).await;
+    assert!(
+        gaps.is_empty(),
+        "{} moments without a valid certificate",
+        gaps.len()
+    );
+    assert!(
+        issued.len() >= 5,
+        "only {} certificates in 17 s of 6-second lifetimes",
+        issued.len()
+    );
+    for pair in issued.windows(2) {
+        let interval = pair[1].0.duration_since(pair[0].0).unwrap();
+        // Half of 6 s, spread 45-55%, less up to 1 s as X.509 times are whole seconds.
+        assert!(
+            interval >= Duration::from_millis(1500) && interval <= Duration::from_millis(3600),
+            "renewed after {interval:?}, not about half of 6 s"
+        );
+        assert!(
+            pair[1].0 < pair[0].2,
+            "the successor arrived after its predecessor expired"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn valid_certificates_outlive_a_ca_outage_expired_ones_are_withdrawn_and_renewal_resumes() {
+    let fx = Fixture::new();
+    let ca = fx.start_ca(&["--max-validity-secs", "4"]);
+    let address = ca.address;
+    let config = ManagerConfig {
+        validity: Duration::from_secs(4),
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_millis(400),
+    };
+    let mut manager = CertManager::new(fx.client(&ca, NODE1_TOKEN), config);
+    let web = Identity::parse(WEB).unwrap();
+    manager.set_identities(&BTreeSet::from([web.clone()]));
+    first_certificate(&manager, &web).await;
+    let held = manager.get(&web).unwrap();
+    ca.kill();
+
+    // Down: the held certificate serves until it expires, and not a moment longer.
+    while SystemTime::now() < held.not_after() - Duration::from_millis(300) {
+        let now = manager.get(&web);
+        assert!(
+            now.is_some(),
+            "a valid certificate was dropped while the CA was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        manager.get(&web).is_none(),
+        "an expired certificate is still in use"
+    );
+
+    // Back (same state, same address): renewal resumes by itself.
+    let _ca = fx.start_ca_on(&address.to_string(), &["--max-validity-secs", "4"]);
+    first_certificate(&manager, &web).await;
+    assert_ne!(manager.get(&web).unwrap().serial(), held.serial());
+
+    // Dropping the identity drops its certificate.
+    manager.set_identities(&BTreeSet::new());
+    assert!(manager.get(&web).is_none());
+}
