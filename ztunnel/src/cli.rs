@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ztunnel::{
     ca::{Ca, CaConfig},
-    identity::TrustDomain,
+    identity::{CaClientConfig, ManagerConfig, TrustDomain},
+    node::{self, NodeConfig},
+    registry::{Enrolment, LabelSelector},
 };
 
 /// Node-level ambient zero-trust proxy for Kubernetes.
@@ -25,6 +27,48 @@ pub struct Cli {
 enum Command {
     /// Run the certificate authority (Istio's CA API over TLS).
     Ca(CaArgs),
+    /// Run the node daemon.
+    Node(NodeArgs),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// This node's name (pods name their node with it).
+    #[arg(long)]
+    node: String,
+    /// The workload registry file.
+    #[arg(long)]
+    registry: PathBuf,
+    /// Namespace label that enrols a namespace's pods.
+    #[arg(long, default_value = "istio.io/dataplane-mode=ambient")]
+    enrol_label: LabelSelector,
+    /// Trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: TrustDomain,
+    /// The CA, as host:port.
+    #[arg(long)]
+    ca_address: String,
+    /// Name (DNS or IP) to verify in the CA's certificate; default: the host of --ca-address.
+    #[arg(long)]
+    ca_server_name: Option<String>,
+    /// Root certificate(s) of the CA's serving certificate; default: the trust bundle.
+    #[arg(long)]
+    ca_root: Option<PathBuf>,
+    /// File holding this node's bearer token for the CA.
+    #[arg(long)]
+    ca_token_file: PathBuf,
+    /// Trusted roots for peers (PEM), reloaded on change.
+    #[arg(long)]
+    trust_bundle: PathBuf,
+    /// Certificate validity to ask the CA for, in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    cert_validity_secs: u64,
+    /// Longest delay between retries when the CA fails, in seconds.
+    #[arg(long, default_value_t = 30)]
+    ca_retry_max_secs: u64,
+    /// Admin endpoint (readiness, certificates).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
 }
 
 #[derive(clap::Args)]
@@ -67,11 +111,13 @@ impl Cli {
                 tracing_subscriber::EnvFilter::try_new(&self.log).context("parsing --log")?,
             )
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         runtime.block_on(async {
             match self.command {
                 Command::Ca(args) => run_ca(args).await,
+                Command::Node(args) => run_node(args).await,
             }
         })
     }
@@ -96,6 +142,43 @@ async fn run_ca(args: CaArgs) -> anyhow::Result<()> {
     println!("listening on {address}");
     ca.serve(shutdown_signal()).await?;
     tracing::info!("CA stopped");
+    Ok(())
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&args.ca_token_file)
+        .with_context(|| format!("reading the CA token {}", args.ca_token_file.display()))?;
+    let server_name = match args.ca_server_name {
+        Some(name) => name,
+        None => args
+            .ca_address
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_matches(['[', ']']).to_owned())
+            .context("--ca-address must be host:port")?,
+    };
+    let config = NodeConfig {
+        node: args.node,
+        registry: args.registry,
+        enrolment: Enrolment {
+            namespace_label: args.enrol_label,
+            ..Enrolment::default()
+        },
+        trust_domain: args.trust_domain,
+        ca: CaClientConfig {
+            address: args.ca_address,
+            server_name,
+            root_cert: args.ca_root.unwrap_or_else(|| args.trust_bundle.clone()),
+            token: token.trim().to_owned(),
+        },
+        certificates: ManagerConfig {
+            validity: Duration::from_secs(args.cert_validity_secs),
+            retry_max: Duration::from_secs(args.ca_retry_max_secs),
+            ..ManagerConfig::default()
+        },
+        trust_bundle: args.trust_bundle,
+        admin: args.admin,
+    };
+    node::run(config, shutdown_signal()).await?;
     Ok(())
 }
 

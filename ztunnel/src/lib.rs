@@ -13,13 +13,17 @@
 //! - [`ca`]: the certificate authority (`ztunnel ca`), speaking Istio's CA API.
 //! - [`tls`]: every rustls configuration, in one place.
 //! - [`reload`]: files reloaded when they change.
+//! - [`node`]: the node daemon (`ztunnel node`), wiring the parts together.
+//! - [`admin`]: the admin endpoint (readiness, certificates).
 //! - [`registry`]: the workloads, namespaces and services the daemon acts on.
 
 // The daemon never unwraps: bad input gets a typed error, never a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod admin;
 pub mod ca;
 pub mod identity;
+pub mod node;
 pub mod redirect;
 pub mod registry;
 pub mod reload;

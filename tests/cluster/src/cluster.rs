@@ -4,11 +4,11 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::{
-    ClusterError, ClusterSpec, PodProcess, netns,
+    ClusterError, ClusterSpec, PodProcess, mesh, netns,
     status::{PodStatus, Status},
     teardown, topology,
 };
@@ -68,6 +68,12 @@ impl Cluster {
         }
         cluster.write_registry()?;
         topology::wire(&cluster.status)?;
+        if let Some(bin_dir) = &spec.mesh {
+            let mut cluster = cluster;
+            mesh::start(&mut cluster.status, bin_dir)?;
+            cluster.save()?;
+            return Ok(cluster);
+        }
         Ok(cluster)
     }
 
@@ -155,28 +161,63 @@ impl Cluster {
         Ok(PodProcess::new(child, log))
     }
 
-    /// Waits until something listens on TCP `port` in pod `pod` (a readiness
-    /// probe: it polls the pod's socket table, it does not guess a delay).
+    /// Sets (`Some`) or removes (`None`) label `key` on Kubernetes namespace
+    /// `namespace`, like `kubectl label namespace`; the registry the daemons
+    /// watch is rewritten at once.
+    pub fn label_namespace(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let ns = self
+            .status
+            .namespaces
+            .iter_mut()
+            .find(|ns| ns.name == namespace)
+            .ok_or_else(|| {
+                ClusterError::Spec(format!(
+                    "no namespace {namespace} in cluster {}",
+                    self.status.name
+                ))
+            })?;
+        set_label(&mut ns.labels, key, value);
+        self.registry_changed()
+    }
+
+    /// Sets (`Some`) or removes (`None`) label `key` on pod `pod`, like
+    /// `kubectl label pod`.
+    pub fn label_pod(
+        &mut self,
+        pod: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let name = self.pod(pod)?.name.clone();
+        let pod = self
+            .status
+            .pods
+            .iter_mut()
+            .find(|p| p.name == name)
+            .expect("found above");
+        set_label(&mut pod.labels, key, value);
+        self.registry_changed()
+    }
+
+    fn registry_changed(&mut self) -> Result<(), ClusterError> {
+        topology::refresh_enrolment(&mut self.status);
+        self.write_registry()?;
+        self.save()
+    }
+
+    /// Waits until something listens on TCP `port` in pod `pod`.
     pub fn wait_listening(
         &self,
         pod: &str,
         port: u16,
         timeout: Duration,
     ) -> Result<(), ClusterError> {
-        let deadline = Instant::now() + timeout;
-        let filter = format!("sport = :{port}");
-        loop {
-            let sockets = self.run(pod, "ss", &["-Hltn", &filter])?;
-            if !sockets.trim().is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(ClusterError::Timeout(format!(
-                    "nothing listens on port {port} in pod {pod}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        netns::wait_listening(&self.pod(pod)?.netns, port, timeout)
     }
 
     fn policies_dir(&self) -> PathBuf {
@@ -213,6 +254,13 @@ impl Drop for Cluster {
             eprintln!("tearing down cluster {}: {err}", self.status.name);
         }
     }
+}
+
+fn set_label(labels: &mut ztunnel::registry::Labels, key: &str, value: Option<&str>) {
+    match value {
+        Some(value) => labels.insert(key.to_owned(), value.to_owned()),
+        None => labels.remove(key),
+    };
 }
 
 /// The state file inside a cluster's state directory.

@@ -22,6 +22,7 @@
 
 pub mod addressing;
 mod cluster;
+pub mod mesh;
 pub mod netns;
 pub mod payload;
 mod process;

@@ -53,6 +53,50 @@ pub fn exec(netns: &str, program: &str) -> Command {
     cmd
 }
 
+/// Starts `program args...` inside `netns`, detached from the caller: it
+/// lives on after the caller exits, its output goes to `log`. Returns its pid.
+pub fn spawn_detached(
+    netns: &str,
+    program: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    log: &std::path::Path,
+) -> Result<u32, ClusterError> {
+    let file = std::fs::File::create(log).map_err(|err| ClusterError::io(log, err))?;
+    let stderr = file.try_clone().map_err(|err| ClusterError::io(log, err))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns]).arg(program).args(args);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(stderr)
+        .spawn()
+        .map_err(|err| ClusterError::Command {
+            command: format!("{cmd:?}"),
+            message: err.to_string(),
+        })?;
+    // Not waited for: it belongs to the cluster, and teardown kills it.
+    Ok(child.id())
+}
+
+/// Waits until something listens on TCP `port` inside `netns` (a readiness
+/// probe on the socket table, not a guessed delay).
+pub fn wait_listening(netns: &str, port: u16, timeout: Duration) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + timeout;
+    let filter = format!("sport = :{port}");
+    loop {
+        let sockets = output(exec(netns, "ss").args(["-Hltn", &filter]))?;
+        if !sockets.trim().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(ClusterError::Timeout(format!(
+                "nothing listens on port {port} in {netns}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The names of every network namespace of this project on the machine.
 pub fn list() -> Result<Vec<String>, ClusterError> {
     let entries = match std::fs::read_dir(NETNS_DIR) {

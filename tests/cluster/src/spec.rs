@@ -22,6 +22,9 @@ pub struct ClusterSpec {
     pub namespaces: Vec<NamespaceSpec>,
     /// Apps: each runs `replicas` pods on every node.
     pub apps: Vec<AppSpec>,
+    /// Directory of the `ztunnel` binary: when set, the cluster runs the
+    /// mesh (the CA and a daemon per node); when not, only the network.
+    pub mesh: Option<std::path::PathBuf>,
 }
 
 /// A Kubernetes namespace of the cluster.
@@ -78,7 +81,14 @@ impl ClusterSpec {
                 app("client", "demo", "client"),
                 app("legacy", "legacy", "default"),
             ],
+            mesh: None,
         }
+    }
+
+    /// The same cluster running the mesh, with the binaries in `bin_dir`.
+    pub fn with_mesh(mut self, bin_dir: impl Into<std::path::PathBuf>) -> Self {
+        self.mesh = Some(bin_dir.into());
+        self
     }
 
     /// A default cluster with a fresh random name, as tests use: two runs
@@ -137,14 +147,19 @@ pub fn validate_cluster_name(name: &str) -> Result<(), ClusterError> {
 
 /// `t` and 8 random hex digits.
 fn random_name() -> String {
-    let mut bytes = [0u8; 4];
+    format!("t{}", random_hex(4))
+}
+
+/// `bytes` random bytes from the kernel, as hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
     // /dev/urandom is always there on Linux; a failure here is a broken machine.
     std::io::Read::read_exact(
         &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom can be opened"),
-        &mut bytes,
+        &mut buf,
     )
     .expect("/dev/urandom can be read");
-    format!("t{:08x}", u32::from_be_bytes(bytes))
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

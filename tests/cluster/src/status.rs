@@ -67,8 +67,9 @@ pub struct DaemonStatus {
     pub pid: u32,
     /// Admin endpoint (`host:port`, inside the node's network namespace).
     pub admin: String,
-    /// Prometheus metrics endpoint (`host:port`, inside the node's network namespace).
-    pub metrics: String,
+    /// Prometheus metrics endpoint (`host:port`, inside the node's network
+    /// namespace); `null` until the daemon serves metrics.
+    pub metrics: Option<String>,
 }
 
 /// A pod: a network namespace behind a veth to its node.

@@ -96,12 +96,17 @@ pub(crate) fn plan(spec: &ClusterSpec, state_dir: &Path, owner_pid: Option<u32>)
         state_dir: state_dir.to_owned(),
         owner_pid,
     };
-    let registry = registry(&status);
+    refresh_enrolment(&mut status);
+    status
+}
+
+/// Recomputes every pod's `enrolled` from the labels, with the daemons' rule.
+pub(crate) fn refresh_enrolment(status: &mut Status) {
+    let registry = registry(status);
     let enrolment = Enrolment::default();
     for (pod, entry) in status.pods.iter_mut().zip(&registry.pods) {
         pod.enrolled = enrolment.enrols_in(&registry, entry);
     }
-    status
 }
 
 /// The workload registry the node daemons read, derived from the cluster.

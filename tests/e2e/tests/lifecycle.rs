@@ -143,7 +143,16 @@ fn cluster_cli_up_status_exec_down() {
             node["name"].is_string() && node["netns"].is_string(),
             "{node}"
         );
-        assert!(node["daemon"].is_null(), "no daemon runs yet: {node}");
+        let daemon = &node["daemon"];
+        assert!(
+            netns::is_alive(daemon["pid"].as_u64().unwrap() as u32),
+            "{node}"
+        );
+        assert_eq!(daemon["admin"], "127.0.0.1:15000");
+        assert!(
+            daemon["metrics"].is_null(),
+            "no metrics endpoint yet: {node}"
+        );
     }
     let pods = status["pods"].as_array().unwrap();
     assert_eq!(pods.len(), 3 * 3 * 2, "3 nodes x 3 apps x 2 replicas");
@@ -181,7 +190,11 @@ fn cluster_cli_up_status_exec_down() {
     );
     assert_eq!(status["fabric"]["interfaces"].as_array().unwrap().len(), 3);
     assert!(status["fabric"]["netns"].is_string());
-    assert!(status["ca"].is_null(), "no CA runs yet");
+    let ca = &status["ca"];
+    assert!(netns::is_alive(ca["pid"].as_u64().unwrap() as u32), "{ca}");
+    assert_eq!(ca["address"], "10.10.0.254:15012");
+    let root = std::fs::read_to_string(ca["root_cert"].as_str().unwrap()).unwrap();
+    assert!(root.starts_with("-----BEGIN CERTIFICATE-----"), "{root}");
     assert!(Path::new(status["config"]["registry"].as_str().unwrap()).is_file());
     assert!(Path::new(status["config"]["policies"].as_str().unwrap()).is_dir());
 
@@ -215,8 +228,14 @@ fn cluster_cli_up_status_exec_down() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 
     let inodes = netns_inodes(&name);
+    let mesh_pids: Vec<u32> = nodes
+        .iter()
+        .map(|node| &node["daemon"]["pid"])
+        .chain([&status["ca"]["pid"]])
+        .map(|pid| pid.as_u64().unwrap() as u32)
+        .collect();
     cluster_cli_ok(&["down", "--name", &name]);
-    assert_gone(&name, &inodes, &[]);
+    assert_gone(&name, &inodes, &mesh_pids);
     let after = cluster_cli(&["status", "--name", &name]);
     assert!(String::from_utf8_lossy(&after.stderr).contains(&format!("no cluster named {name}")));
 }

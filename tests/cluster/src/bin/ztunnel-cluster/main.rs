@@ -35,6 +35,22 @@ enum Command {
         /// Pods of each app (web, client, legacy) on each node.
         #[arg(long, default_value_t = 1)]
         replicas: u8,
+        /// Only the network: no CA, no node daemons.
+        #[arg(long)]
+        no_mesh: bool,
+    },
+    /// Set or remove a label, like kubectl: `namespace legacy istio.io/dataplane-mode=ambient`,
+    /// `namespace legacy istio.io/dataplane-mode-`, `pod web-1 istio.io/dataplane-mode=none`.
+    Label {
+        /// Cluster name.
+        #[arg(long, default_value = DEFAULT_NAME)]
+        name: String,
+        /// What to label.
+        kind: LabelTarget,
+        /// Its name.
+        object: String,
+        /// `key=value` to set, `key-` to remove.
+        label: String,
     },
     /// Remove clusters and anything a crashed run left behind (all, unless told which).
     Down {
@@ -75,8 +91,13 @@ fn main() -> Result<()> {
             name,
             nodes,
             replicas,
+            no_mesh,
         } => {
-            let cluster = Cluster::create(&ClusterSpec::new(&name, nodes, replicas))?;
+            let mut spec = ClusterSpec::new(&name, nodes, replicas);
+            if !no_mesh {
+                spec = spec.with_mesh(bin_dir()?);
+            }
+            let cluster = Cluster::create(&spec)?;
             let status = cluster.persist()?;
             print_status(&status);
             eprintln!(
@@ -110,8 +131,49 @@ fn main() -> Result<()> {
             let err = cluster.command(&pod, program)?.args(args).exec();
             bail!("running {program} in pod {pod}: {err}")
         }
+        Command::Label {
+            name,
+            kind,
+            object,
+            label,
+        } => {
+            let mut cluster = Cluster::open(&name)?;
+            let (key, value) = match label.split_once('=') {
+                Some((key, value)) => (key, Some(value)),
+                None => (
+                    label
+                        .strip_suffix('-')
+                        .context("a label is key=value, or key- to remove it")?,
+                    None,
+                ),
+            };
+            match kind {
+                LabelTarget::Namespace => cluster.label_namespace(&object, key, value)?,
+                LabelTarget::Pod => cluster.label_pod(&object, key, value)?,
+            }
+            eprintln!("{kind:?} {object} labelled; the registry is updated");
+            Ok(())
+        }
         Command::Demo => demo::run(Duration::from_secs(3)),
     }
+}
+
+/// What `label` applies to.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LabelTarget {
+    /// A Kubernetes namespace.
+    Namespace,
+    /// A pod.
+    Pod,
+}
+
+/// The directory of this binary, where the build also puts `ztunnel`.
+pub fn bin_dir() -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    Ok(exe
+        .parent()
+        .context("a binary lives in a directory")?
+        .to_owned())
 }
 
 /// A human-readable summary of a cluster.

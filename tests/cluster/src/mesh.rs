@@ -1,0 +1,182 @@
+//! The mesh on a cluster: the CA in the fabric namespace and one node daemon
+//! per node namespace, as real processes of the `ztunnel` binary.
+//!
+//! The CA listens on [`CA_ADDRESS`], an address on the fabric bridge that
+//! every node reaches directly. Each node gets its own bearer token (files of
+//! mode 0600); the daemons trust the root the CA publishes.
+
+use std::{
+    io::Write,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    ClusterError, netns,
+    spec::random_hex,
+    status::{CaStatus, DaemonStatus, Status},
+};
+
+/// The CA's address on the fabric.
+pub const CA_ADDRESS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 10, 0, 254), 15012);
+/// Every daemon's admin endpoint, inside its node's namespace.
+pub const ADMIN_ADDRESS: &str = "127.0.0.1:15000";
+/// How long the mesh may take to come up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts the CA and every node daemon of `status` (with the `ztunnel`
+/// binary in `bin_dir`), waits until all are ready, and records them.
+pub(crate) fn start(status: &mut Status, bin_dir: &Path) -> Result<(), ClusterError> {
+    let ztunnel = bin_dir.join("ztunnel");
+    if !ztunnel.exists() {
+        return Err(ClusterError::Spec(format!(
+            "{} is missing: run `cargo xtask build`",
+            ztunnel.display()
+        )));
+    }
+    let ca_dir = status.state_dir.join("ca");
+    std::fs::create_dir_all(&ca_dir).map_err(|err| ClusterError::io(&ca_dir, err))?;
+
+    // One token per node: the CA knows them all, each daemon only its own.
+    let mut tokens = String::new();
+    for node in &status.nodes {
+        let token = random_hex(24);
+        tokens.push_str(&format!("{}: {token}\n", node.name));
+        write_secret(&token_file(status, &node.name), token.as_bytes())?;
+    }
+    let node_tokens = ca_dir.join("node-tokens.yaml");
+    write_secret(&node_tokens, tokens.as_bytes())?;
+
+    let fabric = status.fabric.netns.clone();
+    netns::ip(
+        &fabric,
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", CA_ADDRESS.ip()),
+            "dev",
+            &status.fabric.bridge,
+        ],
+    )?;
+    let root_cert = ca_dir.join("root-cert.pem");
+    let registry = status
+        .config
+        .registry
+        .clone()
+        .expect("a planned cluster has a registry");
+    let ca_address = CA_ADDRESS.to_string();
+    let pid = netns::spawn_detached(
+        &fabric,
+        &ztunnel,
+        &[
+            "ca".as_ref(),
+            "--listen".as_ref(),
+            ca_address.as_ref(),
+            "--state-dir".as_ref(),
+            ca_dir.join("state").as_os_str(),
+            "--registry".as_ref(),
+            registry.as_os_str(),
+            "--node-tokens".as_ref(),
+            node_tokens.as_os_str(),
+            "--server-name".as_ref(),
+            CA_ADDRESS.ip().to_string().as_ref(),
+            "--publish-root".as_ref(),
+            root_cert.as_os_str(),
+        ],
+        &status.state_dir.join("logs/ca.log"),
+    )?;
+    netns::wait_listening(&fabric, CA_ADDRESS.port(), READY_TIMEOUT)?;
+    status.ca = Some(CaStatus {
+        pid,
+        address: ca_address,
+        root_cert,
+    });
+
+    for index in 0..status.nodes.len() {
+        let pid = start_daemon(status, &status.nodes[index].name, &ztunnel)?;
+        status.nodes[index].daemon = Some(DaemonStatus {
+            pid,
+            admin: ADMIN_ADDRESS.to_owned(),
+            metrics: None,
+        });
+    }
+    for node in &status.nodes {
+        wait_ready(&node.netns)?;
+    }
+    Ok(())
+}
+
+/// Starts the daemon of node `node`; returns its pid.
+fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, ClusterError> {
+    let ca = status.ca.as_ref().expect("the CA starts first");
+    let registry = status
+        .config
+        .registry
+        .as_ref()
+        .expect("a planned cluster has a registry");
+    let netns = &status.node(node).expect("a planned node").netns;
+    netns::spawn_detached(
+        netns,
+        ztunnel,
+        &[
+            "node".as_ref(),
+            "--node".as_ref(),
+            node.as_ref(),
+            "--registry".as_ref(),
+            registry.as_os_str(),
+            "--ca-address".as_ref(),
+            ca.address.as_ref(),
+            "--ca-token-file".as_ref(),
+            token_file(status, node).as_os_str(),
+            "--trust-bundle".as_ref(),
+            ca.root_cert.as_os_str(),
+            "--admin".as_ref(),
+            ADMIN_ADDRESS.as_ref(),
+        ],
+        &status.state_dir.join(format!("logs/{node}-ztunnel.log")),
+    )
+}
+
+/// Waits until the daemon in `netns` reports ready on its admin endpoint.
+fn wait_ready(netns: &str) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let url = format!("http://{ADMIN_ADDRESS}/healthz/ready");
+    loop {
+        let code = netns::output(netns::exec(netns, "curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ]))
+        .unwrap_or_default();
+        if code == "200" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(ClusterError::Timeout(format!(
+                "the node daemon in {netns} is not ready (HTTP {code})"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn token_file(status: &Status, node: &str) -> PathBuf {
+    status.state_dir.join("ca").join(format!("{node}.token"))
+}
+
+/// Writes a secret readable by its owner only, created with that mode.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|err| ClusterError::io(path, err))?;
+    file.write_all(bytes)
+        .map_err(|err| ClusterError::io(path, err))
+}

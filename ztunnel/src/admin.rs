@@ -1,0 +1,118 @@
+//! The admin endpoint (localhost by default): readiness and what the daemon
+//! holds, for operators and probes. It never exposes a private key.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/healthz/ready` | 200 `ready` when the daemon can serve its pods, else 503 with the reasons |
+//! | `/certs` | the certificates held (identity, serial, validity, issuer) and identities still waiting for one |
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::SystemTime};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::identity::WorkloadCertificate;
+
+/// What the admin endpoint reports on; implemented by the node daemon.
+pub trait AdminState: Send + Sync + 'static {
+    /// Why the daemon is not ready (empty when it is).
+    fn not_ready(&self) -> Vec<String>;
+    /// The certificates held now.
+    fn certificates(&self) -> Vec<Arc<WorkloadCertificate>>;
+    /// Identities the daemon needs but holds no valid certificate for.
+    fn pending_identities(&self) -> Vec<String>;
+}
+
+/// Serves the admin endpoint on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<dyn AdminState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!("admin accept failed: {err}");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&request, state.as_ref())) }
+            });
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!("admin connection: {err}");
+            }
+        });
+    }
+}
+
+/// Binds the admin listener (a separate step so a bad address fails at start).
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+fn route(
+    request: &Request<hyper::body::Incoming>,
+    state: &dyn AdminState,
+) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/healthz/ready" => {
+            let reasons = state.not_ready();
+            if reasons.is_empty() {
+                text(StatusCode::OK, "ready\n".to_owned())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {}\n", reasons.join("; ")),
+                )
+            }
+        }
+        "/certs" => {
+            let now = SystemTime::now();
+            let certificates: Vec<_> = state
+                .certificates()
+                .iter()
+                .map(|cert| {
+                    json!({
+                        "identity": cert.identity().to_string(),
+                        "serial": cert.serial(),
+                        "issuer": cert.issuer(),
+                        "not_before": rfc3339(cert.not_before()),
+                        "not_after": rfc3339(cert.not_after()),
+                        "valid": cert.is_valid_at(now),
+                        "chain_length": cert.chain().len(),
+                    })
+                })
+                .collect();
+            let body = json!({"certificates": certificates, "pending": state.pending_identities()});
+            let mut response = text(StatusCode::OK, format!("{body:#}\n"));
+            response.headers_mut().insert(
+                "content-type",
+                "application/json".parse().expect("a valid header"),
+            );
+            response
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "endpoints: /healthz/ready /certs\n".to_owned(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

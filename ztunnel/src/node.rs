@@ -1,0 +1,181 @@
+//! `ztunnel node`: the per-node daemon, wiring its parts together.
+//!
+//! Today it keeps the node's workload identities: it watches the registry,
+//! derives the identities of the enrolled pods on this node, and has the
+//! certificate manager hold exactly those. Capture and proxying join here as
+//! they are built.
+
+use std::{
+    collections::BTreeSet, future::Future, net::SocketAddr, path::PathBuf, sync::Arc,
+    time::SystemTime,
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    admin::{self, AdminState},
+    identity::TrustDomain,
+    identity::{
+        CaClient, CaClientConfig, CertManager, Identity, ManagerConfig, TrustBundle,
+        WorkloadCertificate, bundle::BundleError, ca_client::CaClientError, manager::Certificates,
+    },
+    registry::{Enrolment, Registry, RegistryError},
+    reload::Watched,
+};
+
+/// Everything `ztunnel node` needs to run.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's name, as pods name it.
+    pub node: String,
+    /// The workload registry file.
+    pub registry: PathBuf,
+    /// Which pods are in the mesh.
+    pub enrolment: Enrolment,
+    /// Trust domain of the workload identities.
+    pub trust_domain: TrustDomain,
+    /// How to reach the CA.
+    pub ca: CaClientConfig,
+    /// How certificates are requested and retried.
+    pub certificates: ManagerConfig,
+    /// The roots peers are verified against (reloaded on change).
+    pub trust_bundle: PathBuf,
+    /// Address of the admin endpoint.
+    pub admin: SocketAddr,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The registry is unusable.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The trust bundle is unusable.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The CA client could not be set up.
+    #[error(transparent)]
+    Ca(#[from] CaClientError),
+    /// The admin endpoint could not be bound.
+    #[error("binding the admin endpoint {address}: {source}")]
+    Admin {
+        /// The address.
+        address: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The identities of the enrolled pods `registry` places on `node`.
+pub fn local_identities(
+    registry: &Registry,
+    node: &str,
+    enrolment: &Enrolment,
+    trust_domain: &TrustDomain,
+) -> BTreeSet<Identity> {
+    registry
+        .pods_on(node)
+        .filter(|pod| enrolment.enrols_in(registry, pod))
+        .filter_map(|pod| match Identity::new(trust_domain.clone(), &pod.namespace, &pod.service_account) {
+            Ok(identity) => Some(identity),
+            Err(err) => {
+                tracing::warn!(pod = %pod.name, namespace = %pod.namespace, "pod has no valid identity: {err}");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The daemon's state as the admin endpoint sees it: snapshots only, so
+/// reading it never blocks the daemon.
+struct NodeState {
+    certificates: watch::Receiver<Certificates>,
+    wanted: watch::Receiver<Arc<BTreeSet<Identity>>>,
+}
+
+impl AdminState for NodeState {
+    fn not_ready(&self) -> Vec<String> {
+        let pending = self.pending_identities();
+        if pending.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!("no certificate yet for {}", pending.join(", "))]
+        }
+    }
+
+    fn certificates(&self) -> Vec<Arc<WorkloadCertificate>> {
+        self.certificates.borrow().values().cloned().collect()
+    }
+
+    fn pending_identities(&self) -> Vec<String> {
+        let now = SystemTime::now();
+        let certificates = self.certificates.borrow().clone();
+        let wanted = self.wanted.borrow().clone();
+        wanted
+            .iter()
+            .filter(|identity| {
+                certificates
+                    .get(*identity)
+                    .is_none_or(|cert| !cert.is_valid_at(now))
+            })
+            .map(Identity::to_string)
+            .collect()
+    }
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let registry = Watched::start(config.registry.clone(), "registry", Registry::load)?;
+    let trust_bundle = Watched::start(
+        config.trust_bundle.clone(),
+        "trust bundle",
+        TrustBundle::load,
+    )?;
+    tracing::info!(
+        roots = trust_bundle.current().roots().len(),
+        "trust bundle loaded"
+    );
+    let mut manager = CertManager::new(CaClient::new(&config.ca)?, config.certificates.clone());
+    let wanted = watch::Sender::new(Arc::new(BTreeSet::new()));
+    let state = Arc::new(NodeState {
+        certificates: manager.subscribe(),
+        wanted: wanted.subscribe(),
+    });
+    let listener = admin::bind(config.admin)
+        .await
+        .map_err(|source| NodeError::Admin {
+            address: config.admin,
+            source,
+        })?;
+    let admin = tokio::spawn(admin::serve(listener, state.clone()));
+    tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
+
+    let mut changes = registry.subscribe();
+    let mut apply = |registry: &Registry| {
+        let identities = local_identities(
+            registry,
+            &config.node,
+            &config.enrolment,
+            &config.trust_domain,
+        );
+        manager.set_identities(&identities);
+        wanted.send_replace(Arc::new(identities));
+    };
+    apply(&registry.current());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let current = changes.borrow_and_update().clone();
+                apply(&current);
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    admin.abort();
+    tracing::info!("node daemon stopped");
+    Ok(())
+}
