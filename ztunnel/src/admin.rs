@@ -4,7 +4,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/healthz/ready` | 200 `ready` when the daemon can serve its pods, else 503 with the reasons |
-//! | `/certs` | the certificates held (identity, serial, validity, issuer) and identities still waiting for one |
+//! | `/certs` | the certificates held (identity, serial, validity, issuer), identities still waiting for one, and the trusted roots |
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::SystemTime};
 
@@ -24,6 +24,8 @@ pub trait AdminState: Send + Sync + 'static {
     fn certificates(&self) -> Vec<Arc<WorkloadCertificate>>;
     /// Identities the daemon needs but holds no valid certificate for.
     fn pending_identities(&self) -> Vec<String>;
+    /// The roots peers are verified against (subject and serial of each).
+    fn trust_bundle(&self) -> Vec<String>;
 }
 
 /// Serves the admin endpoint on `listener` until the task is dropped.
@@ -90,7 +92,11 @@ fn route(
                     })
                 })
                 .collect();
-            let body = json!({"certificates": certificates, "pending": state.pending_identities()});
+            let body = json!({
+                "certificates": certificates,
+                "pending": state.pending_identities(),
+                "trust_bundle": state.trust_bundle(),
+            });
             let mut response = text(StatusCode::OK, format!("{body:#}\n"));
             response.headers_mut().insert(
                 "content-type",

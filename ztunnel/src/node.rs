@@ -91,6 +91,7 @@ pub fn local_identities(
 struct NodeState {
     certificates: watch::Receiver<Certificates>,
     wanted: watch::Receiver<Arc<BTreeSet<Identity>>>,
+    trust_bundle: watch::Receiver<Arc<TrustBundle>>,
 }
 
 impl AdminState for NodeState {
@@ -121,6 +122,10 @@ impl AdminState for NodeState {
             .map(Identity::to_string)
             .collect()
     }
+
+    fn trust_bundle(&self) -> Vec<String> {
+        self.trust_bundle.borrow().describe().to_vec()
+    }
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -140,6 +145,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let state = Arc::new(NodeState {
         certificates: manager.subscribe(),
         wanted: wanted.subscribe(),
+        trust_bundle: trust_bundle.subscribe(),
     });
     let listener = admin::bind(config.admin)
         .await

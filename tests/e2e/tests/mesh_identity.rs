@@ -90,3 +90,80 @@ fn daemons_hold_exactly_the_identities_of_their_enrolled_pods_and_follow_registr
     wait_for(&cluster, "node1", &ids(&["demo/sa/client"]));
     wait_for(&cluster, "node2", &demo);
 }
+
+#[test]
+fn a_changed_trust_bundle_is_taken_without_a_restart() {
+    let cluster = Cluster::create(&ClusterSpec::ephemeral(1, 1).with_mesh(bin_dir())).unwrap();
+    let node = cluster.status().node("node1").unwrap();
+    let roots = || {
+        let body = netns::output(netns::exec(&node.netns, "curl").args([
+            "-sS",
+            "--fail",
+            "http://127.0.0.1:15000/certs",
+        ]))
+        .unwrap();
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        body["trust_bundle"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let before = roots();
+    assert_eq!(before.len(), 1);
+    assert!(before[0].contains("ztunnel root CA"), "{before:?}");
+
+    // A root rotation adds the new root next to the old one, atomically as a ConfigMap update would.
+    let bundle = cluster.status().ca.as_ref().unwrap().root_cert.clone();
+    let dir = cluster.status().state_dir.join("rotation");
+    std::fs::create_dir(&dir).unwrap();
+    let (key, cert) = (dir.join("new.key"), dir.join("new.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/O=cluster.local/CN=next root",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let both = std::fs::read_to_string(&bundle).unwrap() + &std::fs::read_to_string(&cert).unwrap();
+    std::fs::write(dir.join("bundle.pem"), both).unwrap();
+    std::fs::rename(dir.join("bundle.pem"), &bundle).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while roots().len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the new bundle was not taken within 2 s: {:?}",
+            roots()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(roots().iter().any(|r| r.contains("next root")));
+
+    // A broken bundle is refused and the last good one stays in force.
+    std::fs::write(&bundle, "not a certificate").unwrap();
+    // Nothing to wait for when nothing must happen: give the watcher three polls.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(roots().len(), 2);
+}

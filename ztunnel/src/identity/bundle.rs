@@ -18,6 +18,7 @@ pub struct BundleError {
 #[derive(Clone, Debug)]
 pub struct TrustBundle {
     roots: Vec<CertificateDer<'static>>,
+    described: Vec<String>,
 }
 
 impl TrustBundle {
@@ -33,7 +34,25 @@ impl TrustBundle {
         if roots.is_empty() {
             return Err(error("no certificate in the file".to_owned()));
         }
-        Ok(Self { roots })
+        let described = roots
+            .iter()
+            .map(|der| {
+                use x509_parser::prelude::FromDer;
+                let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+                    .map_err(|err| error(format!("unparsable certificate: {err}")))?;
+                Ok(format!(
+                    "{} (serial {})",
+                    cert.subject(),
+                    cert.raw_serial_as_string()
+                ))
+            })
+            .collect::<Result<_, BundleError>>()?;
+        Ok(Self { roots, described })
+    }
+
+    /// Each root's subject and serial, for operators.
+    pub fn describe(&self) -> &[String] {
+        &self.described
     }
 
     /// The root certificates.

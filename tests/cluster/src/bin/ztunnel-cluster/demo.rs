@@ -1,13 +1,14 @@
 //! `cargo xtask demo`: the system at work on a throw-away cluster.
 //!
-//! It grows with each capability. Today: the cluster itself, with real
-//! applications (`curl`, `iperf3`, an HTTP server) talking across nodes over
-//! IPv4 and IPv6.
+//! It grows with each capability. Today: the cluster with its mesh control
+//! parts (the CA, a node daemon per node holding the SPIFFE identities of its
+//! enrolled pods), and real applications (`curl`, `iperf3`, an HTTP server)
+//! talking across nodes over IPv4 and IPv6.
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use ztunnel_cluster::{Cluster, ClusterSpec, payload::Payload};
+use ztunnel_cluster::{Cluster, ClusterSpec, netns, payload::Payload};
 
 /// How long to wait for a server in a pod to listen.
 const READY: Duration = Duration::from_secs(10);
@@ -16,13 +17,22 @@ const IPERF_PORT: u16 = 5201;
 
 /// Runs the demo; `iperf_time` is the length of the throughput run.
 pub fn run(iperf_time: Duration) -> Result<()> {
-    let spec = ClusterSpec::ephemeral(2, 1);
+    let spec = ClusterSpec::ephemeral(2, 1).with_mesh(crate::bin_dir()?);
     step(&format!(
-        "creating cluster {} (2 nodes, 3 pods each)",
+        "creating cluster {} (2 nodes, 3 pods each, the CA, a node daemon per node)",
         spec.name
     ));
-    let cluster = Cluster::create(&spec)?;
+    let mut cluster = Cluster::create(&spec)?;
     crate::print_status(cluster.status());
+
+    step("SPIFFE identities each node daemon holds (its admin endpoint, /certs)");
+    show_identities(&cluster)?;
+    step("namespace legacy joins the mesh (label istio.io/dataplane-mode=ambient)");
+    let (key, value) = ztunnel_cluster::AMBIENT_LABEL;
+    cluster.label_namespace("legacy", key, Some(value))?;
+    // The daemons take registry changes within a second; show the result after it.
+    std::thread::sleep(Duration::from_secs(1));
+    show_identities(&cluster)?;
 
     let server = cluster.pod("web-2")?.clone();
     let testapp = sibling_binary("ztunnel-testapp")?;
@@ -96,7 +106,10 @@ pub fn run(iperf_time: Duration) -> Result<()> {
     let bps = report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("iperf3 reported no throughput")?;
-    println!("  {:.2} Gbit/s received (direct, no mesh yet)", bps / 1e9);
+    println!(
+        "  {:.2} Gbit/s received (direct: capture into the mesh comes next)",
+        bps / 1e9
+    );
 
     step("tearing the cluster down");
     cluster.teardown()?;
@@ -104,6 +117,29 @@ pub fn run(iperf_time: Duration) -> Result<()> {
         "  done: no namespace, veth or process of {} is left",
         spec.name
     );
+    Ok(())
+}
+
+/// Prints, per node, the identities its daemon holds and until when.
+fn show_identities(cluster: &Cluster) -> Result<()> {
+    for node in &cluster.status().nodes {
+        let admin = &node
+            .daemon
+            .as_ref()
+            .context("the demo cluster runs daemons")?
+            .admin;
+        let url = format!("http://{admin}/certs");
+        let body = netns::output(netns::exec(&node.netns, "curl").args(["-sS", "--fail", &url]))?;
+        let body: serde_json::Value = serde_json::from_str(&body)?;
+        for cert in body["certificates"].as_array().context("certificates")? {
+            println!(
+                "  {}  {}  valid until {}",
+                node.name,
+                cert["identity"].as_str().unwrap_or("?"),
+                cert["not_after"].as_str().unwrap_or("?")
+            );
+        }
+    }
     Ok(())
 }
 
