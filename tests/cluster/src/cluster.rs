@@ -3,7 +3,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -145,19 +145,7 @@ impl Cluster {
         let log = self
             .logs_dir()
             .join(format!("{pod}-{program_name}-{}.log", unique_suffix()));
-        let file = fs::File::create(&log).map_err(|err| ClusterError::io(&log, err))?;
-        let stderr = file
-            .try_clone()
-            .map_err(|err| ClusterError::io(&log, err))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(stderr)
-            .spawn()
-            .map_err(|err| ClusterError::Command {
-                command: format!("{cmd:?}"),
-                message: err.to_string(),
-            })?;
+        let child = netns::spawn_logged(&mut cmd, &log)?;
         Ok(PodProcess::new(child, log))
     }
 

@@ -61,21 +61,27 @@ pub fn spawn_detached(
     args: &[&std::ffi::OsStr],
     log: &std::path::Path,
 ) -> Result<u32, ClusterError> {
-    let file = std::fs::File::create(log).map_err(|err| ClusterError::io(log, err))?;
-    let stderr = file.try_clone().map_err(|err| ClusterError::io(log, err))?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", netns]).arg(program).args(args);
-    let child = cmd
-        .stdin(Stdio::null())
+    // Not waited for: it belongs to the cluster, and teardown kills it.
+    Ok(spawn_logged(&mut cmd, log)?.id())
+}
+
+/// Spawns `cmd` with no stdin and its stdout and stderr going to `log`.
+pub fn spawn_logged(
+    cmd: &mut Command,
+    log: &std::path::Path,
+) -> Result<std::process::Child, ClusterError> {
+    let file = std::fs::File::create(log).map_err(|err| ClusterError::io(log, err))?;
+    let stderr = file.try_clone().map_err(|err| ClusterError::io(log, err))?;
+    cmd.stdin(Stdio::null())
         .stdout(file)
         .stderr(stderr)
         .spawn()
         .map_err(|err| ClusterError::Command {
             command: format!("{cmd:?}"),
             message: err.to_string(),
-        })?;
-    // Not waited for: it belongs to the cluster, and teardown kills it.
-    Ok(child.id())
+        })
 }
 
 /// Waits until something listens on TCP `port` inside `netns` (a readiness

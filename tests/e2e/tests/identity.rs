@@ -82,6 +82,16 @@ impl Fixture {
         .unwrap()
     }
 
+    /// node1 asks for a one-minute certificate of demo/web, which it runs.
+    async fn web_chain(&self, ca: &CaProcess) -> Vec<String> {
+        let csr = csr(&p256(), vec![uri(WEB)]);
+        let web = Identity::parse(WEB).unwrap();
+        self.client(ca, NODE1_TOKEN)
+            .create_certificate(csr, Duration::from_secs(60), &web)
+            .await
+            .unwrap()
+    }
+
     fn write(&self, name: &str, text: &str) -> String {
         let path = self.path(name);
         std::fs::write(&path, text).unwrap();
@@ -205,15 +215,7 @@ async fn the_generated_root_is_private_and_reused_across_restarts() {
         first_root,
         "a restart keeps the root"
     );
-    let chain = fx
-        .client(&ca, NODE1_TOKEN)
-        .create_certificate(
-            csr(&p256(), vec![uri(WEB)]),
-            Duration::from_secs(60),
-            &Identity::parse(WEB).unwrap(),
-        )
-        .await
-        .unwrap();
+    let chain = fx.web_chain(&ca).await;
     assert_eq!(chain.last().unwrap(), &first_root);
 }
 
@@ -277,15 +279,7 @@ async fn a_plugged_in_intermediate_signs_and_appears_in_the_chain() {
         std::fs::read_to_string(fx.path("root.pem")).unwrap(),
         std::fs::read_to_string(p("root-cert.pem")).unwrap()
     );
-    let chain = fx
-        .client(&ca, NODE1_TOKEN)
-        .create_certificate(
-            csr(&p256(), vec![uri(WEB)]),
-            Duration::from_secs(60),
-            &Identity::parse(WEB).unwrap(),
-        )
-        .await
-        .unwrap();
+    let chain = fx.web_chain(&ca).await;
     assert_eq!(chain.len(), 3, "leaf, intermediate, root");
     let leaf = fx.write("leaf.pem", &chain[0]);
     let intermediate = fx.write("intermediate.pem", &chain[1]);
