@@ -25,6 +25,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("protobuf-compiler", "protoc"), // gRPC code generation for the CA API
     ("openssl", "openssl"),          // certificate checks in tests
     ("procps", "pkill"),             // process handling in scripts
+    ("nftables", "nft"),             // proving capture adds no nftables rule
+    ("iptables", "iptables-save"),   // ... and no iptables rule
 ];
 
 /// bpf-linker links the eBPF programs. 0.10.0 carries its own LLVM (that of

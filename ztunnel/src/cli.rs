@@ -113,6 +113,12 @@ impl Cli {
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
+        // Every proxied connection holds two sockets: take all the file
+        // descriptors the hard limit allows (the soft default is often 1024).
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => tracing::debug!(limit, "open-file limit"),
+            Err(err) => tracing::warn!("cannot raise the open-file limit: {err}"),
+        }
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         runtime.block_on(async {
             match self.command {

@@ -9,6 +9,7 @@
 //! (see `ARCHITECTURE.md` for the whole path):
 //!
 //! - [`redirect`]: the eBPF programs that capture enrolled pods' connections.
+//! - [`proxy`]: what happens to a captured connection.
 //! - [`identity`]: SPIFFE workload identities and their certificates.
 //! - [`ca`]: the certificate authority (`ztunnel ca`), speaking Istio's CA API.
 //! - [`tls`]: every rustls configuration, in one place.
@@ -18,12 +19,15 @@
 //! - [`registry`]: the workloads, namespaces and services the daemon acts on.
 
 // The daemon never unwraps: bad input gets a typed error, never a panic.
+// `unsafe` only at the kernel boundary (`redirect::netns`), where it is allowed explicitly.
+#![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod ca;
 pub mod identity;
 pub mod node;
+pub mod proxy;
 pub mod redirect;
 pub mod registry;
 pub mod reload;

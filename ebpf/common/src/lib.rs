@@ -11,13 +11,40 @@
 pub mod map_names {
     /// `HashMap<u64, EnrolledPod>`: netns cookie of each enrolled pod on this node.
     pub const ENROLLED: &str = "ENROLLED";
+    /// `LruHashMap<u64, OrigDst>`: original destination of a redirected
+    /// socket, by socket cookie (written by connect4/6, read by getpeername4/6).
+    pub const CONNECTING: &str = "CONNECTING";
+    /// `LruHashMap<OrigDstKey, OrigDst>`: original destination of a redirected
+    /// connection, by pod netns cookie and client port: what the daemon looks
+    /// up for a connection it accepted.
+    pub const ORIG_DST: &str = "ORIG_DST";
 }
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
     /// `cgroup/connect4`: steers an enrolled pod's IPv4 TCP connect to the daemon.
     pub const CONNECT4: &str = "ztunnel_connect4";
+    /// `cgroup/connect6`: the same for IPv6 (and IPv4-mapped) connects.
+    pub const CONNECT6: &str = "ztunnel_connect6";
+    /// `cgroup/getpeername4`: shows the application its original destination.
+    pub const GETPEERNAME4: &str = "ztunnel_getpeername4";
+    /// `cgroup/getpeername6`: the same for IPv6 sockets.
+    pub const GETPEERNAME6: &str = "ztunnel_getpeername6";
+    /// `sockops`: at TCP connect, files the original destination under the
+    /// client's netns cookie and port, where the daemon finds it on accept.
+    pub const SOCK_OPS: &str = "ztunnel_sock_ops";
+    /// Every cgroup program, in the order they are attached.
+    pub const ALL: [&str; 5] = [CONNECT4, CONNECT6, GETPEERNAME4, GETPEERNAME6, SOCK_OPS];
 }
+
+/// `SO_MARK` of the daemon's own sockets inside pods: the programs leave
+/// them alone, so the daemon's upstream connections are never captured again.
+pub const DAEMON_MARK: u32 = 0x539;
+
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
 
 /// Port of the daemon's outbound listener inside every enrolled pod's netns.
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -49,12 +76,52 @@ impl EnrolledPod {
     }
 }
 
+/// Where a redirected connection was going, as the application asked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// The address in network byte order: IPv4 in `addr[0]`, IPv6 in all four
+    /// words (as in `bpf_sock_addr.user_ip6`, IPv4-mapped addresses included).
+    pub addr: [u32; 4],
+    /// The port, in network byte order.
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 4],
+}
+
+/// Key of the `ORIG_DST` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OrigDstKey {
+    /// Netns cookie of the pod the connection came from.
+    pub netns_cookie: u64,
+    /// The client's (the application's) local port, host byte order.
+    pub port: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+}
+
+impl OrigDstKey {
+    /// The key of the connection from `port` in the pod with `netns_cookie`.
+    pub const fn new(netns_cookie: u64, port: u16) -> Self {
+        Self {
+            netns_cookie,
+            port,
+            _pad: [0; 6],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod_impls {
-    #[allow(unsafe_code)]
-    // SAFETY: `EnrolledPod` is `#[repr(C)]`, `Copy`, has only integer fields and
+    #![allow(unsafe_code)]
+    // SAFETY (all three): `#[repr(C)]`, `Copy`, only integer fields and
     // explicit padding, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::EnrolledPod {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::OrigDstKey {}
 }
 
 #[cfg(test)]
@@ -66,5 +133,7 @@ mod tests {
         // The eBPF side reads this struct by offset: its size must not drift.
         assert_eq!(core::mem::size_of::<EnrolledPod>(), 8);
         assert_eq!(core::mem::align_of::<EnrolledPod>(), 2);
+        assert_eq!(core::mem::size_of::<OrigDst>(), 24);
+        assert_eq!(core::mem::size_of::<OrigDstKey>(), 16);
     }
 }

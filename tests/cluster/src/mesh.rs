@@ -103,7 +103,12 @@ pub(crate) fn start(status: &mut Status, bin_dir: &Path) -> Result<(), ClusterEr
         });
     }
     for node in &status.nodes {
-        wait_ready(&node.netns)?;
+        wait_ready(
+            &node.netns,
+            &status
+                .state_dir
+                .join(format!("logs/{}-ztunnel.log", node.name)),
+        )?;
     }
     Ok(())
 }
@@ -139,8 +144,9 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
     )
 }
 
-/// Waits until the daemon in `netns` reports ready on its admin endpoint.
-fn wait_ready(netns: &str) -> Result<(), ClusterError> {
+/// Waits until the daemon in `netns` reports ready on its admin endpoint; on
+/// failure the error carries the end of its `log`.
+fn wait_ready(netns: &str, log: &Path) -> Result<(), ClusterError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let url = format!("http://{ADMIN_ADDRESS}/healthz/ready");
     loop {
@@ -158,11 +164,19 @@ fn wait_ready(netns: &str) -> Result<(), ClusterError> {
         }
         if Instant::now() > deadline {
             return Err(ClusterError::Timeout(format!(
-                "the node daemon in {netns} is not ready (HTTP {code})"
+                "the node daemon in {netns} is not ready (HTTP {code}); its log ends:\n{}",
+                tail(log)
             )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
 fn token_file(status: &Status, node: &str) -> PathBuf {

@@ -61,8 +61,13 @@ pub fn spawn_detached(
     args: &[&std::ffi::OsStr],
     log: &std::path::Path,
 ) -> Result<u32, ClusterError> {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns]).arg(program).args(args);
+    // nsenter changes only the network namespace; `ip netns exec` would also
+    // remount /sys privately, hiding the cgroup2 mount the daemon attaches to.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={NETNS_DIR}/{netns}"))
+        .arg("--")
+        .arg(program)
+        .args(args);
     // Not waited for: it belongs to the cluster, and teardown kills it.
     Ok(spawn_logged(&mut cmd, log)?.id())
 }
@@ -149,15 +154,22 @@ pub fn pids(netns: &str) -> Result<Vec<u32>, ClusterError> {
         .collect())
 }
 
-/// Whether process `pid` still runs (a zombie no longer holds any namespace).
+/// Whether process `pid` still runs. A zombie holds no namespace any more,
+/// but a killed multi-threaded process can show a zombie leader while its
+/// other threads are still exiting (and holding the namespace): every thread
+/// is checked.
 pub fn is_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // Field 3, after the parenthesised command name, is the state.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            // Field 3, after the parenthesised command name, is the state.
+            .is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']))
+            })
+    })
 }
 
 fn wait_gone(pids: &[u32], timeout: Duration) -> Result<(), Vec<u32>> {

@@ -123,3 +123,25 @@ impl Drop for CaProcess {
         let _ = self.child.wait();
     }
 }
+
+/// What node `node`'s daemon has logged so far.
+pub fn daemon_log(cluster: &ztunnel_cluster::Cluster, node: &str) -> String {
+    let path = cluster
+        .status()
+        .state_dir
+        .join(format!("logs/{node}-ztunnel.log"));
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// How many connections from pod `src` to `dst` node `node`'s daemon has
+/// relayed (its `outbound connection closed` log lines).
+pub fn captured(cluster: &ztunnel_cluster::Cluster, node: &str, src: &str, dst: &str) -> usize {
+    daemon_log(cluster, node)
+        .lines()
+        .filter(|line| {
+            line.contains("outbound connection closed")
+                && line.contains(&format!("src.pod={src} "))
+                && line.contains(&format!("dst.addr={dst} "))
+        })
+        .count()
+}

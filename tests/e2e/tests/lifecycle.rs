@@ -2,7 +2,12 @@
 //! `status --json`, `exec`, `down`, and teardown that leaves nothing behind,
 //! whether the owner finishes, panics, or is killed.
 
-use std::{collections::BTreeSet, os::unix::fs::MetadataExt, path::Path, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::unix::fs::MetadataExt,
+    path::Path,
+    process::Command,
+};
 
 use serde_json::Value;
 use ztunnel_cluster::{Cluster, ClusterSpec, netns, state_dir};
@@ -22,9 +27,10 @@ fn netns_inodes(name: &str) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Every network namespace any process on the machine is in or holds open.
-fn live_netns_inodes() -> BTreeSet<u64> {
-    let mut inodes = BTreeSet::new();
+/// Every network namespace any thread on the machine is in or holds open, with
+/// who holds it (`pid/tid comm`).
+fn live_netns_inodes() -> BTreeMap<u64, String> {
+    let mut inodes = BTreeMap::new();
     let parse = |link: std::path::PathBuf| -> Option<u64> {
         link.to_str()?
             .strip_prefix("net:[")?
@@ -34,14 +40,31 @@ fn live_netns_inodes() -> BTreeSet<u64> {
     };
     for proc in std::fs::read_dir("/proc").unwrap().flatten() {
         let dir = proc.path();
-        if let Some(ino) = std::fs::read_link(dir.join("ns/net")).ok().and_then(parse) {
-            inodes.insert(ino);
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let holder = |what: &str| format!("{} {what} ({})", dir.display(), comm.trim());
+        for task in std::fs::read_dir(dir.join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some(ino) = std::fs::read_link(task.path().join("ns/net"))
+                .ok()
+                .and_then(parse)
+            {
+                inodes.insert(
+                    ino,
+                    holder(&format!("thread {}", task.file_name().to_string_lossy())),
+                );
+            }
         }
-        if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
-            inodes.extend(
-                fds.flatten()
-                    .filter_map(|fd| std::fs::read_link(fd.path()).ok().and_then(parse)),
-            );
+        for fd in std::fs::read_dir(dir.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some(ino) = std::fs::read_link(fd.path()).ok().and_then(parse) {
+                inodes.insert(ino, holder("open fd"));
+            }
         }
     }
     inodes
@@ -62,10 +85,13 @@ fn assert_gone(name: &str, inodes: &BTreeSet<u64>, pids: &[u32]) {
             "process {pid} of {name} still running"
         );
     }
-    let alive: Vec<_> = live_netns_inodes().intersection(inodes).copied().collect();
+    let alive: Vec<_> = live_netns_inodes()
+        .into_iter()
+        .filter(|(ino, _)| inodes.contains(ino))
+        .collect();
     assert!(
         alive.is_empty(),
-        "network namespaces {alive:?} of {name} are still referenced"
+        "network namespaces of {name} are still referenced: {alive:?}"
     );
 }
 

@@ -6,6 +6,12 @@
 //!   checker computes on its side.
 //!
 //! It prints `listening on <addr>` once bound, and serves until killed.
+//!
+//! As a client:
+//! - `probe <addr>` connects and prints what `getpeername()` and
+//!   `getsockname()` say (`peer=<addr> local=<addr>`);
+//! - `fetch <addr> --bytes N --connections C` opens C connections at once,
+//!   fetches `/bytes/N` on each, checks every body, and prints `ok C`.
 
 use std::net::SocketAddr;
 
@@ -38,6 +44,22 @@ enum App {
         #[arg(long, default_value = "testapp")]
         name: String,
     },
+    /// Connect to an address and print the socket's peer and local addresses.
+    Probe {
+        /// `host:port` to connect to.
+        address: SocketAddr,
+    },
+    /// Fetch `/bytes/<n>` over many concurrent connections and verify each body.
+    Fetch {
+        /// `host:port` of an `http` test app.
+        address: SocketAddr,
+        /// Body size per connection.
+        #[arg(long, default_value_t = 1024)]
+        bytes: u64,
+        /// Connections, all open at once.
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+    },
 }
 
 /// Largest request head accepted.
@@ -45,7 +67,30 @@ const MAX_HEAD: usize = 8 * 1024;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    let App::Http { listen, name } = Cli::parse().app;
+    // Many concurrent connections need more than the usual 1024 descriptors.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    match Cli::parse().app {
+        App::Http { listen, name } => http(listen, name).await,
+        App::Probe { address } => {
+            let stream = TcpStream::connect(address)
+                .await
+                .with_context(|| format!("connecting to {address}"))?;
+            println!(
+                "peer={} local={}",
+                stream.peer_addr()?,
+                stream.local_addr()?
+            );
+            Ok(())
+        }
+        App::Fetch {
+            address,
+            bytes,
+            connections,
+        } => fetch(address, bytes, connections).await,
+    }
+}
+
+async fn http(listen: SocketAddr, name: String) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -59,6 +104,50 @@ async fn main() -> Result<()> {
             }
         });
     }
+}
+
+/// Opens `connections` connections at once (all connected before any request
+/// is sent), fetches `/bytes/<bytes>` on each and checks every body.
+async fn fetch(address: SocketAddr, bytes: u64, connections: usize) -> Result<()> {
+    let mut streams = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        streams.push(
+            TcpStream::connect(address)
+                .await
+                .with_context(|| format!("connecting to {address}"))?,
+        );
+    }
+    let want = Payload::sha256_hex(bytes);
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut stream in streams {
+        let want = want.clone();
+        tasks.spawn(async move {
+            stream
+                .write_all(format!("GET /bytes/{bytes} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+                .await?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await?;
+            let body_at = response
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .context("no response head")?
+                + 4;
+            let got = ztunnel_cluster::payload::sha256_hex(&response[body_at..]);
+            anyhow::ensure!(
+                got == want,
+                "body of {} bytes differs",
+                response.len() - body_at
+            );
+            Ok(())
+        });
+    }
+    let mut ok = 0;
+    while let Some(result) = tasks.join_next().await {
+        result??;
+        ok += 1;
+    }
+    println!("ok {ok}");
+    Ok(())
 }
 
 async fn serve(mut stream: TcpStream, name: &str) -> Result<()> {

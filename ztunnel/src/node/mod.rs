@@ -1,9 +1,10 @@
 //! `ztunnel node`: the per-node daemon, wiring its parts together.
 //!
-//! Today it keeps the node's workload identities: it watches the registry,
-//! derives the identities of the enrolled pods on this node, and has the
-//! certificate manager hold exactly those. Capture and proxying join here as
-//! they are built.
+//! It watches the registry; from the enrolled pods on this node it derives
+//! which pods to capture ([`capture`]) and which identities to hold
+//! certificates for (the certificate manager), and keeps both in step.
+
+pub mod capture;
 
 use std::{
     collections::BTreeSet, future::Future, net::SocketAddr, path::PathBuf, sync::Arc,
@@ -19,7 +20,8 @@ use crate::{
         CaClient, CaClientConfig, CertManager, Identity, ManagerConfig, TrustBundle,
         WorkloadCertificate, bundle::BundleError, ca_client::CaClientError, manager::Certificates,
     },
-    registry::{Enrolment, Registry, RegistryError},
+    redirect::RedirectError,
+    registry::{Enrolment, Pod, Registry, RegistryError},
     reload::Watched,
 };
 
@@ -56,6 +58,9 @@ pub enum NodeError {
     /// The CA client could not be set up.
     #[error(transparent)]
     Ca(#[from] CaClientError),
+    /// The eBPF programs could not be loaded or attached.
+    #[error(transparent)]
+    Capture(#[from] RedirectError),
     /// The admin endpoint could not be bound.
     #[error("binding the admin endpoint {address}: {source}")]
     Admin {
@@ -66,6 +71,17 @@ pub enum NodeError {
     },
 }
 
+/// The enrolled pods `registry` places on `node`.
+pub fn local_pods<'a>(
+    registry: &'a Registry,
+    node: &'a str,
+    enrolment: &'a Enrolment,
+) -> impl Iterator<Item = &'a Pod> + 'a {
+    registry
+        .pods_on(node)
+        .filter(move |pod| enrolment.enrols_in(registry, pod))
+}
+
 /// The identities of the enrolled pods `registry` places on `node`.
 pub fn local_identities(
     registry: &Registry,
@@ -73,9 +89,7 @@ pub fn local_identities(
     enrolment: &Enrolment,
     trust_domain: &TrustDomain,
 ) -> BTreeSet<Identity> {
-    registry
-        .pods_on(node)
-        .filter(|pod| enrolment.enrols_in(registry, pod))
+    local_pods(registry, node, enrolment)
         .filter_map(|pod| match Identity::new(trust_domain.clone(), &pod.namespace, &pod.service_account) {
             Ok(identity) => Some(identity),
             Err(err) => {
@@ -90,18 +104,39 @@ pub fn local_identities(
 /// reading it never blocks the daemon.
 struct NodeState {
     certificates: watch::Receiver<Certificates>,
-    wanted: watch::Receiver<Arc<BTreeSet<Identity>>>,
+    /// What the registry asks of this node; `None` until it is first applied.
+    applied: watch::Receiver<Option<Arc<Applied>>>,
     trust_bundle: watch::Receiver<Arc<TrustBundle>>,
+}
+
+/// The outcome of applying the registry to this node.
+#[derive(Default)]
+struct Applied {
+    /// Identities the node's enrolled pods need.
+    identities: BTreeSet<Identity>,
+    /// Enrolled pods that could not be captured (`namespace/name`).
+    uncaptured: Vec<String>,
 }
 
 impl AdminState for NodeState {
     fn not_ready(&self) -> Vec<String> {
-        let pending = self.pending_identities();
-        if pending.is_empty() {
-            Vec::new()
-        } else {
-            vec![format!("no certificate yet for {}", pending.join(", "))]
+        let Some(applied) = self.applied.borrow().clone() else {
+            return vec![
+                "starting: the registry is not applied yet (capture, identities)".to_owned(),
+            ];
+        };
+        let mut reasons = Vec::new();
+        if !applied.uncaptured.is_empty() {
+            reasons.push(format!(
+                "pods not captured: {}",
+                applied.uncaptured.join(", ")
+            ));
         }
+        let pending = self.pending_identities();
+        if !pending.is_empty() {
+            reasons.push(format!("no certificate yet for {}", pending.join(", ")));
+        }
+        reasons
     }
 
     fn certificates(&self) -> Vec<Arc<WorkloadCertificate>> {
@@ -111,8 +146,11 @@ impl AdminState for NodeState {
     fn pending_identities(&self) -> Vec<String> {
         let now = SystemTime::now();
         let certificates = self.certificates.borrow().clone();
-        let wanted = self.wanted.borrow().clone();
-        wanted
+        let Some(applied) = self.applied.borrow().clone() else {
+            return Vec::new();
+        };
+        applied
+            .identities
             .iter()
             .filter(|identity| {
                 certificates
@@ -141,10 +179,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         "trust bundle loaded"
     );
     let mut manager = CertManager::new(CaClient::new(&config.ca)?, config.certificates.clone());
-    let wanted = watch::Sender::new(Arc::new(BTreeSet::new()));
+    let applied = watch::Sender::new(None);
     let state = Arc::new(NodeState {
         certificates: manager.subscribe(),
-        wanted: wanted.subscribe(),
+        applied: applied.subscribe(),
         trust_bundle: trust_bundle.subscribe(),
     });
     let listener = admin::bind(config.admin)
@@ -156,8 +194,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let admin = tokio::spawn(admin::serve(listener, state.clone()));
     tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
 
+    let mut capture = capture::Capture::start()?;
     let mut changes = registry.subscribe();
     let mut apply = |registry: &Registry| {
+        let uncaptured = capture.set_pods(local_pods(registry, &config.node, &config.enrolment));
         let identities = local_identities(
             registry,
             &config.node,
@@ -165,7 +205,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             &config.trust_domain,
         );
         manager.set_identities(&identities);
-        wanted.send_replace(Arc::new(identities));
+        applied.send_replace(Some(Arc::new(Applied {
+            identities,
+            uncaptured,
+        })));
     };
     apply(&registry.current());
     tokio::pin!(shutdown);

@@ -1,0 +1,208 @@
+//! Transparent capture with eBPF: unmodified applications in enrolled pods
+//! are steered into their node's daemon, which knows their workload and
+//! original destination; everything else is left alone.
+
+use std::time::{Duration, Instant};
+
+use ztunnel_cluster::{Cluster, ClusterSpec, PodProcess, netns, payload::Payload};
+use ztunnel_e2e::{bin, bin_dir, captured, daemon_log};
+
+const READY: Duration = Duration::from_secs(10);
+const MODE: &str = "istio.io/dataplane-mode";
+
+fn mesh(nodes: u8) -> Cluster {
+    Cluster::create(&ClusterSpec::ephemeral(nodes, 1).with_mesh(bin_dir())).unwrap()
+}
+
+fn http_server(cluster: &Cluster, pod: &str) -> PodProcess {
+    let testapp = bin("ztunnel-testapp");
+    let server = cluster
+        .spawn(pod, testapp.to_str().unwrap(), &["http", "--name", pod])
+        .unwrap();
+    cluster.wait_listening(pod, 8080, READY).unwrap();
+    server
+}
+
+fn testapp(cluster: &Cluster, pod: &str, args: &[&str]) -> String {
+    let testapp = bin("ztunnel-testapp");
+    cluster.run(pod, testapp.to_str().unwrap(), args).unwrap()
+}
+
+/// Waits (up to 3 s) for `condition`, which is re-checked every 50 ms.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn enrolled_pods_are_captured_with_their_workload_and_original_destination() {
+    let cluster = mesh(2);
+    let _server = http_server(&cluster, "web-2");
+    let web = cluster.pod("web-2").unwrap().clone();
+    let (v4, v6) = (format!("{}:8080", web.ipv4), format!("[{}]:8080", web.ipv6));
+
+    // Bytes arrive intact through the daemon, over IPv4 and IPv6.
+    let len = 1024 * 1024 + 7;
+    for addr in [&v4, &v6] {
+        let out = cluster
+            .run(
+                "client-1",
+                "sh",
+                &[
+                    "-c",
+                    &format!("curl -sS --fail --max-time 10 http://{addr}/bytes/{len} | sha256sum"),
+                ],
+            )
+            .unwrap();
+        assert!(
+            out.starts_with(&Payload::sha256_hex(len)),
+            "body through {addr} differs: {out}"
+        );
+    }
+    // The daemon accepted them in client-1's namespace: source workload and
+    // original destination are right.
+    eventually("both connections in node1's log", || {
+        captured(&cluster, "node1", "client-1", &v4) == 1
+            && captured(&cluster, "node1", "client-1", &v6) == 1
+    });
+    let log = daemon_log(&cluster, "node1");
+    assert!(
+        log.contains("src.pod=client-1 src.namespace=demo src.service_account=client"),
+        "{log}"
+    );
+
+    // The application sees its original destination, never the proxy.
+    for (target, want) in [
+        (v4.clone(), v4.clone()),
+        (v6.clone(), v6.clone()),
+        (
+            format!("[::ffff:{}]:8080", web.ipv4),
+            format!("[::ffff:{}]:8080", web.ipv4),
+        ),
+    ] {
+        let out = testapp(&cluster, "client-1", &["probe", &target]);
+        assert!(
+            out.starts_with(&format!("peer={want} ")),
+            "getpeername for {target}: {out}"
+        );
+    }
+
+    // A pod of a namespace without the label is never touched.
+    let out = cluster
+        .run(
+            "legacy-1",
+            "curl",
+            &["-sS", "--max-time", "5", &format!("http://{v4}/")],
+        )
+        .unwrap();
+    assert_eq!(out, "hello from web-2\n");
+    let probe = testapp(&cluster, "legacy-1", &["probe", &v4]);
+    assert!(probe.starts_with(&format!("peer={v4} ")), "{probe}");
+    std::thread::sleep(Duration::from_millis(300)); // what would be logged, if anything, is logged at close
+    let log = daemon_log(&cluster, "node1");
+    assert!(!log.contains("legacy-1"), "the daemon saw legacy-1:\n{log}");
+}
+
+#[test]
+fn labelling_a_namespace_switches_capture_on_and_off_at_run_time() {
+    let mut cluster = mesh(2);
+    let _server = http_server(&cluster, "web-2");
+    let web = format!("{}:8080", cluster.pod("web-2").unwrap().ipv4);
+    let connect = |cluster: &Cluster| testapp(cluster, "legacy-1", &["probe", &web]);
+
+    connect(&cluster);
+    assert_eq!(captured(&cluster, "node1", "legacy-1", &web), 0);
+
+    cluster
+        .label_namespace("legacy", MODE, Some("ambient"))
+        .unwrap();
+    eventually("legacy-1 captured after the label", || {
+        connect(&cluster);
+        captured(&cluster, "node1", "legacy-1", &web) > 0
+    });
+
+    cluster.label_namespace("legacy", MODE, None).unwrap();
+    eventually("legacy-1 released after the label is removed", || {
+        daemon_log(&cluster, "node1").contains("pod released pod=legacy-1")
+    });
+    let count = captured(&cluster, "node1", "legacy-1", &web);
+    for _ in 0..3 {
+        connect(&cluster);
+    }
+    // Captured connections log when they close, which a probe does at once.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        captured(&cluster, "node1", "legacy-1", &web),
+        count,
+        "still captured without the label"
+    );
+}
+
+#[test]
+fn a_thousand_concurrent_captured_connections_all_complete() {
+    let cluster = mesh(2);
+    let _server = http_server(&cluster, "web-2");
+    let web = format!("{}:8080", cluster.pod("web-2").unwrap().ipv4);
+    let out = testapp(
+        &cluster,
+        "client-1",
+        &["fetch", &web, "--bytes", "4096", "--connections", "1000"],
+    );
+    assert_eq!(out.trim(), "ok 1000");
+    eventually("1000 relayed connections in node1's log", || {
+        captured(&cluster, "node1", "client-1", &web) == 1000
+    });
+}
+
+/// The rule sets of iptables and nftables in network namespace `netns`
+/// (`None`: the machine's own), without comments and counters.
+fn rule_sets(netns: Option<&str>) -> String {
+    let run = |program: &str, args: &[&str]| {
+        let mut cmd = match netns {
+            Some(ns) => netns::exec(ns, program),
+            None => std::process::Command::new(program),
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let iptables = run("iptables-save", &[]) + &run("ip6tables-save", &[]);
+    let nft = run("nft", &["list", "ruleset"]);
+    (iptables + &nft)
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.starts_with(':'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn capture_creates_no_iptables_or_nftables_rule() {
+    let machine_before = rule_sets(None);
+    let cluster = mesh(2);
+    let _server = http_server(&cluster, "web-2");
+    let web = format!("{}:8080", cluster.pod("web-2").unwrap().ipv4);
+    testapp(&cluster, "client-1", &["probe", &web]);
+    eventually("the connection relayed", || {
+        captured(&cluster, "node1", "client-1", &web) == 1
+    });
+
+    assert_eq!(
+        rule_sets(None),
+        machine_before,
+        "the machine's rule set changed"
+    );
+    for netns in [
+        &cluster.status().nodes[0].netns,
+        &cluster.pod("client-1").unwrap().netns,
+        &cluster.pod("web-2").unwrap().netns,
+    ] {
+        assert_eq!(rule_sets(Some(netns)), "", "rules in {netns}");
+    }
+}

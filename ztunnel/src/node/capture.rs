@@ -1,0 +1,139 @@
+//! Which pods of this node are captured, kept in step with the registry.
+//!
+//! Enrolling a pod: open its network namespace, bind the daemon's listeners
+//! in it, start accepting, and only then add it to the `ENROLLED` map, so a
+//! steered connection always finds a listener. Releasing a pod: remove it from
+//! the map first, then stop accepting; connections already open carry on.
+
+use std::{collections::HashMap, sync::Arc};
+
+use tokio::task::JoinHandle;
+
+use crate::{
+    proxy::outbound::{self, SourcePod},
+    redirect::{
+        RedirectError,
+        abi::{EnrolledPod, OUTBOUND_PORT},
+        listeners,
+        netns::PodNetns,
+        programs::{OrigDstTable, Programs},
+    },
+    registry::Pod,
+};
+
+/// A pod's identity in the registry: namespace and name.
+type PodKey = (String, String);
+
+/// A captured pod.
+struct CapturedPod {
+    cookie: u64,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+/// The captured pods of this node and the programs that steer them.
+pub struct Capture {
+    programs: Programs,
+    orig_dst: Arc<OrigDstTable>,
+    pods: HashMap<PodKey, CapturedPod>,
+}
+
+impl Capture {
+    /// Loads and attaches the programs; nothing is captured yet.
+    pub fn start() -> Result<Self, RedirectError> {
+        let (programs, orig_dst) = Programs::attach()?;
+        Ok(Self {
+            programs,
+            orig_dst: Arc::new(orig_dst),
+            pods: HashMap::new(),
+        })
+    }
+
+    /// Captures exactly `wanted`: enrols the new pods, releases the others.
+    /// A pod that cannot be enrolled is logged, returned (`namespace/name`),
+    /// and tried again on the next call.
+    pub fn set_pods<'a>(&mut self, wanted: impl IntoIterator<Item = &'a Pod>) -> Vec<String> {
+        let mut failed = Vec::new();
+        let wanted: HashMap<PodKey, &Pod> = wanted
+            .into_iter()
+            .map(|pod| ((pod.namespace.clone(), pod.name.clone()), pod))
+            .collect();
+        let released: Vec<PodKey> = self
+            .pods
+            .keys()
+            .filter(|key| !wanted.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in released {
+            self.release(&key);
+        }
+        for (key, pod) in wanted {
+            if self.pods.contains_key(&key) {
+                continue;
+            }
+            match self.enrol(pod) {
+                Ok(captured) => {
+                    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie = captured.cookie, "pod captured");
+                    self.pods.insert(key, captured);
+                }
+                Err(err) => {
+                    tracing::warn!(pod = %pod.name, namespace = %pod.namespace, "cannot capture pod: {err}");
+                    failed.push(format!("{}/{}", pod.namespace, pod.name));
+                }
+            }
+        }
+        failed
+    }
+
+    fn enrol(&mut self, pod: &Pod) -> Result<CapturedPod, RedirectError> {
+        let io = |context: &str| {
+            let context = format!(
+                "{context} of pod {}/{} ({})",
+                pod.namespace,
+                pod.name,
+                pod.netns.display()
+            );
+            move |source| RedirectError::Io { context, source }
+        };
+        let netns = PodNetns::open(&pod.netns).map_err(io("opening the network namespace"))?;
+        let listeners =
+            listeners::bind(&netns, OUTBOUND_PORT).map_err(io("binding the outbound listeners"))?;
+        let cookie = netns.cookie();
+        let source = Arc::new(SourcePod {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            service_account: pod.service_account.clone(),
+            netns,
+        });
+        let accept_tasks: Vec<JoinHandle<()>> =
+            [Some(listeners.outbound_v4), listeners.outbound_v6]
+                .into_iter()
+                .flatten()
+                .map(|listener| {
+                    tokio::spawn(outbound::serve(
+                        listener,
+                        source.clone(),
+                        self.orig_dst.clone(),
+                    ))
+                })
+                .collect();
+        if let Err(err) = self.programs.enrol(cookie, EnrolledPod::new(OUTBOUND_PORT)) {
+            accept_tasks.iter().for_each(JoinHandle::abort);
+            return Err(err);
+        }
+        Ok(CapturedPod {
+            cookie,
+            accept_tasks,
+        })
+    }
+
+    fn release(&mut self, key: &PodKey) {
+        let Some(pod) = self.pods.remove(key) else {
+            return;
+        };
+        if let Err(err) = self.programs.unenrol(pod.cookie) {
+            tracing::error!(pod = %key.1, namespace = %key.0, "cannot release pod from capture: {err}");
+        }
+        pod.accept_tasks.iter().for_each(JoinHandle::abort);
+        tracing::info!(pod = %key.1, namespace = %key.0, "pod released");
+    }
+}

@@ -1,0 +1,212 @@
+//! Loading the eBPF programs, attaching them at the cgroup v2 root, and the
+//! typed handles of their maps.
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::Mutex,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData},
+    programs::{CgroupAttachMode, Program},
+};
+
+use super::{
+    RedirectError,
+    abi::{AF_INET, EnrolledPod, OrigDst, OrigDstKey, map_names, program_names},
+};
+
+/// The embedded ELF object holding every ztunnel eBPF program and map.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztunnel-ebpf.o"));
+
+/// The loaded, attached programs and the `ENROLLED` map. Dropping it detaches
+/// the programs.
+pub struct Programs {
+    /// Owns the programs and their links.
+    _ebpf: Ebpf,
+    enrolled: HashMap<MapData, u64, EnrolledPod>,
+}
+
+/// The `ORIG_DST` map, shared by every connection task.
+pub struct OrigDstTable {
+    // Removal needs `&mut`; each use is one syscall, so the lock is never held long.
+    map: Mutex<HashMap<MapData, OrigDstKey, OrigDst>>,
+}
+
+impl Programs {
+    /// Loads every program and attaches it at the cgroup v2 root.
+    pub fn attach() -> Result<(Self, OrigDstTable), RedirectError> {
+        let root = cgroup2_root()?;
+        let cgroup = File::open(&root).map_err(|source| RedirectError::Io {
+            context: format!("opening the cgroup v2 root {}", root.display()),
+            source,
+        })?;
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|err| RedirectError::Load(err.to_string()))?;
+        for name in program_names::ALL {
+            let program = ebpf.program_mut(name).ok_or_else(|| {
+                RedirectError::Load(format!("program {name} missing from the object"))
+            })?;
+            let failed = |err: aya::programs::ProgramError| RedirectError::Attach {
+                program: name,
+                message: err.to_string(),
+            };
+            match program {
+                Program::CgroupSockAddr(program) => {
+                    program.load().map_err(failed)?;
+                    program
+                        .attach(&cgroup, CgroupAttachMode::Single)
+                        .map_err(failed)?;
+                }
+                Program::SockOps(program) => {
+                    program.load().map_err(failed)?;
+                    program
+                        .attach(&cgroup, CgroupAttachMode::Single)
+                        .map_err(failed)?;
+                }
+                _ => {
+                    return Err(RedirectError::Load(format!(
+                        "program {name} has an unexpected type"
+                    )));
+                }
+            }
+        }
+        let enrolled = take_map(&mut ebpf, map_names::ENROLLED)?;
+        let orig_dst = take_map(&mut ebpf, map_names::ORIG_DST)?;
+        tracing::info!(cgroup = %root.display(), programs = program_names::ALL.len(), "eBPF programs attached");
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                enrolled,
+            },
+            OrigDstTable {
+                map: Mutex::new(orig_dst),
+            },
+        ))
+    }
+
+    /// Steers the TCP connections of the pod whose netns cookie is `cookie`.
+    pub fn enrol(&mut self, cookie: u64, pod: EnrolledPod) -> Result<(), RedirectError> {
+        self.enrolled
+            .insert(cookie, pod, 0)
+            .map_err(|err| RedirectError::Map(err.to_string()))
+    }
+
+    /// Stops steering the pod whose netns cookie is `cookie`.
+    pub fn unenrol(&mut self, cookie: u64) -> Result<(), RedirectError> {
+        match self.enrolled.remove(&cookie) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(RedirectError::Map(err.to_string())),
+        }
+    }
+}
+
+impl OrigDstTable {
+    /// The original destination of the connection from `port` in the pod
+    /// with netns cookie `cookie`, removed from the table as it is read.
+    pub fn take(&self, cookie: u64, port: u16) -> Option<SocketAddr> {
+        let key = OrigDstKey::new(cookie, port);
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let orig = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        Some(to_socket_addr(&orig))
+    }
+}
+
+/// The address an [`OrigDst`] record names; IPv4-mapped IPv6 becomes IPv4.
+pub fn to_socket_addr(orig: &OrigDst) -> SocketAddr {
+    let port = u16::from_be(orig.port);
+    let ip = if orig.family == AF_INET {
+        IpAddr::V4(Ipv4Addr::from(u32::from_be(orig.addr[0])))
+    } else {
+        let mut octets = [0u8; 16];
+        for (chunk, word) in octets.chunks_mut(4).zip(orig.addr) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        let v6 = Ipv6Addr::from(octets);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    };
+    SocketAddr::new(ip, port)
+}
+
+fn take_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>, RedirectError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| RedirectError::Load(format!("map {name} missing from the object")))?;
+    HashMap::try_from(map).map_err(|err| RedirectError::Map(format!("{name}: {err}")))
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup` on pure v2 hosts, often
+/// `/sys/fs/cgroup/unified` on hybrid ones), read from /proc/mounts.
+fn cgroup2_root() -> Result<PathBuf, RedirectError> {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|source| RedirectError::Io {
+        context: "reading /proc/mounts".to_owned(),
+        source,
+    })?;
+    mounts
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.get(2) == Some(&"cgroup2"))
+        .and_then(|fields| fields.get(1).map(PathBuf::from))
+        .ok_or(RedirectError::NoCgroup2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redirect::abi::AF_INET6;
+
+    #[test]
+    fn embedded_object_holds_the_programs_and_maps_userspace_expects() {
+        let object =
+            aya_obj::Object::parse(OBJECT).expect("the embedded object is a valid eBPF ELF");
+        for name in program_names::ALL {
+            assert!(object.programs.contains_key(name), "program {name} missing");
+        }
+        for name in [
+            map_names::ENROLLED,
+            map_names::CONNECTING,
+            map_names::ORIG_DST,
+        ] {
+            assert!(object.maps.contains_key(name), "map {name} missing");
+        }
+    }
+
+    #[test]
+    fn orig_dst_records_decode_to_the_addresses_the_application_used() {
+        let v4 = OrigDst {
+            addr: [u32::from(Ipv4Addr::new(10, 244, 2, 2)).to_be(), 0, 0, 0],
+            port: 8080u16.to_be(),
+            family: AF_INET,
+            _pad: [0; 4],
+        };
+        assert_eq!(to_socket_addr(&v4), "10.244.2.2:8080".parse().unwrap());
+        let words = |ip: Ipv6Addr| {
+            let o = ip.octets();
+            [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
+        };
+        let v6 = OrigDst {
+            addr: words("fd00:10:244:2::2".parse().unwrap()),
+            port: 443u16.to_be(),
+            family: AF_INET6,
+            _pad: [0; 4],
+        };
+        assert_eq!(
+            to_socket_addr(&v6),
+            "[fd00:10:244:2::2]:443".parse().unwrap()
+        );
+        let mapped = OrigDst {
+            addr: words("::ffff:10.244.2.2".parse().unwrap()),
+            ..v6
+        };
+        assert_eq!(to_socket_addr(&mapped), "10.244.2.2:443".parse().unwrap());
+    }
+}
