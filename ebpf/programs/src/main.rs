@@ -127,7 +127,12 @@ pub fn ztunnel_connect6(ctx: SockAddrContext) -> i32 {
     };
     // SAFETY: the kernel-provided context, valid and writable for this program type.
     let sock_addr = unsafe { &mut *ctx.sock_addr };
-    let ip = [sock_addr.user_ip6[0], sock_addr.user_ip6[1], sock_addr.user_ip6[2], sock_addr.user_ip6[3]];
+    let ip = [
+        sock_addr.user_ip6[0],
+        sock_addr.user_ip6[1],
+        sock_addr.user_ip6[2],
+        sock_addr.user_ip6[3],
+    ];
     let mapped = ip[0] == 0 && ip[1] == 0 && ip[2] == 0xffff_u32.to_be();
     let loopback = if mapped {
         u32::from_be(ip[3]) >> 24 == 127
