@@ -29,6 +29,9 @@ enum Command {
     Ca(CaArgs),
     /// Run the node daemon.
     Node(NodeArgs),
+    /// Detach every eBPF program of a (stopped) node daemon and remove its
+    /// pins and maps: pods return to plain networking.
+    Uninstall(UninstallArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +72,17 @@ struct NodeArgs {
     /// Admin endpoint (readiness, certificates).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// Directory on bpffs where the eBPF links and maps are pinned, so pods
+    /// fail closed while the daemon is down and a new daemon takes over.
+    #[arg(long, default_value = "/sys/fs/bpf/ztunnel")]
+    bpf_pin_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct UninstallArgs {
+    /// The pin directory of the daemon to remove.
+    #[arg(long, default_value = "/sys/fs/bpf/ztunnel")]
+    bpf_pin_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -124,6 +138,11 @@ impl Cli {
             match self.command {
                 Command::Ca(args) => run_ca(args).await,
                 Command::Node(args) => run_node(args).await,
+                Command::Uninstall(args) => {
+                    ztunnel::redirect::programs::uninstall(&args.bpf_pin_dir)?;
+                    tracing::info!(pins = %args.bpf_pin_dir.display(), "uninstalled");
+                    Ok(())
+                }
             }
         })
     }
@@ -183,6 +202,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         },
         trust_bundle: args.trust_bundle,
         admin: args.admin,
+        bpf_pin_dir: args.bpf_pin_dir,
     };
     node::run(config, shutdown_signal()).await?;
     Ok(())

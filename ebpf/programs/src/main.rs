@@ -16,6 +16,11 @@
 //!    (`ORIG_DST`), which the daemon looks up when it accepts the connection.
 //! 3. `getpeername4`/`getpeername6` show the application its original
 //!    destination, so it never sees the proxy.
+//!
+//! The maps are pinned by name (and the daemon pins the links), so the
+//! programs and the set of enrolled pods outlive the daemon: while it is down,
+//! enrolled pods' connects are still steered to its (absent) listener and are
+//! refused, never sent around the mesh.
 #![no_std]
 #![no_main]
 
@@ -46,15 +51,15 @@ const LOOPBACK_V4: u32 = 0x7f00_0001;
 
 /// Enrolled pods of this node, keyed by netns cookie; filled by the daemon.
 #[map(name = "ENROLLED")]
-static ENROLLED: HashMap<u64, EnrolledPod> = HashMap::with_max_entries(MAX_ENROLLED_PODS, 0);
+static ENROLLED: HashMap<u64, EnrolledPod> = HashMap::pinned(MAX_ENROLLED_PODS, 0);
 
 /// Original destinations of redirected sockets, by socket cookie.
 #[map(name = "CONNECTING")]
-static CONNECTING: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_CONNECTING, 0);
+static CONNECTING: LruHashMap<u64, OrigDst> = LruHashMap::pinned(MAX_CONNECTING, 0);
 
 /// Original destinations of redirected connections, by pod and client port.
 #[map(name = "ORIG_DST")]
-static ORIG_DST: LruHashMap<OrigDstKey, OrigDst> = LruHashMap::with_max_entries(MAX_CONNECTING, 0);
+static ORIG_DST: LruHashMap<OrigDstKey, OrigDst> = LruHashMap::pinned(MAX_CONNECTING, 0);
 
 /// The enrolled pod a TCP socket of an application belongs to, if any.
 fn enrolled_app_socket(ctx: &SockAddrContext) -> Option<EnrolledPod> {

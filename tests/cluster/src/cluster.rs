@@ -27,6 +27,8 @@ pub struct Cluster {
     status: Status,
     /// Whether dropping this value tears the cluster down.
     owned: bool,
+    /// Where the `ztunnel` binary is, for a cluster running the mesh.
+    bin_dir: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -62,6 +64,7 @@ impl Cluster {
         let cluster = Self {
             status,
             owned: true,
+            bin_dir: spec.mesh.clone(),
         };
         for dir in [cluster.policies_dir(), cluster.logs_dir()] {
             fs::create_dir_all(&dir).map_err(|err| ClusterError::io(&dir, err))?;
@@ -84,6 +87,7 @@ impl Cluster {
         Ok(Self {
             status,
             owned: false,
+            bin_dir: None,
         })
     }
 
@@ -196,6 +200,37 @@ impl Cluster {
         topology::refresh_enrolment(&mut self.status);
         self.write_registry()?;
         self.save()
+    }
+
+    /// Kills node `node`'s daemon with SIGKILL, as a crash would, and waits
+    /// until it is gone. Its pinned programs stay attached.
+    pub fn kill_daemon(&mut self, node: &str) -> Result<(), ClusterError> {
+        let daemon = self.node_daemon(node)?;
+        let _ = Command::new("kill")
+            .args(["-KILL", &daemon.to_string()])
+            .status();
+        netns::wait_gone(&[daemon], Duration::from_secs(10)).map_err(|alive| {
+            ClusterError::Teardown(format!("daemon {alive:?} of {node} survived SIGKILL"))
+        })
+    }
+
+    /// Starts node `node`'s daemon again and waits until it is ready.
+    pub fn start_daemon(&mut self, node: &str) -> Result<(), ClusterError> {
+        let bin_dir = self
+            .bin_dir
+            .clone()
+            .ok_or_else(|| ClusterError::Spec("this cluster runs no mesh".to_owned()))?;
+        mesh::spawn_daemon(&mut self.status, node, &bin_dir.join("ztunnel"))?;
+        self.save()?;
+        mesh::wait_daemon_ready(&self.status, node)
+    }
+
+    fn node_daemon(&self, node: &str) -> Result<u32, ClusterError> {
+        self.status
+            .node(node)
+            .and_then(|n| n.daemon.as_ref())
+            .map(|d| d.pid)
+            .ok_or_else(|| ClusterError::Spec(format!("node {node} runs no daemon")))
     }
 
     /// Waits until something listens on TCP `port` in pod `pod`.

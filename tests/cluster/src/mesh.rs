@@ -25,6 +25,14 @@ pub const CA_ADDRESS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 10, 0, 
 pub const ADMIN_ADDRESS: &str = "127.0.0.1:15000";
 /// How long the mesh may take to come up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every cluster pins its daemons' eBPF links and maps under
+/// `<BPF_PIN_ROOT>-<cluster>/<node>`.
+pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/ztunnel";
+
+/// The bpffs directory holding every pin of cluster `cluster`.
+pub fn bpf_pin_dir(cluster: &str) -> PathBuf {
+    PathBuf::from(format!("{BPF_PIN_ROOT}-{cluster}"))
+}
 
 /// Starts the CA and every node daemon of `status` (with the `ztunnel`
 /// binary in `bin_dir`), waits until all are ready, and records them.
@@ -36,6 +44,7 @@ pub(crate) fn start(status: &mut Status, bin_dir: &Path) -> Result<(), ClusterEr
             ztunnel.display()
         )));
     }
+    ensure_bpffs()?;
     let ca_dir = status.state_dir.join("ca");
     std::fs::create_dir_all(&ca_dir).map_err(|err| ClusterError::io(&ca_dir, err))?;
 
@@ -94,23 +103,61 @@ pub(crate) fn start(status: &mut Status, bin_dir: &Path) -> Result<(), ClusterEr
         root_cert,
     });
 
-    for index in 0..status.nodes.len() {
-        let pid = start_daemon(status, &status.nodes[index].name, &ztunnel)?;
-        status.nodes[index].daemon = Some(DaemonStatus {
-            pid,
-            admin: ADMIN_ADDRESS.to_owned(),
-            metrics: None,
-        });
+    let nodes: Vec<String> = status.nodes.iter().map(|node| node.name.clone()).collect();
+    for node in &nodes {
+        spawn_daemon(status, node, &ztunnel)?;
     }
-    for node in &status.nodes {
-        wait_ready(
-            &node.netns,
-            &status
-                .state_dir
-                .join(format!("logs/{}-ztunnel.log", node.name)),
-        )?;
+    for node in &nodes {
+        wait_daemon_ready(status, node)?;
     }
     Ok(())
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there, as a node does at
+/// boot. Done here, once, because daemons starting together would each mount
+/// it, stacking mounts that hide each other's pins.
+fn ensure_bpffs() -> Result<(), ClusterError> {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONCE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mounts = std::fs::read_to_string("/proc/mounts")
+        .map_err(|err| ClusterError::io("/proc/mounts", err))?;
+    if mounts
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
+        return Ok(());
+    }
+    netns::run(std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// Starts (again) the daemon of `node` and records it; does not wait.
+pub(crate) fn spawn_daemon(
+    status: &mut Status,
+    node: &str,
+    ztunnel: &Path,
+) -> Result<(), ClusterError> {
+    let pid = start_daemon(status, node, ztunnel)?;
+    let entry = status
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == node)
+        .expect("a planned node");
+    entry.daemon = Some(DaemonStatus {
+        pid,
+        admin: ADMIN_ADDRESS.to_owned(),
+        metrics: None,
+    });
+    Ok(())
+}
+
+/// Waits until the daemon of `node` is ready.
+pub(crate) fn wait_daemon_ready(status: &Status, node: &str) -> Result<(), ClusterError> {
+    let netns = &status.node(node).expect("a planned node").netns;
+    wait_ready(netns, &daemon_log(status, node))
+}
+
+fn daemon_log(status: &Status, node: &str) -> PathBuf {
+    status.state_dir.join(format!("logs/{node}-ztunnel.log"))
 }
 
 /// Starts the daemon of node `node`; returns its pid.
@@ -139,8 +186,11 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
             ca.root_cert.as_os_str(),
             "--admin".as_ref(),
             ADMIN_ADDRESS.as_ref(),
+            "--bpf-pin-dir".as_ref(),
+            bpf_pin_dir(&status.name).join(node).as_os_str(),
         ],
-        &status.state_dir.join(format!("logs/{node}-ztunnel.log")),
+        // Appended to, so a restarted daemon's log follows its predecessor's.
+        &daemon_log(status, node),
     )
 }
 

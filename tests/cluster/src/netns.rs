@@ -72,12 +72,16 @@ pub fn spawn_detached(
     Ok(spawn_logged(&mut cmd, log)?.id())
 }
 
-/// Spawns `cmd` with no stdin and its stdout and stderr going to `log`.
+/// Spawns `cmd` with no stdin and its stdout and stderr appended to `log`.
 pub fn spawn_logged(
     cmd: &mut Command,
     log: &std::path::Path,
 ) -> Result<std::process::Child, ClusterError> {
-    let file = std::fs::File::create(log).map_err(|err| ClusterError::io(log, err))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|err| ClusterError::io(log, err))?;
     let stderr = file.try_clone().map_err(|err| ClusterError::io(log, err))?;
     cmd.stdin(Stdio::null())
         .stdout(file)
@@ -172,7 +176,8 @@ pub fn is_alive(pid: u32) -> bool {
     })
 }
 
-fn wait_gone(pids: &[u32], timeout: Duration) -> Result<(), Vec<u32>> {
+/// Waits until none of `pids` is alive; on timeout returns those still alive.
+pub fn wait_gone(pids: &[u32], timeout: Duration) -> Result<(), Vec<u32>> {
     let deadline = Instant::now() + timeout;
     loop {
         let alive: Vec<u32> = pids.iter().copied().filter(|pid| is_alive(*pid)).collect();

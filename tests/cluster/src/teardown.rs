@@ -55,11 +55,13 @@ pub fn remove(name: &str) -> Result<(), ClusterError> {
             failures.push(err.to_string());
         }
     }
-    let dir = state_dir(name);
-    if let Err(err) = fs::remove_dir_all(&dir)
-        && err.kind() != std::io::ErrorKind::NotFound
-    {
-        failures.push(ClusterError::io(&dir, err).to_string());
+    // Unlinking the pinned links detaches the daemons' programs.
+    for dir in [crate::mesh::bpf_pin_dir(name), state_dir(name)] {
+        if let Err(err) = fs::remove_dir_all(&dir)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            failures.push(ClusterError::io(&dir, err).to_string());
+        }
     }
     if failures.is_empty() {
         Ok(())

@@ -206,3 +206,120 @@ fn capture_creates_no_iptables_or_nftables_rule() {
         assert_eq!(rule_sets(Some(netns)), "", "rules in {netns}");
     }
 }
+
+/// The program ids behind the links pinned in `dir`, read with bpftool.
+fn pinned_programs(dir: &std::path::Path) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("link_") {
+            continue;
+        }
+        let out = std::process::Command::new("bpftool")
+            .args([
+                "-j",
+                "link",
+                "show",
+                "pinned",
+                entry.path().to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let link: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(link["prog_id"].as_u64().unwrap());
+    }
+    ids.sort();
+    ids
+}
+
+fn program_exists(id: u64) -> bool {
+    std::process::Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn a_killed_daemon_fails_closed_a_restarted_one_takes_over_and_uninstall_leaves_nothing() {
+    let mut cluster = mesh(2);
+    let _server = http_server(&cluster, "web-2");
+    let web = format!("{}:8080", cluster.pod("web-2").unwrap().ipv4);
+    let probe = |cluster: &Cluster, pod: &str| {
+        let testapp = bin("ztunnel-testapp");
+        netns::output(
+            cluster
+                .command(pod, testapp.to_str().unwrap())
+                .unwrap()
+                .args(["probe", &web]),
+        )
+    };
+    probe(&cluster, "client-1").unwrap();
+    eventually("the first connection relayed", || {
+        captured(&cluster, "node1", "client-1", &web) == 1
+    });
+    let pins = ztunnel_cluster::mesh::bpf_pin_dir(&cluster.status().name).join("node1");
+    let first_programs = pinned_programs(&pins);
+    assert_eq!(first_programs.len(), 5, "every program's link is pinned");
+
+    // Down: enrolled pods' new connections are refused, never sent around the mesh.
+    cluster.kill_daemon("node1").unwrap();
+    for _ in 0..3 {
+        let err = probe(&cluster, "client-1").unwrap_err().to_string();
+        assert!(err.contains("Connection refused"), "{err}");
+    }
+    assert!(
+        first_programs.iter().all(|id| program_exists(*id)),
+        "the programs stay attached while the daemon is down"
+    );
+    // Pods outside the mesh are not affected.
+    probe(&cluster, "legacy-1").unwrap();
+
+    // Back: the new daemon takes the pinned state over, with no program left behind.
+    cluster.start_daemon("node1").unwrap();
+    probe(&cluster, "client-1").unwrap();
+    eventually("the new daemon relays", || {
+        captured(&cluster, "node1", "client-1", &web) == 2
+    });
+    let second_programs = pinned_programs(&pins);
+    assert_eq!(second_programs.len(), 5);
+    assert!(
+        first_programs.iter().all(|id| !program_exists(*id)),
+        "the old programs were replaced, not stacked"
+    );
+
+    // Uninstall (daemon stopped): no program, pin or map left; pods back to plain networking.
+    cluster.kill_daemon("node1").unwrap();
+    let out = std::process::Command::new(bin("ztunnel"))
+        .args(["uninstall", "--bpf-pin-dir", pins.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pins.exists(), "pins left in {}", pins.display());
+    assert!(
+        second_programs.iter().all(|id| !program_exists(*id)),
+        "programs left attached"
+    );
+    let out = probe(&cluster, "client-1").unwrap();
+    assert!(
+        out.starts_with(&format!(
+            "peer={web} local={}",
+            cluster.pod("client-1").unwrap().ipv4
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        captured(&cluster, "node1", "client-1", &web),
+        2,
+        "captured after uninstall"
+    );
+}

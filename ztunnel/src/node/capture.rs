@@ -5,7 +5,11 @@
 //! steered connection always finds a listener. Releasing a pod: remove it from
 //! the map first, then stop accepting; connections already open carry on.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::Path,
+    sync::Arc,
+};
 
 use tokio::task::JoinHandle;
 
@@ -35,16 +39,28 @@ pub struct Capture {
     programs: Programs,
     orig_dst: Arc<OrigDstTable>,
     pods: HashMap<PodKey, CapturedPod>,
+    /// Pods an earlier daemon enrolled (in the pinned map), until the first
+    /// [`Capture::set_pods`] decides which of them are still wanted.
+    inherited: BTreeSet<u64>,
 }
 
 impl Capture {
-    /// Loads and attaches the programs; nothing is captured yet.
-    pub fn start() -> Result<Self, RedirectError> {
-        let (programs, orig_dst) = Programs::attach()?;
+    /// Loads and attaches the programs, pinned under `pin_dir`. Pods an
+    /// earlier daemon enrolled stay steered (failing closed) until the first
+    /// [`Capture::set_pods`] takes them over or releases them.
+    pub fn start(pin_dir: &Path) -> Result<Self, RedirectError> {
+        let (programs, orig_dst, inherited) = Programs::attach(pin_dir)?;
+        if !inherited.is_empty() {
+            tracing::info!(
+                pods = inherited.len(),
+                "taking over pods enrolled by the previous daemon"
+            );
+        }
         Ok(Self {
             programs,
             orig_dst: Arc::new(orig_dst),
             pods: HashMap::new(),
+            inherited,
         })
     }
 
@@ -79,6 +95,18 @@ impl Capture {
                     tracing::warn!(pod = %pod.name, namespace = %pod.namespace, "cannot capture pod: {err}");
                     failed.push(format!("{}/{}", pod.namespace, pod.name));
                 }
+            }
+        }
+        // Inherited pods that were not taken over are gone from the registry.
+        let taken: BTreeSet<u64> = self.pods.values().map(|pod| pod.cookie).collect();
+        for cookie in std::mem::take(&mut self.inherited) {
+            if !taken.contains(&cookie)
+                && let Err(err) = self.programs.unenrol(cookie)
+            {
+                tracing::error!(
+                    netns_cookie = cookie,
+                    "cannot release an inherited pod: {err}"
+                );
             }
         }
         failed

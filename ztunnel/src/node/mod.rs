@@ -44,6 +44,9 @@ pub struct NodeConfig {
     pub trust_bundle: PathBuf,
     /// Address of the admin endpoint.
     pub admin: SocketAddr,
+    /// Where the eBPF programs' links and maps are pinned (on bpffs); one
+    /// directory per daemon.
+    pub bpf_pin_dir: PathBuf,
 }
 
 /// Why the daemon could not start.
@@ -194,7 +197,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let admin = tokio::spawn(admin::serve(listener, state.clone()));
     tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
 
-    let mut capture = capture::Capture::start()?;
+    let mut capture = capture::Capture::start(&config.bpf_pin_dir)?;
     let mut changes = registry.subscribe();
     let mut apply = |registry: &Registry| {
         let uncaptured = capture.set_pods(local_pods(registry, &config.node, &config.enrolment));

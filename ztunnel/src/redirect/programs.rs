@@ -1,5 +1,11 @@
 //! Loading the eBPF programs, attaching them at the cgroup v2 root, and the
 //! typed handles of their maps.
+//!
+//! Maps and links are pinned in the daemon's pin directory on bpffs, so they
+//! outlive the daemon: while it is down, enrolled pods fail closed. A new
+//! daemon reuses the pinned maps (the enrolled pods stay enrolled across the
+//! restart), attaches fresh programs, and then replaces the old pinned links,
+//! so programs never pile up. [`uninstall`] removes every pin.
 
 use std::{
     fs::File,
@@ -8,10 +14,15 @@ use std::{
     sync::Mutex,
 };
 
+use std::{collections::BTreeSet, path::Path};
+
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData},
-    programs::{CgroupAttachMode, Program},
+    programs::{
+        CgroupAttachMode, Program,
+        links::{FdLink, PinnedLink},
+    },
 };
 
 use super::{
@@ -37,45 +48,48 @@ pub struct OrigDstTable {
 }
 
 impl Programs {
-    /// Loads every program and attaches it at the cgroup v2 root.
-    pub fn attach() -> Result<(Self, OrigDstTable), RedirectError> {
+    /// Loads every program, attaches it at the cgroup v2 root and pins it
+    /// (and the maps) under `pin_dir`, replacing what an earlier daemon left
+    /// there. Also returns the pods (netns cookies) the pinned `ENROLLED` map
+    /// already holds, for the caller to reconcile.
+    pub fn attach(pin_dir: &Path) -> Result<(Self, OrigDstTable, BTreeSet<u64>), RedirectError> {
+        let io = |context: String| move |source| RedirectError::Io { context, source };
+        mount_bpffs(pin_dir)?;
+        std::fs::create_dir_all(pin_dir).map_err(io(format!("creating {}", pin_dir.display())))?;
         let root = cgroup2_root()?;
-        let cgroup = File::open(&root).map_err(|source| RedirectError::Io {
-            context: format!("opening the cgroup v2 root {}", root.display()),
-            source,
-        })?;
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|err| RedirectError::Load(err.to_string()))?;
+        let cgroup = File::open(&root)
+            .map_err(io(format!("opening the cgroup v2 root {}", root.display())))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(OBJECT)
+            .map_err(|err| RedirectError::Load(err.to_string()))?;
         for name in program_names::ALL {
-            let program = ebpf.program_mut(name).ok_or_else(|| {
-                RedirectError::Load(format!("program {name} missing from the object"))
-            })?;
-            let failed = |err: aya::programs::ProgramError| RedirectError::Attach {
-                program: name,
-                message: err.to_string(),
-            };
-            match program {
-                Program::CgroupSockAddr(program) => {
-                    program.load().map_err(failed)?;
-                    program
-                        .attach(&cgroup, CgroupAttachMode::Single)
-                        .map_err(failed)?;
-                }
-                Program::SockOps(program) => {
-                    program.load().map_err(failed)?;
-                    program
-                        .attach(&cgroup, CgroupAttachMode::Single)
-                        .map_err(failed)?;
-                }
-                _ => {
-                    return Err(RedirectError::Load(format!(
-                        "program {name} has an unexpected type"
-                    )));
+            let link = attach_program(&mut ebpf, name, &cgroup)?;
+            let pin = pin_dir.join(format!("link_{name}"));
+            // The new program runs before the old one is detached: no gap in
+            // capture (running both briefly is harmless, they share the maps).
+            if pin.exists() {
+                match PinnedLink::from_pin(&pin) {
+                    Ok(old) => drop(old.unpin()),
+                    Err(_) => std::fs::remove_file(&pin)
+                        .map_err(io(format!("removing {}", pin.display())))?,
                 }
             }
+            link.pin(&pin).map_err(|err| RedirectError::Attach {
+                program: name,
+                message: format!("pinning the link at {}: {err}", pin.display()),
+            })?;
         }
-        let enrolled = take_map(&mut ebpf, map_names::ENROLLED)?;
+        let enrolled: HashMap<MapData, u64, EnrolledPod> =
+            take_map(&mut ebpf, map_names::ENROLLED)?;
+        let previously_enrolled = enrolled.keys().filter_map(Result::ok).collect();
         let orig_dst = take_map(&mut ebpf, map_names::ORIG_DST)?;
-        tracing::info!(cgroup = %root.display(), programs = program_names::ALL.len(), "eBPF programs attached");
+        tracing::info!(
+            cgroup = %root.display(),
+            pins = %pin_dir.display(),
+            programs = program_names::ALL.len(),
+            "eBPF programs attached"
+        );
         Ok((
             Self {
                 _ebpf: ebpf,
@@ -84,6 +98,7 @@ impl Programs {
             OrigDstTable {
                 map: Mutex::new(orig_dst),
             },
+            previously_enrolled,
         ))
     }
 
@@ -132,6 +147,90 @@ pub fn to_socket_addr(orig: &OrigDst) -> SocketAddr {
         v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
     };
     SocketAddr::new(ip, port)
+}
+
+/// Loads program `name` and attaches it at `cgroup`; returns its link.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+) -> Result<FdLink, RedirectError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| RedirectError::Load(format!("program {name} missing from the object")))?;
+    let failed = |message: String| RedirectError::Attach {
+        program: name,
+        message,
+    };
+    match program {
+        Program::CgroupSockAddr(program) => {
+            program.load().map_err(|err| failed(err.to_string()))?;
+            let id = program
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(|err| failed(err.to_string()))?;
+            let link = program
+                .take_link(id)
+                .map_err(|err| failed(err.to_string()))?;
+            FdLink::try_from(link).map_err(|err| failed(err.to_string()))
+        }
+        Program::SockOps(program) => {
+            program.load().map_err(|err| failed(err.to_string()))?;
+            let id = program
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(|err| failed(err.to_string()))?;
+            let link = program
+                .take_link(id)
+                .map_err(|err| failed(err.to_string()))?;
+            FdLink::try_from(link).map_err(|err| failed(err.to_string()))
+        }
+        _ => Err(RedirectError::Load(format!(
+            "program {name} has an unexpected type"
+        ))),
+    }
+}
+
+/// Detaches every program and removes every map pinned under `pin_dir`:
+/// pods return to plain networking. Run it with the daemon stopped.
+pub fn uninstall(pin_dir: &Path) -> Result<(), RedirectError> {
+    match std::fs::remove_dir_all(pin_dir) {
+        // Unlinking a link's pin releases the link, which detaches its program.
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(RedirectError::Io {
+            context: format!("removing {}", pin_dir.display()),
+            source,
+        }),
+    }
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` when `pin_dir` lies under it and nothing is
+/// mounted there yet (some hosts do not mount it at boot).
+fn mount_bpffs(pin_dir: &Path) -> Result<(), RedirectError> {
+    const BPFFS: &str = "/sys/fs/bpf";
+    if !pin_dir.starts_with(BPFFS) {
+        return Ok(());
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some(BPFFS) && line.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", BPFFS])
+        .status()
+        .map_err(|source| RedirectError::Io {
+            context: format!("mounting bpffs at {BPFFS}"),
+            source,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(RedirectError::Load(format!(
+            "mounting bpffs at {BPFFS} failed ({status})"
+        )))
+    }
 }
 
 fn take_map<K: aya::Pod, V: aya::Pod>(
