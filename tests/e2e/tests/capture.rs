@@ -29,8 +29,13 @@ fn testapp(cluster: &Cluster, pod: &str, args: &[&str]) -> String {
 }
 
 /// Waits (up to 3 s) for `condition`, which is re-checked every 50 ms.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3);
+fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    within(Duration::from_secs(3), what, condition);
+}
+
+/// Waits up to `limit` for `condition`, which is re-checked every 50 ms.
+fn within(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(50));
@@ -119,15 +124,22 @@ fn labelling_a_namespace_switches_capture_on_and_off_at_run_time() {
     cluster
         .label_namespace("legacy", MODE, Some("ambient"))
         .unwrap();
-    eventually("legacy-1 captured after the label", || {
-        connect(&cluster);
-        captured(&cluster, "node1", "legacy-1", &web) > 0
-    });
+    // Registry changes take effect within a second.
+    within(
+        Duration::from_secs(1),
+        "legacy-1 captured after the label",
+        || {
+            connect(&cluster);
+            captured(&cluster, "node1", "legacy-1", &web) > 0
+        },
+    );
 
     cluster.label_namespace("legacy", MODE, None).unwrap();
-    eventually("legacy-1 released after the label is removed", || {
-        daemon_log(&cluster, "node1").contains("pod released pod=legacy-1")
-    });
+    within(
+        Duration::from_secs(1),
+        "legacy-1 released after the label is removed",
+        || daemon_log(&cluster, "node1").contains("pod released pod=legacy-1"),
+    );
     let count = captured(&cluster, "node1", "legacy-1", &web);
     for _ in 0..3 {
         connect(&cluster);
