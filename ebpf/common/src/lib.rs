@@ -18,6 +18,9 @@ pub mod map_names {
     /// connection, by pod netns cookie and client port: what the daemon looks
     /// up for a connection it accepted.
     pub const ORIG_DST: &str = "ORIG_DST";
+    /// `SockHash<PodAddr>`: each enrolled pod's inbound plaintext listener, by
+    /// pod address (read by `sk_lookup`).
+    pub const INBOUND: &str = "INBOUND";
 }
 
 /// Names of the programs in the eBPF object.
@@ -35,6 +38,9 @@ pub mod program_names {
     pub const SOCK_OPS: &str = "ztunnel_sock_ops";
     /// Every cgroup program, in the order they are attached.
     pub const ALL: [&str; 5] = [CONNECT4, CONNECT6, GETPEERNAME4, GETPEERNAME6, SOCK_OPS];
+    /// `sk_lookup`, attached to each enrolled pod's network namespace: TCP
+    /// arriving at the pod goes to the daemon's inbound listener in it.
+    pub const SK_LOOKUP: &str = "ztunnel_sk_lookup";
 }
 
 /// `SO_MARK` of the daemon's own sockets inside pods: the programs leave
@@ -91,6 +97,16 @@ pub struct OrigDst {
     pub _pad: [u8; 4],
 }
 
+/// A pod address, key of the `INBOUND` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodAddr {
+    /// The address in network byte order: IPv4 in `addr[0]`, IPv6 in all four words.
+    pub addr: [u32; 4],
+    /// [`AF_INET`] or [`AF_INET6`] (as a `u32`, like `bpf_sk_lookup.family`).
+    pub family: u32,
+}
+
 /// Key of the `ORIG_DST` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -122,6 +138,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::EnrolledPod {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::OrigDstKey {}
+    unsafe impl aya::Pod for super::PodAddr {}
 }
 
 #[cfg(test)]
@@ -135,5 +152,6 @@ mod tests {
         assert_eq!(core::mem::align_of::<EnrolledPod>(), 2);
         assert_eq!(core::mem::size_of::<OrigDst>(), 24);
         assert_eq!(core::mem::size_of::<OrigDstKey>(), 16);
+        assert_eq!(core::mem::size_of::<PodAddr>(), 20);
     }
 }

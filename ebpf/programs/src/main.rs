@@ -27,13 +27,16 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
+    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr, sk_action},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{HashMap, LruHashMap},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
+    maps::{HashMap, LruHashMap, SockHash},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
-use ztunnel_ebpf_common::{AF_INET, AF_INET6, DAEMON_MARK, EnrolledPod, OrigDst, OrigDstKey};
+use ztunnel_ebpf_common::{
+    AF_INET, AF_INET6, DAEMON_MARK, EnrolledPod, INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT,
+    OUTBOUND_PORT, OrigDst, OrigDstKey, PodAddr,
+};
 
 /// Verdict that lets the syscall proceed (cgroup programs return 1 to allow).
 const ALLOW: i32 = 1;
@@ -60,6 +63,10 @@ static CONNECTING: LruHashMap<u64, OrigDst> = LruHashMap::pinned(MAX_CONNECTING,
 /// Original destinations of redirected connections, by pod and client port.
 #[map(name = "ORIG_DST")]
 static ORIG_DST: LruHashMap<OrigDstKey, OrigDst> = LruHashMap::pinned(MAX_CONNECTING, 0);
+
+/// Inbound plaintext listeners of the enrolled pods, by pod address.
+#[map(name = "INBOUND")]
+static INBOUND: SockHash<PodAddr> = SockHash::with_max_entries(2 * MAX_ENROLLED_PODS, 0);
 
 /// The enrolled pod a TCP socket of an application belongs to, if any.
 fn enrolled_app_socket(ctx: &SockAddrContext) -> Option<EnrolledPod> {
@@ -217,6 +224,49 @@ pub fn ztunnel_sock_ops(ctx: SockOpsContext) -> u32 {
     // the connection (fail closed) rather than guess.
     let _ = ORIG_DST.insert(&key, &orig, 0);
     0
+}
+
+/// `sk_lookup`, attached to an enrolled pod's network namespace: a TCP
+/// connection arriving at the pod's address is handed to the daemon's inbound
+/// listener in the pod, which delivers it to the application.
+///
+/// Left alone: connections to the daemon's own ports, and connections from the
+/// pod's own addresses (that is how the daemon delivers; `ingress_ifindex`
+/// cannot tell the two apart) or loopback.
+#[sk_lookup]
+pub fn ztunnel_sk_lookup(ctx: SkLookupContext) -> u32 {
+    // SAFETY: the kernel-provided context, valid for the whole run.
+    let lookup = unsafe { &*ctx.lookup };
+    if lookup.protocol != IPPROTO_TCP {
+        return sk_action::SK_PASS;
+    }
+    let port = lookup.local_port as u16;
+    if port == OUTBOUND_PORT || port == INBOUND_PLAINTEXT_PORT || port == INBOUND_MTLS_PORT {
+        return sk_action::SK_PASS;
+    }
+    let key = if lookup.family == u32::from(AF_INET) {
+        if lookup.remote_ip4 == lookup.local_ip4 || u32::from_be(lookup.remote_ip4) >> 24 == 127 {
+            return sk_action::SK_PASS;
+        }
+        PodAddr {
+            addr: [lookup.local_ip4, 0, 0, 0],
+            family: u32::from(AF_INET),
+        }
+    } else {
+        let (remote, local) = (lookup.remote_ip6, lookup.local_ip6);
+        let loopback =
+            remote[0] == 0 && remote[1] == 0 && remote[2] == 0 && remote[3] == 1_u32.to_be();
+        if loopback || remote == local {
+            return sk_action::SK_PASS;
+        }
+        PodAddr {
+            addr: local,
+            family: u32::from(AF_INET6),
+        }
+    };
+    // No listener for this address: the kernel's own lookup decides.
+    let _ = INBOUND.redirect_sk_lookup(&ctx, key, 0);
+    sk_action::SK_PASS
 }
 
 #[cfg(not(test))]

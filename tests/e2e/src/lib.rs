@@ -134,14 +134,40 @@ pub fn daemon_log(cluster: &ztunnel_cluster::Cluster, node: &str) -> String {
 }
 
 /// How many connections from pod `src` to `dst` node `node`'s daemon has
-/// relayed (its `outbound connection closed` log lines).
+/// relayed outbound (its `outbound connection closed` log lines).
 pub fn captured(cluster: &ztunnel_cluster::Cluster, node: &str, src: &str, dst: &str) -> usize {
+    count_relayed(
+        cluster,
+        node,
+        "outbound connection closed",
+        &format!("src.pod={src} "),
+        dst,
+    )
+}
+
+/// How many connections to `dst` in pod `pod` node `node`'s daemon has
+/// delivered inbound (its `inbound connection closed` log lines).
+pub fn delivered(cluster: &ztunnel_cluster::Cluster, node: &str, pod: &str, dst: &str) -> usize {
+    count_relayed(
+        cluster,
+        node,
+        "inbound connection closed",
+        &format!("dst.pod={pod} "),
+        dst,
+    )
+}
+
+fn count_relayed(
+    cluster: &ztunnel_cluster::Cluster,
+    node: &str,
+    event: &str,
+    pod: &str,
+    dst: &str,
+) -> usize {
     daemon_log(cluster, node)
         .lines()
         .filter(|line| {
-            line.contains("outbound connection closed")
-                && line.contains(&format!("src.pod={src} "))
-                && line.contains(&format!("dst.addr={dst} "))
+            line.contains(event) && line.contains(pod) && line.contains(&format!("dst.addr={dst} "))
         })
         .count()
 }

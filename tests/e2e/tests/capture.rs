@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use ztunnel_cluster::{Cluster, ClusterSpec, PodProcess, netns, payload::Payload};
-use ztunnel_e2e::{bin, bin_dir, captured, daemon_log};
+use ztunnel_e2e::{bin, bin_dir, captured, daemon_log, delivered};
 
 const READY: Duration = Duration::from_secs(10);
 const MODE: &str = "istio.io/dataplane-mode";
@@ -334,4 +334,81 @@ fn a_killed_daemon_fails_closed_a_restarted_one_takes_over_and_uninstall_leaves_
         2,
         "captured after uninstall"
     );
+}
+
+#[test]
+fn plaintext_arriving_at_an_enrolled_pod_goes_through_its_daemon() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let _legacy = http_server(&cluster, "legacy-2");
+    let web = cluster.pod("web-2").unwrap().clone();
+    let legacy1 = cluster.pod("legacy-1").unwrap().clone();
+
+    // From a pod outside the mesh, over IPv4 and IPv6: bytes intact, and
+    // node2's daemon delivered each with the real client and the original destination.
+    let len = 256 * 1024 + 3;
+    for (addr, client) in [
+        (format!("{}:8080", web.ipv4), legacy1.ipv4.to_string()),
+        (
+            format!("[{}]:8080", web.ipv6),
+            format!("[{}]", legacy1.ipv6),
+        ),
+    ] {
+        let out = cluster
+            .run(
+                "legacy-1",
+                "sh",
+                &[
+                    "-c",
+                    &format!("curl -sS --fail --max-time 10 http://{addr}/bytes/{len} | sha256sum"),
+                ],
+            )
+            .unwrap();
+        assert!(
+            out.starts_with(&Payload::sha256_hex(len)),
+            "body from {addr} differs: {out}"
+        );
+        eventually("the connection in node2's log", || {
+            delivered(&cluster, "node2", "web-2", &addr) == 1
+        });
+        let log = daemon_log(&cluster, "node2");
+        assert!(
+            log.contains(&format!("src.addr={client}:")),
+            "client address lost:\n{log}"
+        );
+    }
+
+    // A pod outside the mesh receives its traffic directly.
+    let legacy2 = format!("{}:8080", cluster.pod("legacy-2").unwrap().ipv4);
+    let out = cluster
+        .run(
+            "legacy-1",
+            "curl",
+            &["-sS", "--max-time", "5", &format!("http://{legacy2}/")],
+        )
+        .unwrap();
+    assert_eq!(out, "hello from legacy-2\n");
+    assert!(
+        !daemon_log(&cluster, "node2").contains("dst.pod=legacy-2"),
+        "legacy-2 was captured"
+    );
+
+    // The daemon's own listeners in the pod are not reachable from the network.
+    for port in [15001, 15006] {
+        let target = format!("{}:{port}", web.ipv4);
+        let testapp = bin("ztunnel-testapp");
+        let result = netns::output(
+            cluster
+                .command("legacy-1", testapp.to_str().unwrap())
+                .unwrap()
+                .args(["probe", &target]),
+        );
+        assert!(
+            result
+                .unwrap_err()
+                .to_string()
+                .contains("Connection refused"),
+            "{target} is reachable"
+        );
+    }
 }

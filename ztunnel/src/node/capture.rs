@@ -1,8 +1,9 @@
 //! Which pods of this node are captured, kept in step with the registry.
 //!
 //! Enrolling a pod: open its network namespace, bind the daemon's listeners
-//! in it, start accepting, and only then add it to the `ENROLLED` map, so a
-//! steered connection always finds a listener. Releasing a pod: remove it from
+//! in it, steer plaintext arriving at the pod to the inbound listener
+//! (`sk_lookup`), start accepting, and only then add it to the `ENROLLED` map,
+//! so a steered connection always finds a listener. Releasing a pod: remove it from
 //! the map first, then stop accepting; connections already open carry on.
 
 use std::{
@@ -11,16 +12,22 @@ use std::{
     sync::Arc,
 };
 
+use std::os::fd::AsFd;
+
+use aya::programs::sk_lookup::SkLookupLinkId;
 use tokio::task::JoinHandle;
 
 use crate::{
-    proxy::outbound::{self, SourcePod},
+    proxy::{
+        inbound as proxy_inbound,
+        outbound::{self, SourcePod},
+    },
     redirect::{
         RedirectError,
-        abi::{EnrolledPod, OUTBOUND_PORT},
-        listeners,
+        abi::{EnrolledPod, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT},
+        listeners::{self, PodListeners},
         netns::PodNetns,
-        programs::{OrigDstTable, Programs},
+        programs::{InboundListeners, OrigDstTable, Programs},
     },
     registry::Pod,
 };
@@ -31,6 +38,8 @@ type PodKey = (String, String);
 /// A captured pod.
 struct CapturedPod {
     cookie: u64,
+    /// The `sk_lookup` attachment in the pod's namespace.
+    inbound: SkLookupLinkId,
     accept_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -123,8 +132,15 @@ impl Capture {
             move |source| RedirectError::Io { context, source }
         };
         let netns = PodNetns::open(&pod.netns).map_err(io("opening the network namespace"))?;
-        let listeners =
-            listeners::bind(&netns, OUTBOUND_PORT).map_err(io("binding the outbound listeners"))?;
+        let listeners = listeners::bind(&netns, OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT)
+            .map_err(io("binding the listeners"))?;
+        let inbound = {
+            let fds = InboundListeners {
+                v4: listeners.inbound_plaintext.v4.as_fd(),
+                v6: listeners.inbound_plaintext.v6.as_ref().map(AsFd::as_fd),
+            };
+            self.programs.steer_inbound(netns.file(), &pod.ips, &fds)?
+        };
         let cookie = netns.cookie();
         let source = Arc::new(SourcePod {
             name: pod.name.clone(),
@@ -132,24 +148,29 @@ impl Capture {
             service_account: pod.service_account.clone(),
             netns,
         });
-        let accept_tasks: Vec<JoinHandle<()>> =
-            [Some(listeners.outbound_v4), listeners.outbound_v6]
-                .into_iter()
-                .flatten()
-                .map(|listener| {
-                    tokio::spawn(outbound::serve(
-                        listener,
-                        source.clone(),
-                        self.orig_dst.clone(),
-                    ))
-                })
-                .collect();
+        let PodListeners {
+            outbound: out,
+            inbound_plaintext: inb,
+        } = listeners;
+        let mut accept_tasks: Vec<JoinHandle<()>> = Vec::new();
+        for listener in [Some(out.v4), out.v6].into_iter().flatten() {
+            accept_tasks.push(tokio::spawn(outbound::serve(
+                listener,
+                source.clone(),
+                self.orig_dst.clone(),
+            )));
+        }
+        for listener in [Some(inb.v4), inb.v6].into_iter().flatten() {
+            accept_tasks.push(tokio::spawn(proxy_inbound::serve(listener, source.clone())));
+        }
         if let Err(err) = self.programs.enrol(cookie, EnrolledPod::new(OUTBOUND_PORT)) {
             accept_tasks.iter().for_each(JoinHandle::abort);
+            let _ = self.programs.stop_inbound(inbound);
             return Err(err);
         }
         Ok(CapturedPod {
             cookie,
+            inbound,
             accept_tasks,
         })
     }
@@ -160,6 +181,9 @@ impl Capture {
         };
         if let Err(err) = self.programs.unenrol(pod.cookie) {
             tracing::error!(pod = %key.1, namespace = %key.0, "cannot release pod from capture: {err}");
+        }
+        if let Err(err) = self.programs.stop_inbound(pod.inbound) {
+            tracing::error!(pod = %key.1, namespace = %key.0, "cannot stop steering inbound traffic: {err}");
         }
         pod.accept_tasks.iter().for_each(JoinHandle::abort);
         tracing::info!(pod = %key.1, namespace = %key.0, "pod released");

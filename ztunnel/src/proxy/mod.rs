@@ -3,4 +3,6 @@
 //! Each direction reads top to bottom in one function: accept, identify,
 //! decide, connect, copy, record.
 
+pub mod connect;
+pub mod inbound;
 pub mod outbound;

@@ -6,18 +6,12 @@
 //! leaves with the pod's address), on a socket marked so the programs do not
 //! capture it again.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::redirect::{abi::DAEMON_MARK, netns::PodNetns, programs::OrigDstTable};
-
-/// How long connecting to the destination may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use super::connect;
+use crate::redirect::{netns::PodNetns, programs::OrigDstTable};
 
 /// Who a pod is, for the connections it opens.
 #[derive(Debug)]
@@ -101,7 +95,7 @@ async fn handle(
         destination,
         source,
     };
-    let mut upstream = connect_from_pod(&pod.netns, destination)
+    let mut upstream = connect::from_pod(&pod.netns, destination)
         .await
         .map_err(connect_error)?;
     let _ = client.set_nodelay(true);
@@ -109,25 +103,4 @@ async fn handle(
         .await
         .map_err(OutboundError::Copy)?;
     Ok((destination, sent, received))
-}
-
-/// Connects to `destination` from inside the pod's network namespace, on a
-/// socket the eBPF programs leave alone.
-async fn connect_from_pod(netns: &PodNetns, destination: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = netns.run(|| -> std::io::Result<socket2::Socket> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(destination),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        socket.set_mark(DAEMON_MARK)?;
-        socket.set_nonblocking(true)?;
-        Ok(socket)
-    })??;
-    let socket = TcpSocket::from_std_stream(socket.into());
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(destination))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }

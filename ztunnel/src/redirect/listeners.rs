@@ -2,6 +2,8 @@
 //!
 //! They are bound to the pod's loopback only: an address reachable from the
 //! network would let anyone reach "outbound" and be taken for the pod.
+//! (`sk_lookup` hands the inbound listener connections for any local address,
+//! whatever it is bound to.)
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -12,27 +14,48 @@ use super::netns::PodNetns;
 /// Connection backlog of each listener.
 const BACKLOG: i32 = 1024;
 
-/// The outbound listeners of one pod: IPv4 and, where the pod has it, IPv6.
-pub struct PodListeners {
-    /// `127.0.0.1:<outbound port>`.
-    pub outbound_v4: TcpListener,
-    /// `[::1]:<outbound port>`, unless IPv6 is disabled in the pod.
-    pub outbound_v6: Option<TcpListener>,
+/// One listener per address family.
+pub struct DualStack {
+    /// On `127.0.0.1`.
+    pub v4: TcpListener,
+    /// On `[::1]`, unless IPv6 is disabled in the pod.
+    pub v6: Option<TcpListener>,
 }
 
-/// Binds the outbound listeners inside `netns`. Must run within a Tokio runtime.
-pub fn bind(netns: &PodNetns, port: u16) -> std::io::Result<PodListeners> {
-    let (v4, v6) = netns.run(|| {
-        let v4 = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-        let v6 = listen(SocketAddr::from((Ipv6Addr::LOCALHOST, port)));
-        (v4, v6)
+/// The daemon's listeners in one pod.
+pub struct PodListeners {
+    /// Where the pod's own connections are steered (`connect4`/`connect6`).
+    pub outbound: DualStack,
+    /// Where plaintext arriving at the pod is steered (`sk_lookup`).
+    pub inbound_plaintext: DualStack,
+}
+
+/// Binds the daemon's listeners inside `netns`. Must run within a Tokio runtime.
+pub fn bind(
+    netns: &PodNetns,
+    outbound: u16,
+    inbound_plaintext: u16,
+) -> std::io::Result<PodListeners> {
+    let sockets = netns.run(|| {
+        [outbound, inbound_plaintext].map(|port| {
+            (
+                listen(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+                listen(SocketAddr::from((Ipv6Addr::LOCALHOST, port))),
+            )
+        })
     })?;
+    let [outbound, inbound_plaintext] = sockets.map(|(v4, v6)| -> std::io::Result<DualStack> {
+        Ok(DualStack {
+            v4: TcpListener::from_std(v4?.into())?,
+            v6: v6
+                .ok()
+                .map(|socket| TcpListener::from_std(socket.into()))
+                .transpose()?,
+        })
+    });
     Ok(PodListeners {
-        outbound_v4: TcpListener::from_std(v4?.into())?,
-        outbound_v6: v6
-            .ok()
-            .map(|socket| TcpListener::from_std(socket.into()))
-            .transpose()?,
+        outbound: outbound?,
+        inbound_plaintext: inbound_plaintext?,
     })
 }
 

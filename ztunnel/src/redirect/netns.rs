@@ -45,6 +45,11 @@ impl PodNetns {
         self.cookie
     }
 
+    /// The open namespace file (what `sk_lookup` attaches to).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Where the namespace was opened from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -18,16 +18,17 @@ use std::{collections::BTreeSet, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData},
+    maps::{HashMap, MapData, SockHash},
     programs::{
-        CgroupAttachMode, Program,
+        CgroupAttachMode, Program, SkLookup,
         links::{FdLink, PinnedLink},
+        sk_lookup::SkLookupLinkId,
     },
 };
 
 use super::{
     RedirectError,
-    abi::{AF_INET, EnrolledPod, OrigDst, OrigDstKey, map_names, program_names},
+    abi::{AF_INET, AF_INET6, EnrolledPod, OrigDst, OrigDstKey, PodAddr, map_names, program_names},
 };
 
 /// The embedded ELF object holding every ztunnel eBPF program and map.
@@ -37,8 +38,17 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// the programs.
 pub struct Programs {
     /// Owns the programs and their links.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     enrolled: HashMap<MapData, u64, EnrolledPod>,
+    inbound: SockHash<MapData, PodAddr>,
+}
+
+/// The inbound listeners of one pod, by address family.
+pub struct InboundListeners<'a> {
+    /// Listener for IPv4 connections.
+    pub v4: std::os::fd::BorrowedFd<'a>,
+    /// Listener for IPv6 connections, if the pod has IPv6.
+    pub v6: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// The `ORIG_DST` map, shared by every connection task.
@@ -80,6 +90,22 @@ impl Programs {
                 message: format!("pinning the link at {}: {err}", pin.display()),
             })?;
         }
+        let sk_lookup: &mut SkLookup = ebpf
+            .program_mut(program_names::SK_LOOKUP)
+            .ok_or_else(|| {
+                RedirectError::Load(format!("program {} missing", program_names::SK_LOOKUP))
+            })?
+            .try_into()
+            .map_err(|err: aya::programs::ProgramError| RedirectError::Load(err.to_string()))?;
+        sk_lookup.load().map_err(|err| RedirectError::Attach {
+            program: program_names::SK_LOOKUP,
+            message: err.to_string(),
+        })?;
+        let inbound =
+            SockHash::try_from(ebpf.take_map(map_names::INBOUND).ok_or_else(|| {
+                RedirectError::Load(format!("map {} missing", map_names::INBOUND))
+            })?)
+            .map_err(|err| RedirectError::Map(format!("{}: {err}", map_names::INBOUND)))?;
         let enrolled: HashMap<MapData, u64, EnrolledPod> =
             take_map(&mut ebpf, map_names::ENROLLED)?;
         let previously_enrolled = enrolled.keys().filter_map(Result::ok).collect();
@@ -92,8 +118,9 @@ impl Programs {
         );
         Ok((
             Self {
-                _ebpf: ebpf,
+                ebpf,
                 enrolled,
+                inbound,
             },
             OrigDstTable {
                 map: Mutex::new(orig_dst),
@@ -107,6 +134,70 @@ impl Programs {
         self.enrolled
             .insert(cookie, pod, 0)
             .map_err(|err| RedirectError::Map(err.to_string()))
+    }
+
+    /// Hands TCP arriving at `addresses` inside the pod's namespace `netns`
+    /// to `listeners` (one per address family), by attaching `sk_lookup` there.
+    pub fn steer_inbound(
+        &mut self,
+        netns: &File,
+        addresses: &[std::net::IpAddr],
+        listeners: &InboundListeners<'_>,
+    ) -> Result<SkLookupLinkId, RedirectError> {
+        for address in addresses {
+            let (key, fd) = match address {
+                IpAddr::V4(ip) => (
+                    PodAddr {
+                        addr: [u32::from(*ip).to_be(), 0, 0, 0],
+                        family: u32::from(AF_INET),
+                    },
+                    listeners.v4,
+                ),
+                IpAddr::V6(ip) => {
+                    let Some(fd) = listeners.v6 else { continue };
+                    let o = ip.octets();
+                    let addr = [0, 4, 8, 12]
+                        .map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]));
+                    (
+                        PodAddr {
+                            addr,
+                            family: u32::from(AF_INET6),
+                        },
+                        fd,
+                    )
+                }
+            };
+            self.inbound
+                .insert(key, fd, 0)
+                .map_err(|err| RedirectError::Map(format!("{}: {err}", map_names::INBOUND)))?;
+        }
+        let program: &mut SkLookup = self
+            .ebpf
+            .program_mut(program_names::SK_LOOKUP)
+            .and_then(|program| program.try_into().ok())
+            .ok_or_else(|| {
+                RedirectError::Load(format!("program {} missing", program_names::SK_LOOKUP))
+            })?;
+        program.attach(netns).map_err(|err| RedirectError::Attach {
+            program: program_names::SK_LOOKUP,
+            message: err.to_string(),
+        })
+    }
+
+    /// Stops steering TCP arriving at a pod (see [`Programs::steer_inbound`]).
+    pub fn stop_inbound(&mut self, link: SkLookupLinkId) -> Result<(), RedirectError> {
+        let program: &mut SkLookup = self
+            .ebpf
+            .program_mut(program_names::SK_LOOKUP)
+            .and_then(|program| program.try_into().ok())
+            .ok_or_else(|| {
+                RedirectError::Load(format!("program {} missing", program_names::SK_LOOKUP))
+            })?;
+        // The listeners leave the socket map by themselves when they close.
+        program.detach(link).map_err(|err| RedirectError::Attach {
+            program: program_names::SK_LOOKUP,
+            message: err.to_string(),
+        })
     }
 
     /// Stops steering the pod whose netns cookie is `cookie`.
