@@ -412,3 +412,66 @@ fn plaintext_arriving_at_an_enrolled_pod_goes_through_its_daemon() {
         );
     }
 }
+
+#[test]
+fn an_opted_out_pod_is_left_alone_and_registry_changes_do_not_disturb_open_connections() {
+    let mut cluster = mesh(2);
+    let _server = http_server(&cluster, "web-2");
+    let web = cluster.pod("web-2").unwrap().clone();
+    let addr = format!("{}:8080", web.ipv4);
+
+    // A captured download in flight (about 3 s at 8 MB/s) while the registry changes around it.
+    let len: u64 = 24 * 1024 * 1024;
+    let file = cluster.status().state_dir.join("download");
+    let mut download = cluster
+        .spawn(
+            "client-1",
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                "--limit-rate",
+                "8M",
+                "-o",
+                file.to_str().unwrap(),
+                &format!("http://{addr}/bytes/{len}"),
+            ],
+        )
+        .unwrap();
+
+    // web-1 opts out: from now on the daemon never sees its connections.
+    cluster.label_pod("web-1", MODE, Some("none")).unwrap();
+    within(Duration::from_secs(1), "web-1 released", || {
+        daemon_log(&cluster, "node1").contains("pod released pod=web-1")
+    });
+    let probe = testapp(&cluster, "web-1", &["probe", &addr]);
+    assert!(
+        probe.contains(&format!("local={}", cluster.pod("web-1").unwrap().ipv4)),
+        "web-1 still captured: {probe}"
+    );
+    // Other namespaces join and leave the mesh meanwhile.
+    cluster
+        .label_namespace("legacy", MODE, Some("ambient"))
+        .unwrap();
+    within(Duration::from_secs(1), "legacy-1 captured", || {
+        daemon_log(&cluster, "node1").contains("pod captured pod=legacy-1")
+    });
+    cluster.label_namespace("legacy", MODE, None).unwrap();
+
+    let status = download.wait(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "the download was cut: {}", download.log());
+    let body = std::fs::read(&file).unwrap();
+    assert_eq!(
+        ztunnel_cluster::payload::sha256_hex(&body),
+        Payload::sha256_hex(len),
+        "the download was damaged"
+    );
+    eventually("the download relayed by node1", || {
+        captured(&cluster, "node1", "client-1", &addr) == 1
+    });
+    assert_eq!(
+        captured(&cluster, "node1", "web-1", &addr),
+        0,
+        "an opted-out pod was captured"
+    );
+}
