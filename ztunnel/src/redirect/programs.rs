@@ -90,17 +90,12 @@ impl Programs {
                 message: format!("pinning the link at {}: {err}", pin.display()),
             })?;
         }
-        let sk_lookup: &mut SkLookup = ebpf
-            .program_mut(program_names::SK_LOOKUP)
-            .ok_or_else(|| {
-                RedirectError::Load(format!("program {} missing", program_names::SK_LOOKUP))
-            })?
-            .try_into()
-            .map_err(|err: aya::programs::ProgramError| RedirectError::Load(err.to_string()))?;
-        sk_lookup.load().map_err(|err| RedirectError::Attach {
-            program: program_names::SK_LOOKUP,
-            message: err.to_string(),
-        })?;
+        sk_lookup(&mut ebpf)?
+            .load()
+            .map_err(|err| RedirectError::Attach {
+                program: program_names::SK_LOOKUP,
+                message: err.to_string(),
+            })?;
         let inbound =
             SockHash::try_from(ebpf.take_map(map_names::INBOUND).ok_or_else(|| {
                 RedirectError::Load(format!("map {} missing", map_names::INBOUND))
@@ -155,29 +150,18 @@ impl Programs {
                 ),
                 IpAddr::V6(ip) => {
                     let Some(fd) = listeners.v6 else { continue };
-                    let o = ip.octets();
-                    let addr = [0, 4, 8, 12]
-                        .map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]));
-                    (
-                        PodAddr {
-                            addr,
-                            family: u32::from(AF_INET6),
-                        },
-                        fd,
-                    )
+                    let key = PodAddr {
+                        addr: ipv6_words(*ip),
+                        family: u32::from(AF_INET6),
+                    };
+                    (key, fd)
                 }
             };
             self.inbound
                 .insert(key, fd, 0)
                 .map_err(|err| RedirectError::Map(format!("{}: {err}", map_names::INBOUND)))?;
         }
-        let program: &mut SkLookup = self
-            .ebpf
-            .program_mut(program_names::SK_LOOKUP)
-            .and_then(|program| program.try_into().ok())
-            .ok_or_else(|| {
-                RedirectError::Load(format!("program {} missing", program_names::SK_LOOKUP))
-            })?;
+        let program = sk_lookup(&mut self.ebpf)?;
         program.attach(netns).map_err(|err| RedirectError::Attach {
             program: program_names::SK_LOOKUP,
             message: err.to_string(),
@@ -186,13 +170,7 @@ impl Programs {
 
     /// Stops steering TCP arriving at a pod (see [`Programs::steer_inbound`]).
     pub fn stop_inbound(&mut self, link: SkLookupLinkId) -> Result<(), RedirectError> {
-        let program: &mut SkLookup = self
-            .ebpf
-            .program_mut(program_names::SK_LOOKUP)
-            .and_then(|program| program.try_into().ok())
-            .ok_or_else(|| {
-                RedirectError::Load(format!("program {} missing", program_names::SK_LOOKUP))
-            })?;
+        let program = sk_lookup(&mut self.ebpf)?;
         // The listeners leave the socket map by themselves when they close.
         program.detach(link).map_err(|err| RedirectError::Attach {
             program: program_names::SK_LOOKUP,
@@ -324,6 +302,21 @@ fn mount_bpffs(pin_dir: &Path) -> Result<(), RedirectError> {
     }
 }
 
+/// The `sk_lookup` program of `ebpf`.
+fn sk_lookup(ebpf: &mut Ebpf) -> Result<&mut SkLookup, RedirectError> {
+    let missing = || RedirectError::Load(format!("program {} missing", program_names::SK_LOOKUP));
+    ebpf.program_mut(program_names::SK_LOOKUP)
+        .ok_or_else(missing)?
+        .try_into()
+        .map_err(|_| missing())
+}
+
+/// An IPv6 address as the kernel's four network-order words (`user_ip6`, `local_ip6`).
+fn ipv6_words(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
+}
+
 fn take_map<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &str,
@@ -379,12 +372,8 @@ mod tests {
             _pad: [0; 4],
         };
         assert_eq!(to_socket_addr(&v4), "10.244.2.2:8080".parse().unwrap());
-        let words = |ip: Ipv6Addr| {
-            let o = ip.octets();
-            [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
-        };
         let v6 = OrigDst {
-            addr: words("fd00:10:244:2::2".parse().unwrap()),
+            addr: ipv6_words("fd00:10:244:2::2".parse().unwrap()),
             port: 443u16.to_be(),
             family: AF_INET6,
             _pad: [0; 4],
@@ -394,7 +383,7 @@ mod tests {
             "[fd00:10:244:2::2]:443".parse().unwrap()
         );
         let mapped = OrigDst {
-            addr: words("::ffff:10.244.2.2".parse().unwrap()),
+            addr: ipv6_words("::ffff:10.244.2.2".parse().unwrap()),
             ..v6
         };
         assert_eq!(to_socket_addr(&mapped), "10.244.2.2:443".parse().unwrap());
