@@ -21,6 +21,10 @@ pub mod map_names {
     /// `SockHash<PodAddr>`: each enrolled pod's inbound plaintext listener, by
     /// pod address (read by `sk_lookup`).
     pub const INBOUND: &str = "INBOUND";
+    /// `HashMap<PodAddr, u64>`: the addresses of enrolled pods (value: the
+    /// pod's netns cookie). Traffic for such an address whose listener is gone
+    /// (the daemon is down) is dropped, never delivered around the mesh.
+    pub const ENROLLED_ADDRS: &str = "ENROLLED_ADDRS";
 }
 
 /// Names of the programs in the eBPF object.

@@ -66,7 +66,11 @@ static ORIG_DST: LruHashMap<OrigDstKey, OrigDst> = LruHashMap::pinned(MAX_CONNEC
 
 /// Inbound plaintext listeners of the enrolled pods, by pod address.
 #[map(name = "INBOUND")]
-static INBOUND: SockHash<PodAddr> = SockHash::with_max_entries(2 * MAX_ENROLLED_PODS, 0);
+static INBOUND: SockHash<PodAddr> = SockHash::pinned(2 * MAX_ENROLLED_PODS, 0);
+
+/// Addresses of the enrolled pods (value: netns cookie), filled by the daemon.
+#[map(name = "ENROLLED_ADDRS")]
+static ENROLLED_ADDRS: HashMap<PodAddr, u64> = HashMap::pinned(2 * MAX_ENROLLED_PODS, 0);
 
 /// The enrolled pod a TCP socket of an application belongs to, if any.
 fn enrolled_app_socket(ctx: &SockAddrContext) -> Option<EnrolledPod> {
@@ -228,7 +232,8 @@ pub fn ztunnel_sock_ops(ctx: SockOpsContext) -> u32 {
 
 /// `sk_lookup`, attached to an enrolled pod's network namespace: a TCP
 /// connection arriving at the pod's address is handed to the daemon's inbound
-/// listener in the pod, which delivers it to the application.
+/// listener in the pod, which delivers it to the application. While the
+/// daemon is down (its listener gone) such connections are dropped.
 ///
 /// Left alone: connections to the daemon's own ports, and connections from the
 /// pod's own addresses (that is how the daemon delivers; `ingress_ifindex`
@@ -264,8 +269,15 @@ pub fn ztunnel_sk_lookup(ctx: SkLookupContext) -> u32 {
             family: u32::from(AF_INET6),
         }
     };
-    // No listener for this address: the kernel's own lookup decides.
-    let _ = INBOUND.redirect_sk_lookup(&ctx, key, 0);
+    if INBOUND.redirect_sk_lookup(&ctx, key, 0).is_ok() {
+        return sk_action::SK_PASS;
+    }
+    // An enrolled pod's address without a listener: the daemon is down.
+    // Fail closed rather than deliver around the mesh.
+    // SAFETY: the map value is read by copy; the map holds plain data.
+    if unsafe { ENROLLED_ADDRS.get(&key) }.is_some() {
+        return sk_action::SK_DROP;
+    }
     sk_action::SK_PASS
 }
 

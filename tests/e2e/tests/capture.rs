@@ -245,6 +245,7 @@ fn pinned_programs(dir: &std::path::Path) -> Vec<u64> {
         ids.push(link["prog_id"].as_u64().unwrap());
     }
     ids.sort();
+    ids.dedup();
     ids
 }
 
@@ -277,7 +278,18 @@ fn a_killed_daemon_fails_closed_a_restarted_one_takes_over_and_uninstall_leaves_
     });
     let pins = ztunnel_cluster::mesh::bpf_pin_dir(&cluster.status().name).join("node1");
     let first_programs = pinned_programs(&pins);
-    assert_eq!(first_programs.len(), 5, "every program's link is pinned");
+    // Five cgroup programs, and sk_lookup (one program, a link per enrolled pod).
+    assert_eq!(first_programs.len(), 6, "every program's link is pinned");
+    let _web1 = http_server(&cluster, "web-1");
+    let web1 = format!("http://{}:8080/", cluster.pod("web-1").unwrap().ipv4);
+    let plaintext_to_web1 = |cluster: &Cluster| {
+        cluster.run(
+            "legacy-2",
+            "curl",
+            &["-sS", "--connect-timeout", "2", "--max-time", "5", &web1],
+        )
+    };
+    assert_eq!(plaintext_to_web1(&cluster).unwrap(), "hello from web-1\n");
 
     // Down: enrolled pods' new connections are refused, never sent around the mesh.
     cluster.kill_daemon("node1").unwrap();
@@ -289,6 +301,11 @@ fn a_killed_daemon_fails_closed_a_restarted_one_takes_over_and_uninstall_leaves_
         first_programs.iter().all(|id| program_exists(*id)),
         "the programs stay attached while the daemon is down"
     );
+    // Plaintext for an enrolled pod is dropped, not delivered around the daemon.
+    assert!(
+        plaintext_to_web1(&cluster).is_err(),
+        "plaintext reached web-1 while its daemon was down"
+    );
     // Pods outside the mesh are not affected.
     probe(&cluster, "legacy-1").unwrap();
 
@@ -298,8 +315,9 @@ fn a_killed_daemon_fails_closed_a_restarted_one_takes_over_and_uninstall_leaves_
     eventually("the new daemon relays", || {
         captured(&cluster, "node1", "client-1", &web) == 2
     });
+    assert_eq!(plaintext_to_web1(&cluster).unwrap(), "hello from web-1\n");
     let second_programs = pinned_programs(&pins);
-    assert_eq!(second_programs.len(), 5);
+    assert_eq!(second_programs.len(), 6);
     assert!(
         first_programs.iter().all(|id| !program_exists(*id)),
         "the old programs were replaced, not stacked"

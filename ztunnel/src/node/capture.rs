@@ -14,7 +14,6 @@ use std::{
 
 use std::os::fd::AsFd;
 
-use aya::programs::sk_lookup::SkLookupLinkId;
 use tokio::task::JoinHandle;
 
 use crate::{
@@ -38,8 +37,6 @@ type PodKey = (String, String);
 /// A captured pod.
 struct CapturedPod {
     cookie: u64,
-    /// The `sk_lookup` attachment in the pod's namespace.
-    inbound: SkLookupLinkId,
     accept_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -109,9 +106,14 @@ impl Capture {
         // Inherited pods that were not taken over are gone from the registry.
         let taken: BTreeSet<u64> = self.pods.values().map(|pod| pod.cookie).collect();
         for cookie in std::mem::take(&mut self.inherited) {
-            if !taken.contains(&cookie)
-                && let Err(err) = self.programs.unenrol(cookie)
-            {
+            if taken.contains(&cookie) {
+                continue;
+            }
+            let released = self
+                .programs
+                .unenrol(cookie)
+                .and_then(|()| self.programs.stop_inbound(cookie));
+            if let Err(err) = released {
                 tracing::error!(
                     netns_cookie = cookie,
                     "cannot release an inherited pod: {err}"
@@ -134,14 +136,15 @@ impl Capture {
         let netns = PodNetns::open(&pod.netns).map_err(io("opening the network namespace"))?;
         let listeners = listeners::bind(&netns, OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT)
             .map_err(io("binding the listeners"))?;
-        let inbound = {
+        let cookie = netns.cookie();
+        {
             let fds = InboundListeners {
                 v4: listeners.inbound_plaintext.v4.as_fd(),
                 v6: listeners.inbound_plaintext.v6.as_ref().map(AsFd::as_fd),
             };
-            self.programs.steer_inbound(netns.file(), &pod.ips, &fds)?
-        };
-        let cookie = netns.cookie();
+            self.programs
+                .steer_inbound(cookie, netns.file(), &pod.ips, &fds)?;
+        }
         let source = Arc::new(SourcePod {
             name: pod.name.clone(),
             namespace: pod.namespace.clone(),
@@ -165,12 +168,11 @@ impl Capture {
         }
         if let Err(err) = self.programs.enrol(cookie, EnrolledPod::new(OUTBOUND_PORT)) {
             accept_tasks.iter().for_each(JoinHandle::abort);
-            let _ = self.programs.stop_inbound(inbound);
+            let _ = self.programs.stop_inbound(cookie);
             return Err(err);
         }
         Ok(CapturedPod {
             cookie,
-            inbound,
             accept_tasks,
         })
     }
@@ -182,7 +184,7 @@ impl Capture {
         if let Err(err) = self.programs.unenrol(pod.cookie) {
             tracing::error!(pod = %key.1, namespace = %key.0, "cannot release pod from capture: {err}");
         }
-        if let Err(err) = self.programs.stop_inbound(pod.inbound) {
+        if let Err(err) = self.programs.stop_inbound(pod.cookie) {
             tracing::error!(pod = %key.1, namespace = %key.0, "cannot stop steering inbound traffic: {err}");
         }
         pod.accept_tasks.iter().for_each(JoinHandle::abort);

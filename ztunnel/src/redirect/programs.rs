@@ -22,7 +22,6 @@ use aya::{
     programs::{
         CgroupAttachMode, Program, SkLookup,
         links::{FdLink, PinnedLink},
-        sk_lookup::SkLookupLinkId,
     },
 };
 
@@ -41,6 +40,8 @@ pub struct Programs {
     ebpf: Ebpf,
     enrolled: HashMap<MapData, u64, EnrolledPod>,
     inbound: SockHash<MapData, PodAddr>,
+    enrolled_addrs: HashMap<MapData, PodAddr, u64>,
+    pin_dir: PathBuf,
 }
 
 /// The inbound listeners of one pod, by address family.
@@ -75,20 +76,7 @@ impl Programs {
             .map_err(|err| RedirectError::Load(err.to_string()))?;
         for name in program_names::ALL {
             let link = attach_program(&mut ebpf, name, &cgroup)?;
-            let pin = pin_dir.join(format!("link_{name}"));
-            // The new program runs before the old one is detached: no gap in
-            // capture (running both briefly is harmless, they share the maps).
-            if pin.exists() {
-                match PinnedLink::from_pin(&pin) {
-                    Ok(old) => drop(old.unpin()),
-                    Err(_) => std::fs::remove_file(&pin)
-                        .map_err(io(format!("removing {}", pin.display())))?,
-                }
-            }
-            link.pin(&pin).map_err(|err| RedirectError::Attach {
-                program: name,
-                message: format!("pinning the link at {}: {err}", pin.display()),
-            })?;
+            replace_pin(link, &pin_dir.join(format!("link_{name}")), name)?;
         }
         sk_lookup(&mut ebpf)?
             .load()
@@ -101,6 +89,7 @@ impl Programs {
                 RedirectError::Load(format!("map {} missing", map_names::INBOUND))
             })?)
             .map_err(|err| RedirectError::Map(format!("{}: {err}", map_names::INBOUND)))?;
+        let enrolled_addrs = take_map(&mut ebpf, map_names::ENROLLED_ADDRS)?;
         let enrolled: HashMap<MapData, u64, EnrolledPod> =
             take_map(&mut ebpf, map_names::ENROLLED)?;
         let previously_enrolled = enrolled.keys().filter_map(Result::ok).collect();
@@ -116,6 +105,8 @@ impl Programs {
                 ebpf,
                 enrolled,
                 inbound,
+                enrolled_addrs,
+                pin_dir: pin_dir.to_owned(),
             },
             OrigDstTable {
                 map: Mutex::new(orig_dst),
@@ -131,14 +122,20 @@ impl Programs {
             .map_err(|err| RedirectError::Map(err.to_string()))
     }
 
-    /// Hands TCP arriving at `addresses` inside the pod's namespace `netns`
-    /// to `listeners` (one per address family), by attaching `sk_lookup` there.
+    /// Hands TCP arriving at `addresses` inside the namespace `netns` of the
+    /// pod with netns cookie `cookie` to `listeners` (one per address family):
+    /// attaches `sk_lookup` there, pinned, replacing a link an earlier daemon
+    /// pinned for the same pod.
     pub fn steer_inbound(
         &mut self,
+        cookie: u64,
         netns: &File,
-        addresses: &[std::net::IpAddr],
+        addresses: &[IpAddr],
         listeners: &InboundListeners<'_>,
-    ) -> Result<SkLookupLinkId, RedirectError> {
+    ) -> Result<(), RedirectError> {
+        fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectError {
+            move |err| RedirectError::Map(format!("{name}: {err}"))
+        }
         for address in addresses {
             let (key, fd) = match address {
                 IpAddr::V4(ip) => (
@@ -159,23 +156,56 @@ impl Programs {
             };
             self.inbound
                 .insert(key, fd, 0)
-                .map_err(|err| RedirectError::Map(format!("{}: {err}", map_names::INBOUND)))?;
+                .map_err(map_error(map_names::INBOUND))?;
+            self.enrolled_addrs
+                .insert(key, cookie, 0)
+                .map_err(map_error(map_names::ENROLLED_ADDRS))?;
         }
         let program = sk_lookup(&mut self.ebpf)?;
-        program.attach(netns).map_err(|err| RedirectError::Attach {
+        let failed = |message: String| RedirectError::Attach {
             program: program_names::SK_LOOKUP,
-            message: err.to_string(),
-        })
+            message,
+        };
+        let id = program
+            .attach(netns)
+            .map_err(|err| failed(err.to_string()))?;
+        let link = FdLink::from(
+            program
+                .take_link(id)
+                .map_err(|err| failed(err.to_string()))?,
+        );
+        replace_pin(link, &self.sk_lookup_pin(cookie), program_names::SK_LOOKUP)
     }
 
-    /// Stops steering TCP arriving at a pod (see [`Programs::steer_inbound`]).
-    pub fn stop_inbound(&mut self, link: SkLookupLinkId) -> Result<(), RedirectError> {
-        let program = sk_lookup(&mut self.ebpf)?;
-        // The listeners leave the socket map by themselves when they close.
-        program.detach(link).map_err(|err| RedirectError::Attach {
-            program: program_names::SK_LOOKUP,
-            message: err.to_string(),
-        })
+    /// Stops steering TCP arriving at the pod with netns cookie `cookie` (see
+    /// [`Programs::steer_inbound`]).
+    pub fn stop_inbound(&mut self, cookie: u64) -> Result<(), RedirectError> {
+        let addresses: Vec<PodAddr> = self
+            .enrolled_addrs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, owner)| *owner == cookie)
+            .map(|(address, _)| address)
+            .collect();
+        for address in addresses {
+            let _ = self.enrolled_addrs.remove(&address);
+        }
+        // Unlinking the pin releases the link: `sk_lookup` leaves the pod.
+        // (The listeners leave the socket map by themselves when they close.)
+        let pin = self.sk_lookup_pin(cookie);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(RedirectError::Io {
+                context: format!("removing {}", pin.display()),
+                source,
+            }),
+        }
+    }
+
+    fn sk_lookup_pin(&self, cookie: u64) -> PathBuf {
+        self.pin_dir
+            .join(format!("link_{}_{cookie}", program_names::SK_LOOKUP))
     }
 
     /// Stops steering the pod whose netns cookie is `cookie`.
@@ -300,6 +330,27 @@ fn mount_bpffs(pin_dir: &Path) -> Result<(), RedirectError> {
             "mounting bpffs at {BPFFS} failed ({status})"
         )))
     }
+}
+
+/// Pins `link` at `pin`, releasing the link an earlier daemon pinned there.
+/// The new link is attached before the old one goes, so there is no gap
+/// (both running briefly is harmless: they share the maps).
+fn replace_pin(link: FdLink, pin: &Path, program: &'static str) -> Result<(), RedirectError> {
+    if pin.exists() {
+        match PinnedLink::from_pin(pin) {
+            Ok(old) => drop(old.unpin()),
+            Err(_) => std::fs::remove_file(pin).map_err(|source| RedirectError::Io {
+                context: format!("removing {}", pin.display()),
+                source,
+            })?,
+        }
+    }
+    link.pin(pin)
+        .map(drop)
+        .map_err(|err| RedirectError::Attach {
+            program,
+            message: format!("pinning the link at {}: {err}", pin.display()),
+        })
 }
 
 /// The `sk_lookup` program of `ebpf`.
