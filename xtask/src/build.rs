@@ -35,6 +35,12 @@ pub fn all() -> Result<()> {
     run(cargo().args(["build", "--workspace", "--release", "--bins"]))
 }
 
+/// [`all`], printing only warnings and errors: for commands whose own output
+/// is what the user (or a script reading `cluster status --json`) wants.
+pub fn all_quietly() -> Result<()> {
+    run(cargo().args(["build", "--quiet", "--workspace", "--release", "--bins"]))
+}
+
 /// Runs `cmd`, failing with the command line if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;

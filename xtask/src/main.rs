@@ -57,7 +57,7 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Cluster { args } => {
-            build::all()?;
+            build::all_quietly()?;
             run_tool("ztunnel-cluster", &args)
         }
     }
