@@ -1,7 +1,9 @@
 //! Every rustls configuration of the project is built here, so the security
 //! defaults live in one place: the ring provider, TLS 1.3 only, AES-GCM
 //! suites only (AES-NI makes them the fastest here; ChaCha20 is not offered),
-//! no early data.
+//! no early data. Peer identities are verified in [`verifier`].
+
+pub mod verifier;
 
 use std::sync::Arc;
 
@@ -20,6 +22,73 @@ pub enum TlsError {
     /// No usable root certificate was given.
     #[error("no trusted root certificate: {0}")]
     Roots(String),
+    /// The client-certificate verifier could not be built.
+    #[error("building the client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// ALPN of the native tunnel protocol. HBONE (HTTP/2 CONNECT) would be
+/// `h2` on the same port: ALPN tells the two apart.
+pub const TUNNEL_ALPN: &[u8] = b"ztunnel-native/1";
+
+/// The client side of a tunnel: presents `chain`/`key` (the source workload's
+/// certificate) and accepts only a server proving `expected`. Sessions are
+/// resumed (TLS 1.3 tickets) through this config's cache, so one config per
+/// source and destination identity keys the cache by both.
+pub fn tunnel_client_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: &[CertificateDer<'static>],
+    expected: crate::identity::Identity,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = verifier::ServerIdentityVerifier::new(
+        root_store(roots)?,
+        expected,
+        provider.signature_verification_algorithms,
+    );
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
+    config.enable_early_data = false;
+    Ok(Arc::new(config))
+}
+
+/// The server side of a tunnel: presents `chain`/`key` (the destination
+/// workload's certificate) and requires a client certificate with a workload
+/// identity of `trust_domain` chaining to `roots`. Issues resumption tickets
+/// under rotating keys; never accepts early data.
+pub fn tunnel_server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: &[CertificateDer<'static>],
+    trust_domain: crate::identity::TrustDomain,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier =
+        verifier::ClientIdentityVerifier::new(root_store(roots)?, trust_domain, provider.clone())?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
+    config.ticketer = ring::Ticketer::new()?;
+    config.max_early_data_size = 0;
+    Ok(Arc::new(config))
+}
+
+fn root_store(roots: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    let (added, ignored) = store.add_parsable_certificates(roots.iter().cloned());
+    if added == 0 {
+        return Err(TlsError::Roots(format!(
+            "{ignored} certificates given, none usable"
+        )));
+    }
+    Ok(Arc::new(store))
 }
 
 /// The crypto provider: ring, with only the TLS 1.3 AES-GCM suites.
@@ -65,3 +134,6 @@ pub fn grpc_client_config(
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests;
