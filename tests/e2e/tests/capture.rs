@@ -28,6 +28,17 @@ fn testapp(cluster: &Cluster, pod: &str, args: &[&str]) -> String {
     cluster.run(pod, testapp.to_str().unwrap(), args).unwrap()
 }
 
+/// Checks that pod `pod` downloads `/bytes/<len>` from the test app at
+/// `addr` intact (by SHA-256).
+fn assert_downloads(cluster: &Cluster, pod: &str, addr: &str, len: u64) {
+    let script = format!("curl -sS --fail --max-time 10 http://{addr}/bytes/{len} | sha256sum");
+    let out = cluster.run(pod, "sh", &["-c", &script]).unwrap();
+    assert!(
+        out.starts_with(&Payload::sha256_hex(len)),
+        "{pod}: body from {addr} differs: {out}"
+    );
+}
+
 /// Waits (up to 3 s) for `condition`, which is re-checked every 50 ms.
 fn eventually(what: &str, condition: impl FnMut() -> bool) {
     within(Duration::from_secs(3), what, condition);
@@ -52,20 +63,7 @@ fn enrolled_pods_are_captured_with_their_workload_and_original_destination() {
     // Bytes arrive intact through the daemon, over IPv4 and IPv6.
     let len = 1024 * 1024 + 7;
     for addr in [&v4, &v6] {
-        let out = cluster
-            .run(
-                "client-1",
-                "sh",
-                &[
-                    "-c",
-                    &format!("curl -sS --fail --max-time 10 http://{addr}/bytes/{len} | sha256sum"),
-                ],
-            )
-            .unwrap();
-        assert!(
-            out.starts_with(&Payload::sha256_hex(len)),
-            "body through {addr} differs: {out}"
-        );
+        assert_downloads(&cluster, "client-1", addr, len);
     }
     // The daemon accepted them in client-1's namespace: source workload and
     // original destination are right.
@@ -372,20 +370,7 @@ fn plaintext_arriving_at_an_enrolled_pod_goes_through_its_daemon() {
             format!("[{}]", legacy1.ipv6),
         ),
     ] {
-        let out = cluster
-            .run(
-                "legacy-1",
-                "sh",
-                &[
-                    "-c",
-                    &format!("curl -sS --fail --max-time 10 http://{addr}/bytes/{len} | sha256sum"),
-                ],
-            )
-            .unwrap();
-        assert!(
-            out.starts_with(&Payload::sha256_hex(len)),
-            "body from {addr} differs: {out}"
-        );
+        assert_downloads(&cluster, "legacy-1", &addr, len);
         eventually("the connection in node2's log", || {
             delivered(&cluster, "node2", "web-2", &addr) == 1
         });
