@@ -13,6 +13,7 @@
 //! - [`identity`]: SPIFFE workload identities and their certificates.
 //! - [`ca`]: the certificate authority (`ztunnel ca`), speaking Istio's CA API.
 //! - [`tls`]: every rustls configuration, in one place.
+//! - [`tunnel`]: what travels between node daemons inside TLS.
 //! - [`reload`]: files reloaded when they change.
 //! - [`node`]: the node daemon (`ztunnel node`), wiring the parts together.
 //! - [`admin`]: the admin endpoint (readiness, certificates).
@@ -32,3 +33,4 @@ pub mod redirect;
 pub mod registry;
 pub mod reload;
 pub mod tls;
+pub mod tunnel;

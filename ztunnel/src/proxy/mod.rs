@@ -6,3 +6,4 @@
 pub mod connect;
 pub mod inbound;
 pub mod outbound;
+pub mod route;
