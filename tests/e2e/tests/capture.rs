@@ -28,6 +28,17 @@ fn testapp(cluster: &Cluster, pod: &str, args: &[&str]) -> String {
     cluster.run(pod, testapp.to_str().unwrap(), args).unwrap()
 }
 
+/// `GET /` from pod `pod` to the test app at `addr` (a 2 s connect timeout,
+/// so a dropped SYN fails quickly).
+fn get(cluster: &Cluster, pod: &str, addr: &str) -> Result<String, ztunnel_cluster::ClusterError> {
+    let url = format!("http://{addr}/");
+    cluster.run(
+        pod,
+        "curl",
+        &["-sS", "--connect-timeout", "2", "--max-time", "5", &url],
+    )
+}
+
 /// Checks that pod `pod` downloads `/bytes/<len>` from the test app at
 /// `addr` intact (by SHA-256).
 fn assert_downloads(cluster: &Cluster, pod: &str, addr: &str, len: u64) {
@@ -94,14 +105,10 @@ fn enrolled_pods_are_captured_with_their_workload_and_original_destination() {
     }
 
     // A pod of a namespace without the label is never touched.
-    let out = cluster
-        .run(
-            "legacy-1",
-            "curl",
-            &["-sS", "--max-time", "5", &format!("http://{v4}/")],
-        )
-        .unwrap();
-    assert_eq!(out, "hello from web-2\n");
+    assert_eq!(
+        get(&cluster, "legacy-1", &v4).unwrap(),
+        "hello from web-2\n"
+    );
     let probe = testapp(&cluster, "legacy-1", &["probe", &v4]);
     assert!(probe.starts_with(&format!("peer={v4} ")), "{probe}");
     std::thread::sleep(Duration::from_millis(300)); // what would be logged, if anything, is logged at close
@@ -175,13 +182,7 @@ fn rule_sets(netns: Option<&str>) -> String {
             Some(ns) => netns::exec(ns, program),
             None => std::process::Command::new(program),
         };
-        let out = cmd.args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{program}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        netns::output(cmd.args(args)).unwrap()
     };
     let iptables = run("iptables-save", &[]) + &run("ip6tables-save", &[]);
     let nft = run("nft", &["list", "ruleset"]);
@@ -224,22 +225,16 @@ fn pinned_programs(dir: &std::path::Path) -> Vec<u64> {
         if !entry.file_name().to_string_lossy().starts_with("link_") {
             continue;
         }
-        let out = std::process::Command::new("bpftool")
-            .args([
-                "-j",
-                "link",
-                "show",
-                "pinned",
-                entry.path().to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let link: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let pin = entry.path();
+        let out = netns::output(std::process::Command::new("bpftool").args([
+            "-j",
+            "link",
+            "show",
+            "pinned",
+            pin.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let link: serde_json::Value = serde_json::from_str(&out).unwrap();
         ids.push(link["prog_id"].as_u64().unwrap());
     }
     ids.sort();
@@ -279,14 +274,8 @@ fn a_killed_daemon_fails_closed_a_restarted_one_takes_over_and_uninstall_leaves_
     // Five cgroup programs, and sk_lookup (one program, a link per enrolled pod).
     assert_eq!(first_programs.len(), 6, "every program's link is pinned");
     let _web1 = http_server(&cluster, "web-1");
-    let web1 = format!("http://{}:8080/", cluster.pod("web-1").unwrap().ipv4);
-    let plaintext_to_web1 = |cluster: &Cluster| {
-        cluster.run(
-            "legacy-2",
-            "curl",
-            &["-sS", "--connect-timeout", "2", "--max-time", "5", &web1],
-        )
-    };
+    let web1 = format!("{}:8080", cluster.pod("web-1").unwrap().ipv4);
+    let plaintext_to_web1 = |cluster: &Cluster| get(cluster, "legacy-2", &web1);
     assert_eq!(plaintext_to_web1(&cluster).unwrap(), "hello from web-1\n");
 
     // Down: enrolled pods' new connections are refused, never sent around the mesh.
@@ -323,15 +312,12 @@ fn a_killed_daemon_fails_closed_a_restarted_one_takes_over_and_uninstall_leaves_
 
     // Uninstall (daemon stopped): no program, pin or map left; pods back to plain networking.
     cluster.kill_daemon("node1").unwrap();
-    let out = std::process::Command::new(bin("ztunnel"))
-        .args(["uninstall", "--bpf-pin-dir", pins.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    netns::output(std::process::Command::new(bin("ztunnel")).args([
+        "uninstall",
+        "--bpf-pin-dir",
+        pins.to_str().unwrap(),
+    ]))
+    .unwrap();
     assert!(!pins.exists(), "pins left in {}", pins.display());
     assert!(
         second_programs.iter().all(|id| !program_exists(*id)),
@@ -383,14 +369,10 @@ fn plaintext_arriving_at_an_enrolled_pod_goes_through_its_daemon() {
 
     // A pod outside the mesh receives its traffic directly.
     let legacy2 = format!("{}:8080", cluster.pod("legacy-2").unwrap().ipv4);
-    let out = cluster
-        .run(
-            "legacy-1",
-            "curl",
-            &["-sS", "--max-time", "5", &format!("http://{legacy2}/")],
-        )
-        .unwrap();
-    assert_eq!(out, "hello from legacy-2\n");
+    assert_eq!(
+        get(&cluster, "legacy-1", &legacy2).unwrap(),
+        "hello from legacy-2\n"
+    );
     assert!(
         !daemon_log(&cluster, "node2").contains("dst.pod=legacy-2"),
         "legacy-2 was captured"

@@ -114,13 +114,7 @@ fn p256() -> KeyPair {
 }
 
 fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ztunnel_cluster::netns::output(Command::new("openssl").args(args)).unwrap()
 }
 
 fn validity_secs(pem: &str) -> i64 {

@@ -119,33 +119,24 @@ fn a_changed_trust_bundle_is_taken_without_a_restart() {
     let dir = cluster.status().state_dir.join("rotation");
     std::fs::create_dir(&dir).unwrap();
     let (key, cert) = (dir.join("new.key"), dir.join("new.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/O=cluster.local/CN=next root",
-        ])
-        .args([
-            "-days",
-            "1",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut req = std::process::Command::new("openssl");
+    req.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ])
+    .args(["-subj", "/O=cluster.local/CN=next root", "-days", "1"])
+    .args([
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    netns::output(&mut req).unwrap();
     let both = std::fs::read_to_string(&bundle).unwrap() + &std::fs::read_to_string(&cert).unwrap();
     std::fs::write(dir.join("bundle.pem"), both).unwrap();
     std::fs::rename(dir.join("bundle.pem"), &bundle).unwrap();
