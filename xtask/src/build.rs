@@ -8,10 +8,17 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-/// The workspace root (the parent of `xtask/`).
-pub fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The workspace root (the parent of `xtask/`). `cargo run` sets
+/// `CARGO_MANIFEST_DIR` at run time too: preferring it keeps a copied
+/// checkout (whose xtask binary may be reused from the original's target
+/// directory) working on its own files rather than the original's.
+pub fn workspace() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
         .parent()
+        .map(Path::to_owned)
         .expect("xtask/ lives in the workspace")
 }
 

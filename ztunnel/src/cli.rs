@@ -10,6 +10,7 @@ use ztunnel::{
     identity::{CaClientConfig, ManagerConfig, TrustDomain},
     node::{self, NodeConfig},
     registry::{Enrolment, LabelSelector},
+    tls::CipherSuites,
 };
 
 /// Node-level ambient zero-trust proxy for Kubernetes.
@@ -76,6 +77,13 @@ struct NodeArgs {
     /// fail closed while the daemon is down and a new daemon takes over.
     #[arg(long, default_value = "/sys/fs/bpf/ztunnel")]
     bpf_pin_dir: PathBuf,
+    /// Close a proxied connection on which no byte moved for this long, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    idle_timeout_secs: u64,
+    /// Also offer ChaCha20-Poly1305 in the tunnel, after AES-GCM (for peers
+    /// without AES hardware). Off by default: AES-GCM only.
+    #[arg(long)]
+    tls_chacha20_fallback: bool,
 }
 
 #[derive(clap::Args)]
@@ -203,6 +211,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         trust_bundle: args.trust_bundle,
         admin: args.admin,
         bpf_pin_dir: args.bpf_pin_dir,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        cipher_suites: if args.tls_chacha20_fallback {
+            CipherSuites::AesGcmThenChaCha20
+        } else {
+            CipherSuites::AesGcm
+        },
     };
     node::run(config, shutdown_signal()).await?;
     Ok(())

@@ -25,6 +25,11 @@ pub mod map_names {
     /// pod's netns cookie). Traffic for such an address whose listener is gone
     /// (the daemon is down) is dropped, never delivered around the mesh.
     pub const ENROLLED_ADDRS: &str = "ENROLLED_ADDRS";
+    /// `LruHashMap<DeliveryKey, u8>`: connections the daemon is opening to an
+    /// application inside its pod from the original client's address, which
+    /// `sk_lookup` must leave alone (it cannot tell them from connections
+    /// arriving from outside: both may carry a foreign source address).
+    pub const DELIVERING: &str = "DELIVERING";
 }
 
 /// Names of the programs in the eBPF object.
@@ -50,6 +55,15 @@ pub mod program_names {
 /// `SO_MARK` of the daemon's own sockets inside pods: the programs leave
 /// them alone, so the daemon's upstream connections are never captured again.
 pub const DAEMON_MARK: u32 = 0x539;
+
+/// `SO_MARK` of the daemon's sockets delivering to an application inside its
+/// pod from the original client's address (`IP_TRANSPARENT`). The programs
+/// leave them alone too; the pod routes the application's replies on them
+/// back to its loopback with a rule on this mark.
+pub const DELIVER_MARK: u32 = 0x53a;
+
+/// The loopback interface's index, the same in every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
 
 /// `AF_INET`.
 pub const AF_INET: u16 = 2;
@@ -111,6 +125,22 @@ pub struct PodAddr {
     pub family: u32,
 }
 
+/// Key of the `DELIVERING` map: a connection's four-tuple as `sk_lookup` sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    /// Source address (the original client's), network byte order as in [`PodAddr`].
+    pub remote: [u32; 4],
+    /// Destination address (the application's, in the pod).
+    pub local: [u32; 4],
+    /// Source port, host byte order.
+    pub remote_port: u32,
+    /// Destination port, host byte order.
+    pub local_port: u32,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u32,
+}
+
 /// Key of the `ORIG_DST` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -143,6 +173,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::OrigDstKey {}
     unsafe impl aya::Pod for super::PodAddr {}
+    unsafe impl aya::Pod for super::DeliveryKey {}
 }
 
 #[cfg(test)]
@@ -157,5 +188,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<OrigDst>(), 24);
         assert_eq!(core::mem::size_of::<OrigDstKey>(), 16);
         assert_eq!(core::mem::size_of::<PodAddr>(), 20);
+        assert_eq!(core::mem::size_of::<DeliveryKey>(), 44);
     }
 }

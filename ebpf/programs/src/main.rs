@@ -34,8 +34,8 @@ use aya_ebpf::{
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use ztunnel_ebpf_common::{
-    AF_INET, AF_INET6, DAEMON_MARK, EnrolledPod, INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT,
-    OUTBOUND_PORT, OrigDst, OrigDstKey, PodAddr,
+    AF_INET, AF_INET6, DAEMON_MARK, DELIVER_MARK, DeliveryKey, EnrolledPod, INBOUND_MTLS_PORT,
+    INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, OrigDst, OrigDstKey, PodAddr,
 };
 
 /// Verdict that lets the syscall proceed (cgroup programs return 1 to allow).
@@ -72,6 +72,11 @@ static INBOUND: SockHash<PodAddr> = SockHash::pinned(2 * MAX_ENROLLED_PODS, 0);
 #[map(name = "ENROLLED_ADDRS")]
 static ENROLLED_ADDRS: HashMap<PodAddr, u64> = HashMap::pinned(2 * MAX_ENROLLED_PODS, 0);
 
+/// Connections the daemon is opening to applications from their clients'
+/// addresses, filled by the daemon for the length of each `connect()`.
+#[map(name = "DELIVERING")]
+static DELIVERING: LruHashMap<DeliveryKey, u8> = LruHashMap::pinned(MAX_CONNECTING, 0);
+
 /// The enrolled pod a TCP socket of an application belongs to, if any.
 fn enrolled_app_socket(ctx: &SockAddrContext) -> Option<EnrolledPod> {
     let sock_addr: *mut bpf_sock_addr = ctx.sock_addr;
@@ -85,7 +90,7 @@ fn enrolled_app_socket(ctx: &SockAddrContext) -> Option<EnrolledPod> {
     // SAFETY: the map value is copied out; the map holds plain data.
     let pod = unsafe { ENROLLED.get(&netns) }.copied()?;
     // SAFETY: `sk` comes from the context; the verifier checks the field read.
-    if !sk.is_null() && unsafe { (*sk).mark } == DAEMON_MARK {
+    if !sk.is_null() && matches!(unsafe { (*sk).mark }, DAEMON_MARK | DELIVER_MARK) {
         return None;
     }
     Some(pod)
@@ -235,9 +240,9 @@ pub fn ztunnel_sock_ops(ctx: SockOpsContext) -> u32 {
 /// listener in the pod, which delivers it to the application. While the
 /// daemon is down (its listener gone) such connections are dropped.
 ///
-/// Left alone: connections to the daemon's own ports, and connections from the
-/// pod's own addresses (that is how the daemon delivers; `ingress_ifindex`
-/// cannot tell the two apart) or loopback.
+/// Left alone: connections to the daemon's own ports, connections made inside
+/// the pod (from its own address or loopback), and the daemon's deliveries to
+/// the application from the original client's address (in `DELIVERING`).
 #[sk_lookup]
 pub fn ztunnel_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel-provided context, valid for the whole run.
@@ -249,25 +254,48 @@ pub fn ztunnel_sk_lookup(ctx: SkLookupContext) -> u32 {
     if port == OUTBOUND_PORT || port == INBOUND_PLAINTEXT_PORT || port == INBOUND_MTLS_PORT {
         return sk_action::SK_PASS;
     }
-    let key = if lookup.family == u32::from(AF_INET) {
-        if lookup.remote_ip4 == lookup.local_ip4 || u32::from_be(lookup.remote_ip4) >> 24 == 127 {
-            return sk_action::SK_PASS;
-        }
-        PodAddr {
-            addr: [lookup.local_ip4, 0, 0, 0],
-            family: u32::from(AF_INET),
-        }
+    // One load per word: the verifier refuses context reads through a pointer
+    // derived from the context (what a whole-array copy compiles to).
+    // SAFETY (both): reads of context fields at constant offsets.
+    let v6 = |words: &[u32; 4]| unsafe {
+        [
+            core::ptr::read_volatile(&words[0]),
+            core::ptr::read_volatile(&words[1]),
+            core::ptr::read_volatile(&words[2]),
+            core::ptr::read_volatile(&words[3]),
+        ]
+    };
+    let (remote, local) = if lookup.family == u32::from(AF_INET) {
+        ([lookup.remote_ip4, 0, 0, 0], [lookup.local_ip4, 0, 0, 0])
     } else {
-        let (remote, local) = (lookup.remote_ip6, lookup.local_ip6);
-        let loopback =
-            remote[0] == 0 && remote[1] == 0 && remote[2] == 0 && remote[3] == 1_u32.to_be();
-        if loopback || remote == local {
-            return sk_action::SK_PASS;
-        }
-        PodAddr {
-            addr: local,
-            family: u32::from(AF_INET6),
-        }
+        (v6(&lookup.remote_ip6), v6(&lookup.local_ip6))
+    };
+    // Connections made inside the pod (they come over loopback, but report the
+    // pod's interface as ingress, so the addresses tell): the pod's own, to
+    // itself or from loopback.
+    let from_loopback = if lookup.family == u32::from(AF_INET) {
+        u32::from_be(remote[0]) >> 24 == 127
+    } else {
+        remote == [0, 0, 0, 1_u32.to_be()]
+    };
+    if from_loopback || remote == local {
+        return sk_action::SK_PASS;
+    }
+    // The daemon delivering to the application from the client's address.
+    let delivery = DeliveryKey {
+        remote,
+        local,
+        remote_port: u32::from(u16::from_be(lookup.remote_port)),
+        local_port: lookup.local_port,
+        family: lookup.family,
+    };
+    // SAFETY: the map value is read by copy; the map holds plain data.
+    if unsafe { DELIVERING.get(&delivery) }.is_some() {
+        return sk_action::SK_PASS;
+    }
+    let key = PodAddr {
+        addr: local,
+        family: lookup.family,
     };
     if INBOUND.redirect_sk_lookup(&ctx, key, 0).is_ok() {
         return sk_action::SK_PASS;

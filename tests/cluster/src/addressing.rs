@@ -6,6 +6,7 @@
 //! | pod range of node `n` | `10.244.n.0/24` | `fd00:10:244:n::/64` |
 //! | pod `k` (0-based) of node `n` | `10.244.n.(k+2)` | `fd00:10:244:n::(k+2)` |
 //! | pods' gateway (node side of each pod veth) | `10.244.n.1` | `fe80::1` |
+//! | service `s` (0-based, one per app) | `10.96.0.(s+10)` | `fd00:10:96::(s+10)` |
 //!
 //! All of it exists only inside the cluster's own network namespaces.
 
@@ -39,6 +40,16 @@ pub fn pod_cidr_v6(node: u8) -> (Ipv6Addr, u8) {
         Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(node), 0, 0, 0, 0),
         64,
     )
+}
+
+/// The IPv4 virtual IP of the `index`-th service (0-based).
+pub fn service_v4(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 96, 0, index + 10)
+}
+
+/// The IPv6 virtual IP of the `index`-th service (0-based).
+pub fn service_v6(index: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, u16::from(index) + 0x10)
 }
 
 /// The pods' IPv4 gateway on a node.

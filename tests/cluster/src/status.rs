@@ -23,6 +23,9 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
     /// Every pod of every node.
     pub pods: Vec<PodStatus>,
+    /// Services: one per app, its virtual IPs leading to the app's pods.
+    #[serde(default)]
+    pub services: Vec<ServiceStatus>,
     /// The network joining the nodes.
     pub fabric: FabricStatus,
     /// The certificate authority, once it runs.
@@ -95,6 +98,27 @@ pub struct PodStatus {
     pub labels: Labels,
     /// Node-side end of the pod's veth, in the node's network namespace.
     pub node_interface: String,
+}
+
+/// A Kubernetes Service: virtual IPs whose port leads to the pods of one app.
+/// Only enrolled pods can reach it (the daemon resolves the VIP; there is no
+/// kube-proxy in the local cluster).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Service name (the app's).
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// IPv4 virtual IP.
+    pub ipv4: Ipv4Addr,
+    /// IPv6 virtual IP.
+    pub ipv6: Ipv6Addr,
+    /// Port on the virtual IPs.
+    pub port: u16,
+    /// Port on the pods.
+    pub target_port: u16,
+    /// Pods whose labels contain all of these are its endpoints.
+    pub selector: Labels,
 }
 
 /// The fabric: a bridge in its own network namespace that every node plugs into.

@@ -16,14 +16,21 @@
 
 use std::path::Path;
 
-use ztunnel::registry::{Enrolment, Labels, Namespace, Node, Pod, Registry};
+use ztunnel::registry::{Enrolment, Labels, Namespace, Node, Pod, Registry, Service, ServicePort};
 
 use crate::{
     ClusterError, ClusterSpec,
     addressing::{self, FABRIC_PREFIX_V4, FABRIC_PREFIX_V6, POD_GATEWAY_V6},
     netns,
-    status::{ConfigStatus, FabricStatus, NamespaceStatus, NodeStatus, PodStatus, Status},
+    status::{
+        ConfigStatus, FabricStatus, NamespaceStatus, NodeStatus, PodStatus, ServiceStatus, Status,
+    },
 };
+
+/// Port of every app's service.
+pub const SERVICE_PORT: u16 = 80;
+/// Port the apps listen on: every service's target port.
+pub const APP_PORT: u16 = 8080;
 
 /// Name of the bridge in the fabric namespace.
 const BRIDGE: &str = "br0";
@@ -71,6 +78,21 @@ pub(crate) fn plan(spec: &ClusterSpec, state_dir: &Path, owner_pid: Option<u32>)
         }
     }
 
+    let services = spec
+        .apps
+        .iter()
+        .zip(0u8..)
+        .map(|(app, index)| ServiceStatus {
+            name: app.name.clone(),
+            namespace: app.namespace.clone(),
+            ipv4: addressing::service_v4(index),
+            ipv6: addressing::service_v6(index),
+            port: SERVICE_PORT,
+            target_port: APP_PORT,
+            selector: Labels::from([("app".to_owned(), app.name.clone())]),
+        })
+        .collect();
+
     let mut status = Status {
         name: spec.name.clone(),
         namespaces: spec
@@ -88,6 +110,7 @@ pub(crate) fn plan(spec: &ClusterSpec, state_dir: &Path, owner_pid: Option<u32>)
         },
         nodes,
         pods,
+        services,
         ca: None,
         config: ConfigStatus {
             registry: Some(state_dir.join("registry.yaml")),
@@ -140,7 +163,20 @@ pub(crate) fn registry(status: &Status) -> Registry {
                 labels: pod.labels.clone(),
             })
             .collect(),
-        services: Vec::new(),
+        services: status
+            .services
+            .iter()
+            .map(|service| Service {
+                name: service.name.clone(),
+                namespace: service.namespace.clone(),
+                vips: vec![service.ipv4.into(), service.ipv6.into()],
+                ports: vec![ServicePort {
+                    port: service.port,
+                    target_port: service.target_port,
+                }],
+                selector: service.selector.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -171,3 +171,66 @@ fn count_relayed(
         })
         .count()
 }
+
+/// How long a server in a pod may take to start listening.
+pub const READY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A fresh cluster of `nodes` nodes (one pod per app per node) running the mesh.
+pub fn mesh(nodes: u8) -> ztunnel_cluster::Cluster {
+    let spec = ztunnel_cluster::ClusterSpec::ephemeral(nodes, 1).with_mesh(bin_dir());
+    ztunnel_cluster::Cluster::create(&spec).expect("the cluster comes up")
+}
+
+/// Starts the test app's HTTP server (port 8080, answering `hello from
+/// <pod>`) in `pod` and waits until it listens.
+pub fn http_server(cluster: &ztunnel_cluster::Cluster, pod: &str) -> ztunnel_cluster::PodProcess {
+    let server = cluster
+        .spawn(pod, &testapp_path(), &["http", "--name", pod])
+        .expect("the test app can be spawned");
+    cluster
+        .wait_listening(pod, 8080, READY)
+        .expect("the test app listens");
+    server
+}
+
+/// Runs the test app with `args` in `pod`; returns its stdout.
+pub fn testapp(cluster: &ztunnel_cluster::Cluster, pod: &str, args: &[&str]) -> String {
+    cluster
+        .run(pod, &testapp_path(), args)
+        .unwrap_or_else(|err| panic!("ztunnel-testapp {} in {pod}: {err}", args.join(" ")))
+}
+
+/// The test app's path, as a string for [`ztunnel_cluster::Cluster::spawn`].
+pub fn testapp_path() -> String {
+    bin("ztunnel-testapp").to_string_lossy().into_owned()
+}
+
+/// Checks that pod `pod` downloads `/bytes/<len>` from the test app at
+/// `addr` intact (by SHA-256).
+pub fn assert_downloads(cluster: &ztunnel_cluster::Cluster, pod: &str, addr: &str, len: u64) {
+    let script = format!("curl -sS --fail --max-time 30 http://{addr}/bytes/{len} | sha256sum");
+    let out = cluster
+        .run(pod, "sh", &["-c", &script])
+        .unwrap_or_else(|err| panic!("{pod}: downloading from {addr}: {err}"));
+    assert!(
+        out.starts_with(&ztunnel_cluster::payload::Payload::sha256_hex(len)),
+        "{pod}: body from {addr} differs: {out}"
+    );
+}
+
+/// Waits (up to 3 s) for `condition`, which is re-checked every 50 ms.
+pub fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    within(std::time::Duration::from_secs(3), what, condition);
+}
+
+/// Waits up to `limit` for `condition`, which is re-checked every 50 ms.
+pub fn within(limit: std::time::Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

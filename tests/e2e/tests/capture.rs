@@ -2,31 +2,15 @@
 //! are steered into their node's daemon, which knows their workload and
 //! original destination; everything else is left alone.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ztunnel_cluster::{Cluster, ClusterSpec, PodProcess, netns, payload::Payload};
-use ztunnel_e2e::{bin, bin_dir, captured, daemon_log, delivered};
+use ztunnel_cluster::{Cluster, netns, payload::Payload};
+use ztunnel_e2e::{
+    assert_downloads, bin, captured, daemon_log, delivered, eventually, http_server, mesh, testapp,
+    within,
+};
 
-const READY: Duration = Duration::from_secs(10);
 const MODE: &str = "istio.io/dataplane-mode";
-
-fn mesh(nodes: u8) -> Cluster {
-    Cluster::create(&ClusterSpec::ephemeral(nodes, 1).with_mesh(bin_dir())).unwrap()
-}
-
-fn http_server(cluster: &Cluster, pod: &str) -> PodProcess {
-    let testapp = bin("ztunnel-testapp");
-    let server = cluster
-        .spawn(pod, testapp.to_str().unwrap(), &["http", "--name", pod])
-        .unwrap();
-    cluster.wait_listening(pod, 8080, READY).unwrap();
-    server
-}
-
-fn testapp(cluster: &Cluster, pod: &str, args: &[&str]) -> String {
-    let testapp = bin("ztunnel-testapp");
-    cluster.run(pod, testapp.to_str().unwrap(), args).unwrap()
-}
 
 /// `GET /` from pod `pod` to the test app at `addr` (a 2 s connect timeout,
 /// so a dropped SYN fails quickly).
@@ -37,31 +21,6 @@ fn get(cluster: &Cluster, pod: &str, addr: &str) -> Result<String, ztunnel_clust
         "curl",
         &["-sS", "--connect-timeout", "2", "--max-time", "5", &url],
     )
-}
-
-/// Checks that pod `pod` downloads `/bytes/<len>` from the test app at
-/// `addr` intact (by SHA-256).
-fn assert_downloads(cluster: &Cluster, pod: &str, addr: &str, len: u64) {
-    let script = format!("curl -sS --fail --max-time 10 http://{addr}/bytes/{len} | sha256sum");
-    let out = cluster.run(pod, "sh", &["-c", &script]).unwrap();
-    assert!(
-        out.starts_with(&Payload::sha256_hex(len)),
-        "{pod}: body from {addr} differs: {out}"
-    );
-}
-
-/// Waits (up to 3 s) for `condition`, which is re-checked every 50 ms.
-fn eventually(what: &str, condition: impl FnMut() -> bool) {
-    within(Duration::from_secs(3), what, condition);
-}
-
-/// Waits up to `limit` for `condition`, which is re-checked every 50 ms.
-fn within(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

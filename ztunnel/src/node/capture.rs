@@ -17,33 +17,45 @@ use std::os::fd::AsFd;
 use tokio::task::JoinHandle;
 
 use crate::{
-    proxy::{
-        inbound as proxy_inbound,
-        outbound::{self, SourcePod},
-    },
+    identity::Identity,
+    proxy::{ProxyContext, inbound, inbound_tunnel, outbound, pod::LocalPod},
     redirect::{
         RedirectError,
-        abi::{EnrolledPod, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT},
-        listeners::{self, PodListeners},
+        abi::{EnrolledPod, INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT},
+        listeners::{self, PodListeners, Ports},
         netns::PodNetns,
-        programs::{InboundListeners, OrigDstTable, Programs},
+        programs::{Attached, DeliveryTable, InboundListeners, OrigDstTable, Programs},
+        transparent,
     },
     registry::Pod,
 };
+
+/// Why a pod could not be captured.
+#[derive(Debug, thiserror::Error)]
+enum CaptureError {
+    /// Its namespace and ServiceAccount make no valid SPIFFE identity.
+    #[error("the pod has no valid workload identity: {0}")]
+    Identity(#[from] crate::identity::SpiffeError),
+    /// Its namespace could not be entered, or the programs refused it.
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
+}
 
 /// A pod's identity in the registry: namespace and name.
 type PodKey = (String, String);
 
 /// A captured pod.
 struct CapturedPod {
-    cookie: u64,
+    pod: Arc<LocalPod>,
     accept_tasks: Vec<JoinHandle<()>>,
 }
 
 /// The captured pods of this node and the programs that steer them.
 pub struct Capture {
     programs: Programs,
+    context: Arc<ProxyContext>,
     orig_dst: Arc<OrigDstTable>,
+    deliveries: Arc<DeliveryTable>,
     pods: HashMap<PodKey, CapturedPod>,
     /// Pods an earlier daemon enrolled (in the pinned map), until the first
     /// [`Capture::set_pods`] decides which of them are still wanted.
@@ -53,9 +65,15 @@ pub struct Capture {
 impl Capture {
     /// Loads and attaches the programs, pinned under `pin_dir`. Pods an
     /// earlier daemon enrolled stay steered (failing closed) until the first
-    /// [`Capture::set_pods`] takes them over or releases them.
-    pub fn start(pin_dir: &Path) -> Result<Self, RedirectError> {
-        let (programs, orig_dst, inherited) = Programs::attach(pin_dir)?;
+    /// [`Capture::set_pods`] takes them over or releases them. Captured
+    /// pods' connections are served with `context`.
+    pub fn start(pin_dir: &Path, context: Arc<ProxyContext>) -> Result<Self, RedirectError> {
+        let Attached {
+            programs,
+            orig_dst,
+            deliveries,
+            inherited,
+        } = Programs::attach(pin_dir)?;
         if !inherited.is_empty() {
             tracing::info!(
                 pods = inherited.len(),
@@ -64,7 +82,9 @@ impl Capture {
         }
         Ok(Self {
             programs,
+            context,
             orig_dst: Arc::new(orig_dst),
+            deliveries: Arc::new(deliveries),
             pods: HashMap::new(),
             inherited,
         })
@@ -94,7 +114,7 @@ impl Capture {
             }
             match self.enrol(pod) {
                 Ok(captured) => {
-                    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie = captured.cookie, "pod captured");
+                    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie = captured.pod.netns.cookie(), "pod captured");
                     self.pods.insert(key, captured);
                 }
                 Err(err) => {
@@ -104,7 +124,11 @@ impl Capture {
             }
         }
         // Inherited pods that were not taken over are gone from the registry.
-        let taken: BTreeSet<u64> = self.pods.values().map(|pod| pod.cookie).collect();
+        let taken: BTreeSet<u64> = self
+            .pods
+            .values()
+            .map(|captured| captured.pod.netns.cookie())
+            .collect();
         for cookie in std::mem::take(&mut self.inherited) {
             if taken.contains(&cookie) {
                 continue;
@@ -123,7 +147,7 @@ impl Capture {
         failed
     }
 
-    fn enrol(&mut self, pod: &Pod) -> Result<CapturedPod, RedirectError> {
+    fn enrol(&mut self, pod: &Pod) -> Result<CapturedPod, CaptureError> {
         let io = |context: &str| {
             let context = format!(
                 "{context} of pod {}/{} ({})",
@@ -133,9 +157,27 @@ impl Capture {
             );
             move |source| RedirectError::Io { context, source }
         };
+        let identity = Identity::new(
+            self.context.trust_domain.clone(),
+            &pod.namespace,
+            &pod.service_account,
+        )?;
         let netns = PodNetns::open(&pod.netns).map_err(io("opening the network namespace"))?;
-        let listeners = listeners::bind(&netns, OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT)
-            .map_err(io("binding the listeners"))?;
+        // Without it, applications see the pod's own address as every peer's.
+        let transparent = match transparent::install(&netns) {
+            Ok(()) => Some(self.deliveries.clone()),
+            Err(err) => {
+                tracing::warn!(pod = %pod.name, namespace = %pod.namespace, "applications will not see client addresses: cannot set up transparent delivery: {err}");
+                None
+            }
+        };
+        let ports = Ports {
+            outbound: OUTBOUND_PORT,
+            inbound_plaintext: INBOUND_PLAINTEXT_PORT,
+            tunnel: INBOUND_MTLS_PORT,
+        };
+        let listeners =
+            listeners::bind(&netns, ports, &pod.ips).map_err(io("binding the listeners"))?;
         let cookie = netns.cookie();
         {
             let fds = InboundListeners {
@@ -145,49 +187,68 @@ impl Capture {
             self.programs
                 .steer_inbound(cookie, netns.file(), &pod.ips, &fds)?;
         }
-        let source = Arc::new(SourcePod {
+        let local = Arc::new(LocalPod {
             name: pod.name.clone(),
             namespace: pod.namespace.clone(),
             service_account: pod.service_account.clone(),
+            identity,
+            ips: pod.ips.clone(),
             netns,
+            transparent,
         });
         let PodListeners {
             outbound: out,
-            inbound_plaintext: inb,
+            inbound_plaintext: plain,
+            tunnel,
         } = listeners;
+        let context = &self.context;
         let mut accept_tasks: Vec<JoinHandle<()>> = Vec::new();
         for listener in [Some(out.v4), out.v6].into_iter().flatten() {
             accept_tasks.push(tokio::spawn(outbound::serve(
                 listener,
-                source.clone(),
+                local.clone(),
+                context.clone(),
                 self.orig_dst.clone(),
             )));
         }
-        for listener in [Some(inb.v4), inb.v6].into_iter().flatten() {
-            accept_tasks.push(tokio::spawn(proxy_inbound::serve(listener, source.clone())));
+        for listener in [Some(plain.v4), plain.v6].into_iter().flatten() {
+            let task = inbound::serve(listener, local.clone(), context.clone());
+            accept_tasks.push(tokio::spawn(task));
+        }
+        for listener in tunnel {
+            let task = inbound_tunnel::serve(listener, local.clone(), context.clone());
+            accept_tasks.push(tokio::spawn(task));
         }
         if let Err(err) = self.programs.enrol(cookie, EnrolledPod::new(OUTBOUND_PORT)) {
             accept_tasks.iter().for_each(JoinHandle::abort);
             let _ = self.programs.stop_inbound(cookie);
-            return Err(err);
+            return Err(err.into());
         }
+        context.pods.insert(local.clone());
         Ok(CapturedPod {
-            cookie,
+            pod: local,
             accept_tasks,
         })
     }
 
     fn release(&mut self, key: &PodKey) {
-        let Some(pod) = self.pods.remove(key) else {
+        let Some(captured) = self.pods.remove(key) else {
             return;
         };
-        if let Err(err) = self.programs.unenrol(pod.cookie) {
+        self.context.pods.remove(&captured.pod);
+        let cookie = captured.pod.netns.cookie();
+        if let Err(err) = self.programs.unenrol(cookie) {
             tracing::error!(pod = %key.1, namespace = %key.0, "cannot release pod from capture: {err}");
         }
-        if let Err(err) = self.programs.stop_inbound(pod.cookie) {
+        if let Err(err) = self.programs.stop_inbound(cookie) {
             tracing::error!(pod = %key.1, namespace = %key.0, "cannot stop steering inbound traffic: {err}");
         }
-        pod.accept_tasks.iter().for_each(JoinHandle::abort);
+        captured.accept_tasks.iter().for_each(JoinHandle::abort);
+        if captured.pod.transparent.is_some()
+            && let Err(err) = transparent::remove(&captured.pod.netns)
+        {
+            tracing::warn!(pod = %key.1, namespace = %key.0, "cannot remove the transparent delivery routes: {err}");
+        }
         tracing::info!(pod = %key.1, namespace = %key.0, "pod released");
     }
 }

@@ -7,8 +7,12 @@
 pub mod capture;
 
 use std::{
-    collections::BTreeSet, future::Future, net::SocketAddr, path::PathBuf, sync::Arc,
-    time::SystemTime,
+    collections::BTreeSet,
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
 
 use tokio::sync::watch;
@@ -20,9 +24,12 @@ use crate::{
         CaClient, CaClientConfig, CertManager, Identity, ManagerConfig, TrustBundle,
         WorkloadCertificate, bundle::BundleError, ca_client::CaClientError, manager::Certificates,
     },
+    proxy::ProxyContext,
     redirect::RedirectError,
     registry::{Enrolment, Pod, Registry, RegistryError},
     reload::Watched,
+    tls::CipherSuites,
+    tunnel::configs::TunnelConfigs,
 };
 
 /// Everything `ztunnel node` needs to run.
@@ -47,6 +54,10 @@ pub struct NodeConfig {
     /// Where the eBPF programs' links and maps are pinned (on bpffs); one
     /// directory per daemon.
     pub bpf_pin_dir: PathBuf,
+    /// A proxied connection on which nothing moves this long is closed.
+    pub idle_timeout: Duration,
+    /// The cipher suites the tunnel offers.
+    pub cipher_suites: CipherSuites,
 }
 
 /// Why the daemon could not start.
@@ -197,7 +208,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let admin = tokio::spawn(admin::serve(listener, state.clone()));
     tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
 
-    let mut capture = capture::Capture::start(&config.bpf_pin_dir)?;
+    let context = ProxyContext::new(
+        config.node.clone(),
+        config.enrolment.clone(),
+        config.trust_domain.clone(),
+        registry.subscribe(),
+        TunnelConfigs::new(
+            manager.subscribe(),
+            trust_bundle.subscribe(),
+            config.trust_domain.clone(),
+            config.cipher_suites,
+        ),
+        config.idle_timeout,
+    );
+    let mut capture = capture::Capture::start(&config.bpf_pin_dir, context)?;
     let mut changes = registry.subscribe();
     let mut apply = |registry: &Registry| {
         let uncaptured = capture.set_pods(local_pods(registry, &config.node, &config.enrolment));

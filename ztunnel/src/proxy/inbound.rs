@@ -1,5 +1,6 @@
-//! Inbound plaintext: connections arriving at an enrolled pod's address,
-//! handed by `sk_lookup` to the daemon's inbound listener in the pod.
+//! Inbound plaintext: connections arriving at an enrolled pod's address from
+//! outside the mesh, handed by `sk_lookup` to the daemon's inbound listener
+//! in the pod. They carry no identity.
 //!
 //! Until policy exists (PERMISSIVE/STRICT), they are delivered to the
 //! application at the address and port they were sent to, from inside the pod.
@@ -8,33 +9,26 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{connect, outbound::SourcePod};
-use crate::redirect::abi::{INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use super::{
+    ProxyContext,
+    copy::{self, Relayed},
+    deliver::{self, DeliverError},
+    pod::LocalPod,
+};
 
 /// Why one inbound connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
-    /// It was addressed to one of the daemon's own ports: refusing it avoids a loop.
-    #[error("addressed to the daemon's own port {0}")]
-    OwnPort(u16),
     /// The local address could not be read.
     #[error("reading the original destination: {0}")]
     LocalAddr(std::io::Error),
     /// The application could not be reached.
-    #[error("connecting to the application at {destination}: {source}")]
-    Connect {
-        /// Where.
-        destination: SocketAddr,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// Copying failed mid-way.
-    #[error("relaying: {0}")]
-    Copy(std::io::Error),
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
 }
 
 /// Accepts connections on `listener` for `pod` until the task is dropped.
-pub async fn serve(listener: TcpListener, pod: Arc<SourcePod>) {
+pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<ProxyContext>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -43,19 +37,21 @@ pub async fn serve(listener: TcpListener, pod: Arc<SourcePod>) {
                 continue;
             }
         };
-        let pod = pod.clone();
+        let (pod, context) = (pod.clone(), context.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            match handle(stream, &pod).await {
-                Ok((destination, sent, received)) => tracing::info!(
+            match handle(stream, peer, &pod, &context).await {
+                Ok((destination, relayed)) => tracing::info!(
                     dst.pod = %pod.name,
                     dst.namespace = %pod.namespace,
                     dst.service_account = %pod.service_account,
                     src.addr = %peer,
                     dst.addr = %destination,
-                    sent,
-                    received,
+                    tls = false,
+                    sent = relayed.received,
+                    received = relayed.sent,
                     duration_ms = started.elapsed().as_millis() as u64,
+                    end = %relayed.ending,
                     "inbound connection closed"
                 ),
                 Err(err) => {
@@ -68,24 +64,16 @@ pub async fn serve(listener: TcpListener, pod: Arc<SourcePod>) {
 
 /// One connection: its destination is the local address it arrived at
 /// (`sk_lookup` keeps it); deliver there, copy. Returns the destination and
-/// the bytes sent to and received from the application.
+/// what was copied.
 async fn handle(
     mut client: TcpStream,
-    pod: &SourcePod,
-) -> Result<(SocketAddr, u64, u64), InboundError> {
+    peer: SocketAddr,
+    pod: &LocalPod,
+    context: &ProxyContext,
+) -> Result<(SocketAddr, Relayed), InboundError> {
     let destination = client.local_addr().map_err(InboundError::LocalAddr)?;
-    if [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_MTLS_PORT].contains(&destination.port()) {
-        return Err(InboundError::OwnPort(destination.port()));
-    }
-    let mut app = connect::from_pod(&pod.netns, destination)
-        .await
-        .map_err(|source| InboundError::Connect {
-            destination,
-            source,
-        })?;
+    let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
     let _ = client.set_nodelay(true);
-    let (received, sent) = tokio::io::copy_bidirectional(&mut client, &mut app)
-        .await
-        .map_err(InboundError::Copy)?;
-    Ok((destination, sent, received))
+    let relayed = copy::relay(&mut client, &mut app, context.idle_timeout).await;
+    Ok((destination, relayed))
 }

@@ -1,9 +1,83 @@
 //! The proxy: what happens to a connection once the daemon has accepted it.
 //!
-//! Each direction reads top to bottom in one function: accept, identify,
-//! decide, connect, copy, record.
+//! Each path reads top to bottom in one function: accept, identify, decide,
+//! connect, copy, record.
+//! - [`outbound`]: a pod's own connections, from its outbound listener; by
+//!   [`route`] to the tunnel, a pod of this node, or plain passthrough.
+//! - [`inbound_tunnel`]: mutual TLS from another node's daemon.
+//! - [`inbound`]: plaintext arriving at a pod.
+//! - [`deliver`]: the last hop of every inbound path, to the application.
+//! - [`copy`]: the byte copy all of them end with.
 
 pub mod connect;
+pub mod copy;
+pub mod deliver;
 pub mod inbound;
+pub mod inbound_tunnel;
 pub mod outbound;
+pub mod pod;
 pub mod route;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    identity::TrustDomain,
+    registry::{Enrolment, Registry},
+    tunnel::configs::TunnelConfigs,
+};
+
+/// What every connection of the node needs, shared by all of them.
+pub struct ProxyContext {
+    /// This node's name.
+    pub node: String,
+    /// Which pods are in the mesh.
+    pub enrolment: Enrolment,
+    /// Trust domain of workload identities.
+    pub trust_domain: TrustDomain,
+    /// The current registry.
+    pub registry: watch::Receiver<Arc<Registry>>,
+    /// The tunnel's TLS configurations.
+    pub tunnel: TunnelConfigs,
+    /// The captured pods of this node.
+    pub pods: pod::LocalPods,
+    /// A connection on which nothing moves this long is closed.
+    pub idle_timeout: Duration,
+    /// Round-robin position for spreading service connections over endpoints.
+    next_endpoint: AtomicUsize,
+}
+
+impl ProxyContext {
+    /// A context with no pod captured yet.
+    pub fn new(
+        node: String,
+        enrolment: Enrolment,
+        trust_domain: TrustDomain,
+        registry: watch::Receiver<Arc<Registry>>,
+        tunnel: TunnelConfigs,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            enrolment,
+            trust_domain,
+            registry,
+            tunnel,
+            pods: pod::LocalPods::default(),
+            idle_timeout,
+            next_endpoint: AtomicUsize::new(0),
+        })
+    }
+
+    /// Picks one of `n` service endpoints, round robin.
+    fn pick_endpoint(&self, n: usize) -> usize {
+        self.next_endpoint.fetch_add(1, Ordering::Relaxed) % n.max(1)
+    }
+}

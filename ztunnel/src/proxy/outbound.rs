@@ -1,30 +1,35 @@
 //! Outbound: connections an enrolled pod's applications open, accepted on the
 //! pod's outbound listener.
 //!
-//! Until the mTLS tunnel exists, a captured connection is relayed as plain TCP
-//! to its original destination, from inside the pod's network namespace (so it
-//! leaves with the pod's address), on a socket marked so the programs do not
-//! capture it again.
+//! The source workload is the pod whose listener accepted the connection; the
+//! destination is what the application asked for (recorded by the eBPF
+//! programs). [`route`](super::route) decides where it goes: through the
+//! mutual TLS tunnel to an enrolled pod on another node, straight into an
+//! enrolled pod of this node, or as plain TCP to anything outside the mesh.
+//! Upstream sockets are made inside the source pod's network namespace (so
+//! they leave with the pod's address) and marked so the programs do not
+//! capture them again.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::connect;
-use crate::redirect::{netns::PodNetns, programs::OrigDstTable};
-
-/// Who a pod is, for the connections it opens.
-#[derive(Debug)]
-pub struct SourcePod {
-    /// Pod name.
-    pub name: String,
-    /// Kubernetes namespace.
-    pub namespace: String,
-    /// ServiceAccount.
-    pub service_account: String,
-    /// Its network namespace.
-    pub netns: PodNetns,
-}
+use super::{
+    ProxyContext, connect,
+    copy::{self, Relayed},
+    deliver::{self, DeliverError},
+    pod::LocalPod,
+    route::{Route, route},
+};
+use crate::{
+    identity::{Identity, SpiffeError},
+    redirect::{abi::INBOUND_MTLS_PORT, programs::OrigDstTable},
+    tunnel::{self, Session, TunnelError},
+};
 
 /// Why one outbound connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,21 +38,69 @@ pub enum OutboundError {
     /// steered by them (or the record was lost), so it is closed.
     #[error("no original destination recorded for client port {0}")]
     NoOriginalDestination(u16),
-    /// The destination could not be reached.
+    /// A service with no endpoint to send to.
+    #[error("service {0} has no endpoint")]
+    NoEndpoint(String),
+    /// The destination pod has no valid workload identity.
+    #[error("the destination pod has no valid identity: {0}")]
+    DestinationIdentity(#[from] SpiffeError),
+    /// An enrolled pod of this node that is not (yet) captured: refusing keeps
+    /// it from being reached around the mesh.
+    #[error("{0} is an enrolled pod of this node that is not captured")]
+    NotCaptured(SocketAddr),
+    /// The destination (or its daemon) could not be reached.
     #[error("connecting to {destination}: {source}")]
     Connect {
-        /// The destination.
+        /// The address.
         destination: SocketAddr,
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Copying failed mid-way.
-    #[error("relaying: {0}")]
-    Copy(std::io::Error),
+    /// The tunnel could not be opened.
+    #[error("tunnel to {endpoint}: {source}")]
+    Tunnel {
+        /// The destination daemon's tunnel address.
+        endpoint: SocketAddr,
+        /// Why.
+        source: TunnelError,
+    },
+    /// A pod of this node could not be reached.
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
+}
+
+/// Where the connection goes, decided from the registry (owned, so the
+/// registry snapshot is not held for the connection's life).
+enum Upstream {
+    Tunnel {
+        endpoint: SocketAddr,
+        identity: Identity,
+    },
+    Local {
+        endpoint: SocketAddr,
+    },
+    Passthrough {
+        endpoint: SocketAddr,
+    },
+}
+
+/// What a finished connection did, for its log line.
+struct Closed {
+    original: SocketAddr,
+    route: &'static str,
+    endpoint: SocketAddr,
+    peer: Option<Identity>,
+    session: Option<Session>,
+    relayed: Relayed,
 }
 
 /// Accepts connections on `listener` for `pod` until the task is dropped.
-pub async fn serve(listener: TcpListener, pod: Arc<SourcePod>, orig_dst: Arc<OrigDstTable>) {
+pub async fn serve(
+    listener: TcpListener,
+    pod: Arc<LocalPod>,
+    context: Arc<ProxyContext>,
+    orig_dst: Arc<OrigDstTable>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -56,20 +109,11 @@ pub async fn serve(listener: TcpListener, pod: Arc<SourcePod>, orig_dst: Arc<Ori
                 continue;
             }
         };
-        let (pod, orig_dst) = (pod.clone(), orig_dst.clone());
+        let (pod, context, orig_dst) = (pod.clone(), context.clone(), orig_dst.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            match handle(stream, peer, &pod, &orig_dst).await {
-                Ok((destination, sent, received)) => tracing::info!(
-                    src.pod = %pod.name,
-                    src.namespace = %pod.namespace,
-                    src.service_account = %pod.service_account,
-                    dst.addr = %destination,
-                    sent,
-                    received,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "outbound connection closed"
-                ),
+            match handle(stream, peer, &pod, &context, &orig_dst).await {
+                Ok(closed) => record(&pod, &closed, started.elapsed()),
                 Err(err) => {
                     tracing::warn!(src.pod = %pod.name, %peer, "outbound connection failed: {err}")
                 }
@@ -78,29 +122,145 @@ pub async fn serve(listener: TcpListener, pod: Arc<SourcePod>, orig_dst: Arc<Ori
     }
 }
 
-/// One connection: identify its destination, connect, copy. Returns the
-/// destination and the bytes sent to it and received from it.
+/// One connection: identify, decide, connect, copy.
 async fn handle(
     mut client: TcpStream,
     peer: SocketAddr,
-    pod: &SourcePod,
+    pod: &LocalPod,
+    context: &ProxyContext,
     orig_dst: &OrigDstTable,
-) -> Result<(SocketAddr, u64, u64), OutboundError> {
+) -> Result<Closed, OutboundError> {
     // Identify: the source is the pod whose listener accepted; the
     // destination is what its application asked for.
-    let destination = orig_dst
+    let original = orig_dst
         .take(pod.netns.cookie(), peer.port())
         .ok_or(OutboundError::NoOriginalDestination(peer.port()))?;
-    let connect_error = |source| OutboundError::Connect {
-        destination,
-        source,
-    };
-    let mut upstream = connect::from_pod(&pod.netns, destination)
-        .await
-        .map_err(connect_error)?;
     let _ = client.set_nodelay(true);
-    let (sent, received) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
-        .await
-        .map_err(OutboundError::Copy)?;
-    Ok((destination, sent, received))
+
+    let upstream = decide(context, original)?;
+    let idle = context.idle_timeout;
+    match upstream {
+        Upstream::Tunnel { endpoint, identity } => {
+            let config = context
+                .tunnel
+                .client(&pod.identity, &identity)
+                .map_err(|source| OutboundError::Tunnel {
+                    endpoint,
+                    source: source.into(),
+                })?;
+            let daemon = SocketAddr::new(endpoint.ip(), INBOUND_MTLS_PORT);
+            let tcp = connect::from_pod(&pod.netns, daemon)
+                .await
+                .map_err(|source| OutboundError::Connect {
+                    destination: daemon,
+                    source,
+                })?;
+            let (mut tls, session) =
+                tunnel::client::open(tcp, config, endpoint)
+                    .await
+                    .map_err(|source| OutboundError::Tunnel {
+                        endpoint: daemon,
+                        source,
+                    })?;
+            let relayed = copy::relay(&mut client, &mut tls, idle).await;
+            Ok(Closed {
+                original,
+                route: "tunnel",
+                endpoint,
+                peer: Some(session.peer.clone()),
+                session: Some(session),
+                relayed,
+            })
+        }
+        Upstream::Local { endpoint } => {
+            let destination = context
+                .pods
+                .get(endpoint.ip())
+                .ok_or(OutboundError::NotCaptured(endpoint))?;
+            // The application sees the source pod's address of the same family.
+            let source_ip = pod
+                .ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv4() == endpoint.is_ipv4())
+                .unwrap_or(endpoint.ip());
+            let mut app = deliver::to_app(&destination, endpoint, source_ip).await?;
+            let relayed = copy::relay(&mut client, &mut app, idle).await;
+            Ok(Closed {
+                original,
+                route: "local",
+                endpoint,
+                peer: Some(destination.identity.clone()),
+                session: None,
+                relayed,
+            })
+        }
+        Upstream::Passthrough { endpoint } => {
+            let mut upstream = connect::from_pod(&pod.netns, endpoint)
+                .await
+                .map_err(|source| OutboundError::Connect {
+                    destination: endpoint,
+                    source,
+                })?;
+            let relayed = copy::relay(&mut client, &mut upstream, idle).await;
+            Ok(Closed {
+                original,
+                route: "passthrough",
+                endpoint,
+                peer: None,
+                session: None,
+                relayed,
+            })
+        }
+    }
+}
+
+/// Decide: where a connection to `original` goes.
+fn decide(context: &ProxyContext, original: SocketAddr) -> Result<Upstream, OutboundError> {
+    let registry = context.registry.borrow().clone();
+    let decision = route(
+        &registry,
+        &context.enrolment,
+        &context.node,
+        original,
+        &mut |n| context.pick_endpoint(n),
+    );
+    Ok(match decision {
+        Route::Tunnel { destination, pod } => Upstream::Tunnel {
+            endpoint: destination,
+            identity: Identity::new(
+                context.trust_domain.clone(),
+                &pod.namespace,
+                &pod.service_account,
+            )?,
+        },
+        Route::Local { destination, .. } => Upstream::Local {
+            endpoint: destination,
+        },
+        Route::Passthrough { destination } => Upstream::Passthrough {
+            endpoint: destination,
+        },
+        Route::NoEndpoint { service } => return Err(OutboundError::NoEndpoint(service)),
+    })
+}
+
+/// Record: one log line per connection, at close.
+fn record(pod: &LocalPod, closed: &Closed, duration: Duration) {
+    let session = closed.session.as_ref();
+    tracing::info!(
+        src.pod = %pod.name,
+        src.namespace = %pod.namespace,
+        src.service_account = %pod.service_account,
+        dst.addr = %closed.original,
+        dst.endpoint = %closed.endpoint,
+        dst.identity = closed.peer.as_ref().map(tracing::field::display),
+        route = closed.route,
+        tls.cipher = session.map(|s| s.cipher.as_str()),
+        tls.resumed = session.map(|s| s.resumed),
+        sent = closed.relayed.sent,
+        received = closed.relayed.received,
+        duration_ms = duration.as_millis() as u64,
+        end = %closed.relayed.ending,
+        "outbound connection closed"
+    );
 }

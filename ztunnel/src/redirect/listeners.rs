@@ -1,11 +1,13 @@
 //! The daemon's listening sockets inside an enrolled pod's network namespace.
 //!
-//! They are bound to the pod's loopback only: an address reachable from the
-//! network would let anyone reach "outbound" and be taken for the pod.
-//! (`sk_lookup` hands the inbound listener connections for any local address,
-//! whatever it is bound to.)
+//! Outbound and inbound plaintext are bound to the pod's loopback only: an
+//! address reachable from the network would let anyone reach "outbound" and
+//! be taken for the pod. (`sk_lookup` hands the inbound listener connections
+//! for any local address, whatever it is bound to.) The tunnel listener is
+//! bound to the pod's own addresses, where peer daemons reach it; it speaks
+//! only mutual TLS.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::net::TcpListener;
 
@@ -28,22 +30,41 @@ pub struct PodListeners {
     pub outbound: DualStack,
     /// Where plaintext arriving at the pod is steered (`sk_lookup`).
     pub inbound_plaintext: DualStack,
+    /// Where peer daemons open tunnels: one per pod address.
+    pub tunnel: Vec<TcpListener>,
 }
 
-/// Binds the daemon's listeners inside `netns`. Must run within a Tokio runtime.
-pub fn bind(
-    netns: &PodNetns,
-    outbound: u16,
-    inbound_plaintext: u16,
-) -> std::io::Result<PodListeners> {
-    let sockets = netns.run(|| {
-        [outbound, inbound_plaintext].map(|port| {
+/// The ports of the daemon's listeners in a pod.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    /// Outbound (loopback).
+    pub outbound: u16,
+    /// Inbound plaintext (loopback).
+    pub inbound_plaintext: u16,
+    /// Inbound mutual TLS (the pod's addresses).
+    pub tunnel: u16,
+}
+
+/// Binds the daemon's listeners inside `netns`, the tunnel listener on each
+/// of `pod_ips`. Must run within a Tokio runtime.
+pub fn bind(netns: &PodNetns, ports: Ports, pod_ips: &[IpAddr]) -> std::io::Result<PodListeners> {
+    let (sockets, tunnel) = netns.run(|| {
+        let loopback = [ports.outbound, ports.inbound_plaintext].map(|port| {
             (
                 listen(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
                 listen(SocketAddr::from((Ipv6Addr::LOCALHOST, port))),
             )
-        })
+        });
+        let tunnel: Vec<_> = pod_ips
+            .iter()
+            .map(|ip| listen(SocketAddr::new(*ip, ports.tunnel)))
+            .collect();
+        (loopback, tunnel)
     })?;
+    let tunnel = tunnel
+        .into_iter()
+        .map(|socket| TcpListener::from_std(socket?.into()))
+        .collect::<std::io::Result<_>>()?;
     let [outbound, inbound_plaintext] = sockets.map(|(v4, v6)| -> std::io::Result<DualStack> {
         Ok(DualStack {
             v4: TcpListener::from_std(v4?.into())?,
@@ -56,6 +77,7 @@ pub fn bind(
     Ok(PodListeners {
         outbound: outbound?,
         inbound_plaintext: inbound_plaintext?,
+        tunnel,
     })
 }
 
@@ -68,6 +90,11 @@ fn listen(address: SocketAddr) -> std::io::Result<socket2::Socket> {
     socket.set_reuse_address(true)?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
+        // A pod's IPv6 address may still be tentative (duplicate address
+        // detection) when the pod is enrolled.
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
     }
     socket.bind(&address.into())?;
     socket.listen(BACKLOG)?;

@@ -27,7 +27,10 @@ use aya::{
 
 use super::{
     RedirectError,
-    abi::{AF_INET, AF_INET6, EnrolledPod, OrigDst, OrigDstKey, PodAddr, map_names, program_names},
+    abi::{
+        AF_INET, AF_INET6, DeliveryKey, EnrolledPod, OrigDst, OrigDstKey, PodAddr, map_names,
+        program_names,
+    },
 };
 
 /// The embedded ELF object holding every ztunnel eBPF program and map.
@@ -52,6 +55,25 @@ pub struct InboundListeners<'a> {
     pub v6: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
+/// What [`Programs::attach`] hands over.
+pub struct Attached {
+    /// The programs, for enrolling and releasing pods.
+    pub programs: Programs,
+    /// Original destinations, for the outbound listeners.
+    pub orig_dst: OrigDstTable,
+    /// In-flight transparent deliveries, for the inbound paths.
+    pub deliveries: DeliveryTable,
+    /// Pods (netns cookies) the pinned `ENROLLED` map already held.
+    pub inherited: BTreeSet<u64>,
+}
+
+/// The `DELIVERING` map: each transparent delivery is in it for the length
+/// of its `connect()`, so `sk_lookup` lets it through to the application.
+#[derive(Debug)]
+pub struct DeliveryTable {
+    map: Mutex<HashMap<MapData, DeliveryKey, u8>>,
+}
+
 /// The `ORIG_DST` map, shared by every connection task.
 pub struct OrigDstTable {
     // Removal needs `&mut`; each use is one syscall, so the lock is never held long.
@@ -63,7 +85,7 @@ impl Programs {
     /// (and the maps) under `pin_dir`, replacing what an earlier daemon left
     /// there. Also returns the pods (netns cookies) the pinned `ENROLLED` map
     /// already holds, for the caller to reconcile.
-    pub fn attach(pin_dir: &Path) -> Result<(Self, OrigDstTable, BTreeSet<u64>), RedirectError> {
+    pub fn attach(pin_dir: &Path) -> Result<Attached, RedirectError> {
         let io = |context: String| move |source| RedirectError::Io { context, source };
         mount_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir).map_err(io(format!("creating {}", pin_dir.display())))?;
@@ -94,25 +116,29 @@ impl Programs {
             take_map(&mut ebpf, map_names::ENROLLED)?;
         let previously_enrolled = enrolled.keys().filter_map(Result::ok).collect();
         let orig_dst = take_map(&mut ebpf, map_names::ORIG_DST)?;
+        let deliveries = take_map(&mut ebpf, map_names::DELIVERING)?;
         tracing::info!(
             cgroup = %root.display(),
             pins = %pin_dir.display(),
             programs = program_names::ALL.len(),
             "eBPF programs attached"
         );
-        Ok((
-            Self {
+        Ok(Attached {
+            programs: Self {
                 ebpf,
                 enrolled,
                 inbound,
                 enrolled_addrs,
                 pin_dir: pin_dir.to_owned(),
             },
-            OrigDstTable {
+            orig_dst: OrigDstTable {
                 map: Mutex::new(orig_dst),
             },
-            previously_enrolled,
-        ))
+            deliveries: DeliveryTable {
+                map: Mutex::new(deliveries),
+            },
+            inherited: previously_enrolled,
+        })
     }
 
     /// Steers the TCP connections of the pod whose netns cookie is `cookie`.
@@ -133,9 +159,6 @@ impl Programs {
         addresses: &[IpAddr],
         listeners: &InboundListeners<'_>,
     ) -> Result<(), RedirectError> {
-        fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectError {
-            move |err| RedirectError::Map(format!("{name}: {err}"))
-        }
         for address in addresses {
             let (key, fd) = match address {
                 IpAddr::V4(ip) => (
@@ -229,6 +252,50 @@ impl OrigDstTable {
         let orig = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         Some(to_socket_addr(&orig))
+    }
+}
+
+impl DeliveryTable {
+    /// Lets the connection from `client` to `app` through to the application
+    /// while `connect` runs, then forgets it.
+    pub async fn during<T>(
+        &self,
+        client: SocketAddr,
+        app: SocketAddr,
+        connect: impl Future<Output = T>,
+    ) -> Result<T, RedirectError> {
+        let key = DeliveryKey {
+            remote: address_words(client.ip()),
+            local: address_words(app.ip()),
+            remote_port: u32::from(client.port()),
+            local_port: u32::from(app.port()),
+            family: u32::from(if client.is_ipv4() { AF_INET } else { AF_INET6 }),
+        };
+        self.lock()
+            .insert(key, 0, 0)
+            .map_err(map_error(map_names::DELIVERING))?;
+        let result = connect.await;
+        let _ = self.lock().remove(&key);
+        Ok(result)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MapData, DeliveryKey, u8>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Names the map in a map error.
+fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectError {
+    move |err| RedirectError::Map(format!("{name}: {err}"))
+}
+
+/// An address as the programs hold it: network byte order, IPv4 in the first word.
+fn address_words(ip: IpAddr) -> [u32; 4] {
+    match ip {
+        IpAddr::V4(v4) => [u32::from(v4).to_be(), 0, 0, 0],
+        IpAddr::V6(v6) => ipv6_words(v6),
     }
 }
 
@@ -409,6 +476,9 @@ mod tests {
             map_names::ENROLLED,
             map_names::CONNECTING,
             map_names::ORIG_DST,
+            map_names::INBOUND,
+            map_names::ENROLLED_ADDRS,
+            map_names::DELIVERING,
         ] {
             assert!(object.maps.contains_key(name), "map {name} missing");
         }

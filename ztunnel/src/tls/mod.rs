@@ -1,9 +1,13 @@
 //! Every rustls configuration of the project is built here, so the security
 //! defaults live in one place: the ring provider, TLS 1.3 only, AES-GCM
-//! suites only (AES-NI makes them the fastest here; ChaCha20 is not offered),
-//! no early data. Peer identities are verified in [`verifier`].
+//! suites (AES-NI makes them the fastest here; ChaCha20 only when configured
+//! as a fallback), no early data. Peer identities are verified in
+//! [`verifier`]; handshake failures are put in words by [`explain`].
 
+mod explain;
 pub mod verifier;
+
+pub use explain::{explain, explain_io};
 
 use std::sync::Arc;
 
@@ -31,6 +35,32 @@ pub enum TlsError {
 /// `h2` on the same port: ALPN tells the two apart.
 pub const TUNNEL_ALPN: &[u8] = b"ztunnel-native/1";
 
+/// The cipher suites the tunnel offers, in order of preference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CipherSuites {
+    /// AES-128-GCM and AES-256-GCM only: the default, fastest with AES-NI.
+    #[default]
+    AesGcm,
+    /// AES-GCM first, then ChaCha20-Poly1305 for peers without AES hardware.
+    AesGcmThenChaCha20,
+}
+
+impl CipherSuites {
+    fn provider(self) -> Arc<CryptoProvider> {
+        let mut provider = ring::default_provider();
+        provider.cipher_suites = vec![
+            ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+            ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ];
+        if self == Self::AesGcmThenChaCha20 {
+            provider
+                .cipher_suites
+                .push(ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256);
+        }
+        Arc::new(provider)
+    }
+}
+
 /// The client side of a tunnel: presents `chain`/`key` (the source workload's
 /// certificate) and accepts only a server proving `expected`. Sessions are
 /// resumed (TLS 1.3 tickets) through this config's cache, so one config per
@@ -40,8 +70,9 @@ pub fn tunnel_client_config(
     key: PrivateKeyDer<'static>,
     roots: &[CertificateDer<'static>],
     expected: crate::identity::Identity,
+    suites: CipherSuites,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = provider();
+    let provider = suites.provider();
     let verifier = verifier::ServerIdentityVerifier::new(
         root_store(roots)?,
         expected,
@@ -66,8 +97,9 @@ pub fn tunnel_server_config(
     key: PrivateKeyDer<'static>,
     roots: &[CertificateDer<'static>],
     trust_domain: crate::identity::TrustDomain,
+    suites: CipherSuites,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
+    let provider = suites.provider();
     let verifier =
         verifier::ClientIdentityVerifier::new(root_store(roots)?, trust_domain, provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -91,14 +123,10 @@ fn root_store(roots: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, T
     Ok(Arc::new(store))
 }
 
-/// The crypto provider: ring, with only the TLS 1.3 AES-GCM suites.
+/// The crypto provider of the control plane (CA API): ring, with only the
+/// TLS 1.3 AES-GCM suites.
 pub fn provider() -> Arc<CryptoProvider> {
-    let mut provider = ring::default_provider();
-    provider.cipher_suites = vec![
-        ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
-        ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
-    ];
-    Arc::new(provider)
+    CipherSuites::AesGcm.provider()
 }
 
 /// A TLS 1.3 server presenting `chain` (leaf first) with `key`, speaking

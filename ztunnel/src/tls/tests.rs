@@ -15,7 +15,10 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::{TUNNEL_ALPN, tunnel_client_config, tunnel_server_config, verifier::identity_of};
+use super::{
+    CipherSuites, TUNNEL_ALPN, explain_io, tunnel_client_config, tunnel_server_config,
+    verifier::identity_of,
+};
 use crate::identity::{Identity, TrustDomain};
 
 const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
@@ -97,7 +100,7 @@ async fn connect(
         let mut tls = TlsConnector::from(client)
             .connect(name, a)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| explain_io(&e))?;
         let mut byte = [0u8; 1];
         tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
         Ok(tls)
@@ -106,7 +109,7 @@ async fn connect(
         let mut tls = TlsAcceptor::from(server)
             .accept(b)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| explain_io(&e))?;
         let peer = tls
             .get_ref()
             .1
@@ -125,7 +128,14 @@ async fn connect(
 
 fn server(ca: &TestCa, identity: &str) -> Arc<ServerConfig> {
     let (chain, key) = valid(ca, identity);
-    tunnel_server_config(chain, key, std::slice::from_ref(&ca.root), td()).unwrap()
+    tunnel_server_config(
+        chain,
+        key,
+        std::slice::from_ref(&ca.root),
+        td(),
+        CipherSuites::AesGcm,
+    )
+    .unwrap()
 }
 
 fn client(ca: &TestCa, identity: &str, trusted: &TestCa, expected: &str) -> Arc<ClientConfig> {
@@ -135,6 +145,7 @@ fn client(ca: &TestCa, identity: &str, trusted: &TestCa, expected: &str) -> Arc<
         key,
         std::slice::from_ref(&trusted.root),
         id(expected),
+        CipherSuites::AesGcm,
     )
     .unwrap()
 }
@@ -174,10 +185,9 @@ async fn a_client_refuses_a_server_that_is_not_the_expected_workload() {
     )
     .await;
     let err = client_result.unwrap_err();
-    // rustls renders the verifier's error with `Debug`.
-    assert!(
-        err.contains("Unexpected") && err.contains("\"other\""),
-        "{err}"
+    assert_eq!(
+        err,
+        "the server is spiffe://cluster.local/ns/demo/sa/other, not the expected spiffe://cluster.local/ns/demo/sa/web"
     );
 }
 
@@ -207,20 +217,31 @@ async fn a_server_refuses_clients_without_a_certificate_or_with_a_foreign_one() 
     };
     let expired = {
         let (chain, key) = leaf(&ca, CLIENT, -7200, -3600);
-        tunnel_client_config(chain, key, std::slice::from_ref(&ca.root), id(WEB)).unwrap()
+        tunnel_client_config(
+            chain,
+            key,
+            std::slice::from_ref(&ca.root),
+            id(WEB),
+            CipherSuites::AesGcm,
+        )
+        .unwrap()
     };
     let cases = [
-        ("no certificate", anonymous, "peer sent no certificates"),
+        (
+            "no certificate",
+            anonymous,
+            "the peer presented no certificate",
+        ),
         (
             "another root",
             client(&other_root, CLIENT, &ca, WEB),
-            "UnknownIssuer",
+            "does not chain to a root of the trust bundle",
         ),
-        ("expired", expired, "certificate expired"),
+        ("expired", expired, "the peer's certificate has expired"),
         (
             "another trust domain",
             client(&ca, "spiffe://other.domain/ns/demo/sa/client", &ca, WEB),
-            "ForeignTrustDomain",
+            "is outside trust domain cluster.local",
         ),
     ];
     for (what, client_config, reason) in cases {
@@ -262,4 +283,69 @@ async fn repeat_connections_resume_and_a_new_trust_bundle_forces_full_verificati
         third.get_ref().1.handshake_kind(),
         Some(HandshakeKind::Full)
     );
+}
+
+#[tokio::test]
+async fn chacha20_is_only_accepted_when_configured_as_the_fallback() {
+    let ca = ca();
+    // A peer without AES hardware that offers only ChaCha20-Poly1305.
+    let chacha_only = {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites =
+            vec![rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256];
+        let provider = Arc::new(provider);
+        let verifier = super::verifier::ServerIdentityVerifier::new(
+            Arc::new({
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.root.clone()).unwrap();
+                roots
+            }),
+            id(WEB),
+            provider.signature_verification_algorithms,
+        );
+        let (chain, key) = valid(&ca, CLIENT);
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
+        Arc::new(config)
+    };
+    let server_with = |suites| {
+        let (chain, key) = valid(&ca, WEB);
+        tunnel_server_config(chain, key, std::slice::from_ref(&ca.root), td(), suites).unwrap()
+    };
+    let (refused, _) = connect(chacha_only.clone(), server_with(CipherSuites::AesGcm)).await;
+    assert!(refused.is_err(), "AES-GCM only by default");
+    let (accepted, _) = connect(chacha_only, server_with(CipherSuites::AesGcmThenChaCha20)).await;
+    let suite = accepted
+        .unwrap()
+        .get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .unwrap()
+        .suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
+    // With the fallback configured, AES-GCM still wins between two daemons.
+    let (chain, key) = valid(&ca, CLIENT);
+    let daemon = tunnel_client_config(
+        chain,
+        key,
+        std::slice::from_ref(&ca.root),
+        id(WEB),
+        CipherSuites::AesGcmThenChaCha20,
+    )
+    .unwrap();
+    let (both, _) = connect(daemon, server_with(CipherSuites::AesGcmThenChaCha20)).await;
+    let suite = both
+        .unwrap()
+        .get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .unwrap()
+        .suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
 }

@@ -1,5 +1,88 @@
-//! The tunnel between node daemons: mutual TLS 1.3 (configured in
-//! [`crate::tls`]) carrying one proxied connection, announced by a
-//! [`preamble`]. Wiring into the proxy comes next.
+//! The tunnel between node daemons: one mutual TLS 1.3 session per proxied
+//! connection, opened with a [`preamble`] naming the original destination,
+//! then the connection's bytes.
+//!
+//! The protocol is chosen by ALPN: `ztunnel-native/1` is this one; HBONE
+//! (HTTP/2 CONNECT, `h2`) can later share the same port (15008).
+//!
+//! - [`configs`]: the TLS configurations per identity, following rotations.
+//! - [`client`]: the source side's handshake and preamble.
+//! - [`server`]: the destination side's handshake and preamble.
 
+pub mod client;
+pub mod configs;
 pub mod preamble;
+pub mod server;
+
+use std::time::Duration;
+
+use rustls::{CommonState, HandshakeKind};
+
+use crate::{
+    identity::Identity,
+    tls::{TUNNEL_ALPN, verifier::identity_of},
+};
+
+/// How long a TLS handshake (and the preamble after it) may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a tunnel could not be opened or accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// No configuration: no certificate for the identity, or a bad bundle.
+    #[error(transparent)]
+    Config(#[from] configs::ConfigError),
+    /// The TLS handshake failed; the reason is put in words.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(String),
+    /// The handshake or preamble did not finish in time.
+    #[error("the peer did not finish the {0} within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout(&'static str),
+    /// The peer negotiated another protocol (or none) through ALPN.
+    #[error("the peer speaks {0}, not the ztunnel tunnel (ALPN ztunnel-native/1)")]
+    Protocol(String),
+    /// The peer's certificate carries no usable identity.
+    #[error("the peer's identity is unreadable: {0}")]
+    PeerIdentity(String),
+    /// The preamble could not be sent or was refused.
+    #[error("tunnel preamble: {0}")]
+    Preamble(std::io::Error),
+}
+
+/// What a tunnel's TLS session established, for logs and metrics.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// The peer's workload identity, proven by its certificate.
+    pub peer: Identity,
+    /// The negotiated cipher suite (for example `TLS13_AES_128_GCM_SHA256`).
+    pub cipher: String,
+    /// Whether the session was resumed from a ticket (no certificate
+    /// signatures; the identity is the one verified when it was issued).
+    pub resumed: bool,
+}
+
+impl Session {
+    /// Reads the session of a finished handshake, checking it speaks the tunnel.
+    fn of(tls: &CommonState) -> Result<Self, TunnelError> {
+        match tls.alpn_protocol() {
+            Some(TUNNEL_ALPN) => {}
+            Some(other) => {
+                return Err(TunnelError::Protocol(String::from_utf8_lossy(other).into()));
+            }
+            None => return Err(TunnelError::Protocol("no ALPN protocol".to_owned())),
+        }
+        let leaf = tls
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .ok_or_else(|| TunnelError::PeerIdentity("no certificate".to_owned()))?;
+        let peer = identity_of(leaf).map_err(|err| TunnelError::PeerIdentity(err.to_string()))?;
+        Ok(Self {
+            peer,
+            cipher: tls
+                .negotiated_cipher_suite()
+                .map(|suite| format!("{:?}", suite.suite()))
+                .unwrap_or_default(),
+            resumed: tls.handshake_kind() == Some(HandshakeKind::Resumed),
+        })
+    }
+}

@@ -2,16 +2,27 @@
 //! verified byte for byte.
 //!
 //! - `GET /` answers `hello from <name>`.
+//! - `GET /peer` answers the client's address as the server sees it.
 //! - `GET /bytes/<n>` answers the `n`-byte [`Payload`], whose SHA-256 the
 //!   checker computes on its side.
 //!
 //! It prints `listening on <addr>` once bound, and serves until killed.
 //!
+//! Raw TCP servers, for what HTTP cannot show:
+//! - `echo` reads until the client shuts down writing, then sends back
+//!   everything it read and closes (half-close);
+//! - `reset` reads one chunk, then closes with a reset (RST).
+//!
 //! As a client:
 //! - `probe <addr>` connects and prints what `getpeername()` and
 //!   `getsockname()` say (`peer=<addr> local=<addr>`);
 //! - `fetch <addr> --bytes N --connections C` opens C connections at once,
-//!   fetches `/bytes/N` on each, checks every body, and prints `ok C`.
+//!   fetches `/bytes/N` on each, checks every body, and prints `ok C`;
+//! - `half-close <addr> --bytes N` sends N payload bytes to an `echo`
+//!   server, shuts down writing, reads the whole reply, checks it, and prints
+//!   `ok N`;
+//! - `send <addr>` sends a line and waits for the reply; prints `reset` if the
+//!   connection is reset, `closed` on a clean end.
 
 use std::net::SocketAddr;
 
@@ -43,6 +54,31 @@ enum App {
         /// Name to answer `GET /` with.
         #[arg(long, default_value = "testapp")]
         name: String,
+    },
+    /// Raw TCP: read until end-of-stream, then send everything back.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "[::]:9000")]
+        listen: SocketAddr,
+    },
+    /// Raw TCP: read one chunk, then close with a reset.
+    Reset {
+        /// Address to listen on.
+        #[arg(long, default_value = "[::]:9001")]
+        listen: SocketAddr,
+    },
+    /// Send N bytes to an `echo` server, shut down writing, check the reply.
+    HalfClose {
+        /// `host:port` of an `echo` test app.
+        address: SocketAddr,
+        /// Bytes to send.
+        #[arg(long, default_value_t = 1024 * 1024)]
+        bytes: u64,
+    },
+    /// Send a line, then report how the connection ended: `reset` or `closed`.
+    Send {
+        /// `host:port` to connect to.
+        address: SocketAddr,
     },
     /// Connect to an address and print the socket's peer and local addresses.
     Probe {
@@ -87,6 +123,97 @@ async fn main() -> Result<()> {
             bytes,
             connections,
         } => fetch(address, bytes, connections).await,
+        App::Echo { listen } => raw_server(listen, echo).await,
+        App::Reset { listen } => raw_server(listen, reset).await,
+        App::HalfClose { address, bytes } => half_close(address, bytes).await,
+        App::Send { address } => send(address).await,
+    }
+}
+
+/// Accepts on `listen` forever, running `serve` on each connection.
+async fn raw_server<F>(listen: SocketAddr, serve: fn(TcpStream) -> F) -> Result<()>
+where
+    F: Future<Output = Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        tokio::spawn(async move {
+            if let Err(err) = serve(stream).await {
+                eprintln!("{peer}: {err:#}");
+            }
+        });
+    }
+}
+
+async fn echo(mut stream: TcpStream) -> Result<()> {
+    let mut received = Vec::new();
+    stream.read_to_end(&mut received).await?;
+    stream.write_all(&received).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+async fn reset(mut stream: TcpStream) -> Result<()> {
+    let mut buf = [0u8; 1024];
+    let _ = stream.read(&mut buf).await?;
+    // Linger 0: closing sends RST instead of FIN.
+    stream.set_zero_linger()?;
+    drop(stream);
+    Ok(())
+}
+
+async fn half_close(address: SocketAddr, bytes: u64) -> Result<()> {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    let mut payload = Payload::new(bytes);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = payload.fill(&mut chunk);
+        if n == 0 {
+            break;
+        }
+        stream.write_all(&chunk[..n]).await?;
+    }
+    stream.shutdown().await.context("shutting down writing")?;
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .await
+        .context("reading the reply after shutting down writing")?;
+    let got = ztunnel_cluster::payload::sha256_hex(&reply);
+    anyhow::ensure!(
+        got == Payload::sha256_hex(bytes),
+        "the reply ({} bytes) differs from the {bytes} bytes sent",
+        reply.len()
+    );
+    println!("ok {bytes}");
+    Ok(())
+}
+
+async fn send(address: SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.write_all(b"hello\n").await?;
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => {
+                println!("closed");
+                return Ok(());
+            }
+            Ok(_) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                println!("reset");
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
 }
 
@@ -172,6 +299,10 @@ async fn serve(mut stream: TcpStream, name: &str) -> Result<()> {
 
     if method != Some("GET") {
         return respond(&mut stream, "405 Method Not Allowed", b"only GET\n").await;
+    }
+    if path == "/peer" {
+        let peer = stream.peer_addr()?;
+        return respond(&mut stream, "200 OK", format!("{}\n", peer.ip()).as_bytes()).await;
     }
     if path == "/" {
         return respond(

@@ -209,6 +209,22 @@ fn print_status(status: &Status) {
             pod.enrolled
         );
     }
+    println!("\nSERVICE      NAMESPACE  VIPS                               PORT      SELECTOR");
+    for service in &status.services {
+        let selector: Vec<String> = service
+            .selector
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        println!(
+            "{:<12} {:<10} {:<34} {:<9} {}",
+            service.name,
+            service.namespace,
+            format!("{}, {}", service.ipv4, service.ipv6),
+            format!("{}->{}", service.port, service.target_port),
+            selector.join(",")
+        );
+    }
     println!(
         "\nfabric: bridge {} in {} (ports {})",
         status.fabric.bridge,

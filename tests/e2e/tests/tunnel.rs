@@ -1,0 +1,556 @@
+//! The mutual TLS tunnel between node daemons, end to end: real apps across
+//! nodes, the wire between the nodes, refusals of bad peers, resumption,
+//! half-close and resets, and service VIPs.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
+};
+use ztunnel_cluster::{Cluster, netns, payload::Payload};
+use ztunnel_e2e::{
+    READY, assert_downloads, daemon_log, eventually, http_server, mesh, testapp, testapp_path,
+    within,
+};
+
+const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
+const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
+const ALPN: &str = "ztunnel-native/1";
+
+/// Lines node `node`'s daemon logged after its first `skip` lines that
+/// contain every one of `parts`.
+fn log_lines(cluster: &Cluster, node: &str, skip: usize, parts: &[&str]) -> Vec<String> {
+    daemon_log(cluster, node)
+        .lines()
+        .skip(skip)
+        .filter(|line| parts.iter().all(|part| line.contains(part)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How many lines node `node`'s daemon has logged.
+fn log_len(cluster: &Cluster, node: &str) -> usize {
+    daemon_log(cluster, node).lines().count()
+}
+
+/// `GET /` from `pod` to `addr`.
+fn get(cluster: &Cluster, pod: &str, addr: &str) -> Result<String, ztunnel_cluster::ClusterError> {
+    let url = format!("http://{addr}/");
+    cluster.run(pod, "curl", &["-sS", "--max-time", "5", &url])
+}
+
+/// A packet capture on the bridge between the nodes.
+struct WireCapture {
+    child: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+impl WireCapture {
+    fn start(cluster: &Cluster, name: &str) -> Self {
+        let status = cluster.status();
+        let file = status.state_dir.join(format!("{name}.pcap"));
+        let log = status.state_dir.join(format!("logs/{name}-tcpdump.log"));
+        let mut cmd = netns::exec(&status.fabric.netns, "tcpdump");
+        cmd.args(["-i", &status.fabric.bridge, "-U", "-s", "0", "-w"])
+            .arg(&file)
+            .arg("tcp");
+        let child = netns::spawn_logged(&mut cmd, &log).unwrap();
+        within(READY, "tcpdump listens", || {
+            std::fs::read_to_string(&log).is_ok_and(|text| text.contains("listening on"))
+        });
+        Self { child, file }
+    }
+
+    /// Stops the capture; returns the captured bytes.
+    fn stop(mut self) -> Vec<u8> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::fs::read(&self.file).unwrap()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn cross_node_traffic_travels_in_tls13_with_no_plaintext_on_the_wire() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let _legacy = http_server(&cluster, "legacy-2");
+    let marker = "x-marker: ZTUNNEL-PLAINTEXT-MARKER-6a41c2";
+    let len = 2 * 1024 * 1024;
+    let mut window = vec![0u8; 200_000];
+    Payload::new(len).fill(&mut window);
+    let window = &window[100_000..100_064];
+
+    let fetch = |pod: &str, addr: &str| {
+        let url = format!("http://{addr}/bytes/{len}");
+        let script = format!("curl -sS --fail --max-time 10 -H '{marker}' {url} | sha256sum");
+        let out = cluster.run(pod, "sh", &["-c", &script]).unwrap();
+        assert!(out.starts_with(&Payload::sha256_hex(len)), "{pod}: {out}");
+    };
+
+    // Control: between pods outside the mesh, the capture sees the plaintext.
+    let wire = WireCapture::start(&cluster, "plain");
+    let legacy = cluster.pod("legacy-2").unwrap().ipv4;
+    fetch("legacy-1", &format!("{legacy}:8080"));
+    let plain = wire.stop();
+    assert!(
+        contains(&plain, marker.as_bytes()),
+        "the control capture missed the marker"
+    );
+    assert!(
+        contains(&plain, window),
+        "the control capture missed the body"
+    );
+
+    // Enrolled pods on two nodes: only TLS 1.3 on the wire.
+    let wire = WireCapture::start(&cluster, "tunnel");
+    let web = cluster.pod("web-2").unwrap().clone();
+    fetch("client-1", &format!("{}:8080", web.ipv4));
+    fetch("client-1", &format!("[{}]:8080", web.ipv6));
+    let tunnel = wire.stop();
+    assert!(
+        !contains(&tunnel, marker.as_bytes()),
+        "the request header crossed in plaintext"
+    );
+    assert!(
+        !contains(&tunnel, window),
+        "the response body crossed in plaintext"
+    );
+    assert!(
+        contains(&tunnel, ALPN.as_bytes()),
+        "no tunnel ClientHello on the wire"
+    );
+    // ServerHello's supported_versions extension selecting TLS 1.3 (0x0304).
+    assert!(
+        contains(&tunnel, &[0x00, 0x2b, 0x00, 0x02, 0x03, 0x04]),
+        "no TLS 1.3 ServerHello on the wire"
+    );
+}
+
+#[test]
+fn curl_and_iperf3_cross_nodes_through_the_tunnel() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let web = cluster.pod("web-2").unwrap().clone();
+    let hundred_mib = 100 * 1024 * 1024;
+    assert_downloads(
+        &cluster,
+        "client-1",
+        &format!("{}:8080", web.ipv4),
+        hundred_mib,
+    );
+    assert_downloads(
+        &cluster,
+        "client-1",
+        &format!("[{}]:8080", web.ipv6),
+        1024 * 1024 + 3,
+    );
+
+    // Both daemons saw it: the source side by route, the destination side with
+    // the client's proven identity.
+    let out = log_lines(
+        &cluster,
+        "node1",
+        0,
+        &["outbound connection closed", "route=\"tunnel\""],
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.contains(&format!("dst.identity={WEB}")) && l.contains("TLS13_AES")),
+        "{out:?}"
+    );
+    let inbound = log_lines(
+        &cluster,
+        "node2",
+        0,
+        &["inbound connection closed", "tls=true"],
+    );
+    assert!(
+        inbound
+            .iter()
+            .any(|l| l.contains(&format!("src.identity={CLIENT}"))),
+        "{inbound:?}"
+    );
+
+    let _iperf = cluster.spawn("web-2", "iperf3", &["-s"]).unwrap();
+    cluster.wait_listening("web-2", 5201, READY).unwrap();
+    let report = cluster
+        .run(
+            "client-1",
+            "iperf3",
+            &["-c", &web.ipv4.to_string(), "-t", "2", "-J"],
+        )
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    assert!(
+        received > 10 * 1024 * 1024,
+        "iperf3 moved only {received} bytes"
+    );
+    let streams = log_lines(
+        &cluster,
+        "node2",
+        0,
+        &["inbound connection closed", ":5201 ", "tls=true"],
+    );
+    assert!(
+        streams.len() >= 2,
+        "iperf3's control and data connections: {streams:?}"
+    );
+}
+
+#[test]
+fn repeat_connections_resume_and_a_changed_trust_bundle_forces_full_verification() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let web = format!("{}:8080", cluster.pod("web-2").unwrap().ipv4);
+    let handshakes = |skip: (usize, usize)| {
+        let out = log_lines(
+            &cluster,
+            "node1",
+            skip.0,
+            &["outbound connection closed", "route=\"tunnel\""],
+        );
+        let inb = log_lines(
+            &cluster,
+            "node2",
+            skip.1,
+            &["inbound connection closed", "tls=true"],
+        );
+        let resumed = |lines: &[String]| -> Vec<bool> {
+            lines
+                .iter()
+                .map(|l| l.contains("tls.resumed=true"))
+                .collect()
+        };
+        (resumed(&out), resumed(&inb))
+    };
+
+    get(&cluster, "client-1", &web).unwrap();
+    get(&cluster, "client-1", &web).unwrap();
+    eventually("both connections logged", || {
+        handshakes((0, 0)).1.len() == 2
+    });
+    assert_eq!(handshakes((0, 0)), (vec![false, true], vec![false, true]));
+
+    // Add a root to the trust bundle: both daemons reload it, and the next
+    // connection verifies certificates in full again.
+    let marks = (log_len(&cluster, "node1"), log_len(&cluster, "node2"));
+    let bundle = cluster.status().ca.as_ref().unwrap().root_cert.clone();
+    let extra = self_signed_root().0;
+    let mut pem = std::fs::read_to_string(&bundle).unwrap();
+    pem.push_str(&extra.pem());
+    std::fs::write(&bundle, pem).unwrap();
+    within(
+        Duration::from_secs(5),
+        "both daemons reload the bundle",
+        || {
+            !log_lines(&cluster, "node1", marks.0, &["reloaded trust bundle"]).is_empty()
+                && !log_lines(&cluster, "node2", marks.1, &["reloaded trust bundle"]).is_empty()
+        },
+    );
+    get(&cluster, "client-1", &web).unwrap();
+    get(&cluster, "client-1", &web).unwrap();
+    eventually("both connections logged", || handshakes(marks).1.len() == 2);
+    assert_eq!(handshakes(marks), (vec![false, true], vec![false, true]));
+}
+
+/// A self-signed CA certificate with a fresh key.
+fn self_signed_root() -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "an unrelated root");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    (cert, Issuer::new(params, key))
+}
+
+/// Writes a workload certificate for `identity` signed by `issuer`, valid
+/// from `not_before` to `not_after`, as `<dir>/<name>.pem` and `.key`.
+fn write_leaf(
+    dir: &Path,
+    name: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    identity: &str,
+    validity: (time::OffsetDateTime, time::OffsetDateTime),
+) -> (String, String) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    (params.not_before, params.not_after) = validity;
+    let cert = params.signed_by(&key, issuer).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (
+        cert_path.to_string_lossy().into_owned(),
+        key_path.to_string_lossy().into_owned(),
+    )
+}
+
+/// The cluster CA's root, able to sign.
+fn cluster_root(cluster: &Cluster) -> Issuer<'static, KeyPair> {
+    let state = cluster.status().state_dir.join("ca/state");
+    let cert = std::fs::read_to_string(state.join("root-cert.pem")).unwrap();
+    let key =
+        KeyPair::from_pem(&std::fs::read_to_string(state.join("ca-key.pem")).unwrap()).unwrap();
+    Issuer::from_ca_cert_pem(&cert, key).unwrap()
+}
+
+fn valid_now() -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    (
+        now - time::Duration::minutes(5),
+        now + time::Duration::hours(1),
+    )
+}
+
+#[test]
+fn bad_peers_are_refused_with_the_reason_and_the_daemons_keep_serving() {
+    let mut cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let web = cluster.pod("web-2").unwrap().ipv4;
+    let dir = tempfile::tempdir().unwrap();
+    let root = cluster_root(&cluster);
+    let other_root = self_signed_root().1;
+    let (good_cert, good_key) = write_leaf(dir.path(), "good", &root, CLIENT, valid_now());
+    let (foreign_cert, foreign_key) =
+        write_leaf(dir.path(), "foreign", &other_root, CLIENT, valid_now());
+    let expired = (
+        rcgen::date_time_ymd(2020, 1, 1),
+        rcgen::date_time_ymd(2020, 1, 2),
+    );
+    let (expired_cert, expired_key) = write_leaf(dir.path(), "expired", &root, CLIENT, expired);
+
+    // Clients outside the mesh (legacy-1) dialling web-2's tunnel port.
+    let target = format!("{web}:15008");
+    let cases: [(&str, Vec<&str>, &str); 3] = [
+        (
+            "no certificate",
+            vec![],
+            "the peer presented no certificate",
+        ),
+        (
+            "another root",
+            vec!["-cert", &foreign_cert, "-key", &foreign_key],
+            "the peer's certificate does not chain to a root of the trust bundle",
+        ),
+        (
+            "expired",
+            vec!["-cert", &expired_cert, "-key", &expired_key],
+            "the peer's certificate has expired",
+        ),
+    ];
+    for (what, credentials, reason) in cases {
+        let mark = log_len(&cluster, "node2");
+        let mut args = vec!["s_client", "-connect", &target, "-alpn", ALPN, "-tls1_3"];
+        args.extend(credentials);
+        let script = format!("openssl {} </dev/null", args.join(" "));
+        // openssl's own exit status varies with timing; the daemon's log decides.
+        let _ = cluster
+            .command("legacy-1", "timeout")
+            .unwrap()
+            .args(["5", "sh", "-c", &script])
+            .output();
+        within(Duration::from_secs(5), what, || {
+            !log_lines(&cluster, "node2", mark, &["inbound tunnel refused", reason]).is_empty()
+        });
+        assert_eq!(
+            get(&cluster, "client-1", &format!("{web}:8080")).unwrap(),
+            "hello from web-2\n"
+        );
+    }
+    // The control: the same client with a certificate of the cluster's root
+    // gets through the handshake (the preamble is what it lacks then).
+    let mark = log_len(&cluster, "node2");
+    let script = format!(
+        "openssl s_client -connect {target} -alpn {ALPN} -tls1_3 -cert {good_cert} -key {good_key} </dev/null"
+    );
+    let _ = cluster
+        .command("legacy-1", "timeout")
+        .unwrap()
+        .args(["5", "sh", "-c", &script])
+        .output();
+    within(
+        Duration::from_secs(5),
+        "the good certificate's refusal",
+        || {
+            !log_lines(
+                &cluster,
+                "node2",
+                mark,
+                &["inbound tunnel refused", "preamble"],
+            )
+            .is_empty()
+        },
+    );
+
+    // A server that is not the destination workload: web-2's daemon is down
+    // and an impostor holding a genuine certificate of another identity
+    // answers on web-2's tunnel port.
+    cluster.kill_daemon("node2").unwrap();
+    let (impostor_cert, impostor_key) =
+        write_leaf(dir.path(), "impostor", &root, CLIENT, valid_now());
+    let _impostor = cluster
+        .spawn(
+            "web-2",
+            "openssl",
+            &[
+                "s_server",
+                "-www",
+                "-accept",
+                "15008",
+                "-tls1_3",
+                "-alpn",
+                ALPN,
+                "-cert",
+                &impostor_cert,
+                "-key",
+                &impostor_key,
+            ],
+        )
+        .unwrap();
+    cluster.wait_listening("web-2", 15008, READY).unwrap();
+    let mark = log_len(&cluster, "node1");
+    assert!(get(&cluster, "client-1", &format!("{web}:8080")).is_err());
+    let reason = format!("the server is {CLIENT}, not the expected {WEB}");
+    eventually("the impostor's refusal", || {
+        !log_lines(
+            &cluster,
+            "node1",
+            mark,
+            &["outbound connection failed", &reason],
+        )
+        .is_empty()
+    });
+    drop(_impostor);
+    cluster.start_daemon("node2").unwrap();
+    eventually("web-2 answers again", || {
+        get(&cluster, "client-1", &format!("{web}:8080")).is_ok()
+    });
+}
+
+#[test]
+fn half_close_and_resets_cross_the_tunnel() {
+    let cluster = mesh(2);
+    let _echo = cluster.spawn("web-2", &testapp_path(), &["echo"]).unwrap();
+    let _reset = cluster.spawn("web-2", &testapp_path(), &["reset"]).unwrap();
+    cluster.wait_listening("web-2", 9000, READY).unwrap();
+    cluster.wait_listening("web-2", 9001, READY).unwrap();
+    let web = cluster.pod("web-2").unwrap().clone();
+
+    // The client shuts down writing and still reads the whole reply.
+    for addr in [format!("{}:9000", web.ipv4), format!("[{}]:9000", web.ipv6)] {
+        let out = testapp(
+            &cluster,
+            "client-1",
+            &["half-close", &addr, "--bytes", "3000000"],
+        );
+        assert_eq!(out.trim(), "ok 3000000", "{addr}");
+    }
+    // The application's reset reaches the client as a reset, not a clean end.
+    let out = testapp(
+        &cluster,
+        "client-1",
+        &["send", &format!("{}:9001", web.ipv4)],
+    );
+    assert_eq!(out.trim(), "reset");
+    // The daemon records each connection once it has closed both sides.
+    eventually("three tunnelled connections logged", || {
+        let parts = ["outbound connection closed", "route=\"tunnel\"", ":900"];
+        log_lines(&cluster, "node1", 0, &parts).len() == 3
+    });
+}
+
+#[test]
+fn a_service_vip_spreads_connections_over_endpoints_on_both_nodes() {
+    let cluster = mesh(2);
+    let _web1 = http_server(&cluster, "web-1");
+    let _web2 = http_server(&cluster, "web-2");
+    let service = cluster
+        .status()
+        .services
+        .iter()
+        .find(|s| s.name == "web" && s.namespace == "demo")
+        .cloned()
+        .expect("the cluster has a service for web");
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    for vip in [service.ipv4.to_string(), format!("[{}]", service.ipv6)] {
+        for _ in 0..6 {
+            let answer = get(&cluster, "client-1", &format!("{vip}:{}", service.port)).unwrap();
+            *answers.entry(answer.trim().to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        answers.keys().collect::<Vec<_>>(),
+        ["hello from web-1", "hello from web-2"],
+        "{answers:?}"
+    );
+    // Same node: straight into web-1; other node: through the tunnel.
+    let vip = format!("dst.addr={}:{}", service.ipv4, service.port);
+    for route in ["route=\"local\"", "route=\"tunnel\""] {
+        assert!(
+            !log_lines(
+                &cluster,
+                "node1",
+                0,
+                &["outbound connection closed", &vip, route]
+            )
+            .is_empty(),
+            "no {route} connection to the VIP"
+        );
+    }
+}
+
+#[test]
+fn applications_see_the_original_client_address() {
+    let cluster = mesh(2);
+    let _web1 = http_server(&cluster, "web-1");
+    let _web2 = http_server(&cluster, "web-2");
+    let peer_seen = |from: &str, to: &str, v6: bool| {
+        let pod = cluster.pod(to).unwrap();
+        let addr = if v6 {
+            format!("[{}]:8080", pod.ipv6)
+        } else {
+            format!("{}:8080", pod.ipv4)
+        };
+        let url = format!("http://{addr}/peer");
+        let seen = cluster
+            .run(from, "curl", &["-sS", "--max-time", "5", &url])
+            .unwrap();
+        // The test app listens on [::]: IPv4 peers appear IPv4-mapped.
+        seen.trim().trim_start_matches("::ffff:").to_owned()
+    };
+    // Through the tunnel, on the same node, and plaintext from outside the mesh.
+    for (from, to) in [
+        ("client-1", "web-2"),
+        ("client-1", "web-1"),
+        ("legacy-1", "web-2"),
+    ] {
+        let source = cluster.pod(from).unwrap();
+        assert_eq!(
+            peer_seen(from, to, false),
+            source.ipv4.to_string(),
+            "{from} -> {to}"
+        );
+        assert_eq!(
+            peer_seen(from, to, true),
+            source.ipv6.to_string(),
+            "{from} -> {to} (IPv6)"
+        );
+    }
+}

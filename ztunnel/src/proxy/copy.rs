@@ -1,0 +1,293 @@
+//! The byte copy between the two sides of a proxied connection.
+//!
+//! Both directions run in the connection's task, each with one buffer
+//! allocated when the connection starts (none per chunk). A direction that
+//! reads end-of-stream shuts down writing on the other side (half-close: the
+//! FIN travels on, the other direction keeps flowing). Backpressure is the
+//! write: a direction reads again only once the other side took the last
+//! chunk. If either side fails (a reset, a broken TLS stream) both sides are
+//! reset, so the peer on each end sees the failure rather than a clean end.
+//! A connection on which no byte moves for the idle timeout is closed.
+
+use std::{
+    io,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Bytes read at once in each direction: large enough for full TLS records
+/// (16 KiB) several times over, so throughput is not bound by syscalls.
+const BUFFER: usize = 64 * 1024;
+
+/// How a relayed connection ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// Both sides finished writing (each direction saw end-of-stream).
+    Closed,
+    /// No byte moved in either direction for the idle timeout.
+    Idle,
+    /// A side failed; both were reset.
+    Failed(Failure),
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Closed => f.write_str("closed"),
+            Self::Idle => f.write_str("idle timeout"),
+            Self::Failed(failure) => failure.fmt(f),
+        }
+    }
+}
+
+/// Which side of a relay failed, and how.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Reading from the downstream side (the one that connected to us) failed.
+    #[error("reading from the downstream side: {0}")]
+    ReadDownstream(io::Error),
+    /// Writing to the downstream side failed.
+    #[error("writing to the downstream side: {0}")]
+    WriteDownstream(io::Error),
+    /// Reading from the upstream side (the one we connected to) failed.
+    #[error("reading from the upstream side: {0}")]
+    ReadUpstream(io::Error),
+    /// Writing to the upstream side failed.
+    #[error("writing to the upstream side: {0}")]
+    WriteUpstream(io::Error),
+}
+
+/// The outcome of [`relay`].
+#[derive(Debug)]
+pub struct Relayed {
+    /// Bytes copied from downstream to upstream.
+    pub sent: u64,
+    /// Bytes copied from upstream to downstream.
+    pub received: u64,
+    /// Why it ended.
+    pub ending: Ending,
+}
+
+/// A stream over TCP that can be reset (closed with RST instead of FIN).
+pub trait Resettable {
+    /// Makes the next close send a reset.
+    fn reset_on_close(&self);
+}
+
+impl Resettable for TcpStream {
+    fn reset_on_close(&self) {
+        // Linger 0: close discards unsent data and sends RST.
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl Resettable for tokio_rustls::client::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+impl Resettable for tokio_rustls::server::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+/// Copies between `downstream` and `upstream` until both directions end, one
+/// fails, or nothing moves for `idle`. On failure both streams are set to
+/// reset when dropped.
+pub async fn relay<D, U>(downstream: &mut D, upstream: &mut U, idle: Duration) -> Relayed
+where
+    D: AsyncRead + AsyncWrite + Resettable + Unpin,
+    U: AsyncRead + AsyncWrite + Resettable + Unpin,
+{
+    let sent = AtomicU64::new(0);
+    let received = AtomicU64::new(0);
+    let ending = {
+        let (mut down_read, mut down_write) = tokio::io::split(&mut *downstream);
+        let (mut up_read, mut up_write) = tokio::io::split(&mut *upstream);
+        let both = async {
+            tokio::try_join!(
+                one_way(
+                    &mut down_read,
+                    &mut up_write,
+                    &sent,
+                    Failure::ReadDownstream,
+                    Failure::WriteUpstream,
+                ),
+                one_way(
+                    &mut up_read,
+                    &mut down_write,
+                    &received,
+                    Failure::ReadUpstream,
+                    Failure::WriteDownstream,
+                ),
+            )
+        };
+        tokio::select! {
+            result = both => match result {
+                Ok(_) => Ending::Closed,
+                Err(failure) => Ending::Failed(failure),
+            },
+            () = idle_for(idle, &sent, &received) => Ending::Idle,
+        }
+    };
+    if matches!(ending, Ending::Failed(_)) {
+        downstream.reset_on_close();
+        upstream.reset_on_close();
+    }
+    Relayed {
+        sent: sent.into_inner(),
+        received: received.into_inner(),
+        ending,
+    }
+}
+
+/// Copies `from` into `to` until end-of-stream, then shuts `to` down. A
+/// failure is named by `read` or `write`, by which side it happened on.
+async fn one_way<R, W>(
+    from: &mut R,
+    to: &mut W,
+    count: &AtomicU64,
+    read: fn(io::Error) -> Failure,
+    write: fn(io::Error) -> Failure,
+) -> Result<(), Failure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; BUFFER];
+    loop {
+        let n = from.read(&mut buffer).await.map_err(read)?;
+        if n == 0 {
+            return to.shutdown().await.map_err(write);
+        }
+        to.write_all(&buffer[..n]).await.map_err(write)?;
+        // A TLS writer may hold encrypted bytes back until flushed; a plain
+        // socket's flush does nothing.
+        to.flush().await.map_err(write)?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Completes once neither counter has moved for `idle` (checked four times
+/// per period, so the connection closes between `idle` and 1.25 × `idle`).
+async fn idle_for(idle: Duration, sent: &AtomicU64, received: &AtomicU64) {
+    let tick = idle / 4;
+    let mut last = (u64::MAX, u64::MAX);
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = (
+            sent.load(Ordering::Relaxed),
+            received.load(Ordering::Relaxed),
+        );
+        if now == last {
+            quiet += tick;
+            if quiet >= idle {
+                return;
+            }
+        } else {
+            quiet = Duration::ZERO;
+            last = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair of loopback TCP streams.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    /// `client` <-> [`relay`] <-> `server`, the relay running in a task.
+    async fn relayed(idle: Duration) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
+        let (client, mut down) = pair().await;
+        let (mut up, server) = pair().await;
+        let task = tokio::spawn(async move { relay(&mut down, &mut up, idle).await });
+        (client, server, task)
+    }
+
+    #[tokio::test]
+    async fn half_close_travels_on_and_the_reply_still_arrives() {
+        let (mut client, mut server, task) = relayed(Duration::from_secs(30)).await;
+        let request = vec![7u8; 300_000];
+        client.write_all(&request).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(
+            got, request,
+            "the server reads everything, then end-of-stream"
+        );
+        let reply = vec![9u8; 500_000];
+        server.write_all(&reply).await.unwrap();
+        drop(server);
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(
+            back.len(),
+            reply.len(),
+            "the half-closed client reads the whole reply"
+        );
+        let relayed = task.await.unwrap();
+        assert!(
+            matches!(relayed.ending, Ending::Closed),
+            "{:?}",
+            relayed.ending
+        );
+        assert_eq!((relayed.sent, relayed.received), (300_000, 500_000));
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_resets_the_other() {
+        let (mut client, server, task) = relayed(Duration::from_secs(30)).await;
+        client.write_all(b"hello").await.unwrap();
+        server.reset_on_close();
+        drop(server);
+        let mut buf = [0u8; 16];
+        let err = loop {
+            match client.read(&mut buf).await {
+                Ok(0) => panic!("the client saw a clean end, not the reset"),
+                Ok(_) => continue,
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        let relayed = task.await.unwrap();
+        assert!(
+            matches!(relayed.ending, Ending::Failed(_)),
+            "{:?}",
+            relayed.ending
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed() {
+        let (mut client, _server, task) = relayed(Duration::from_millis(200)).await;
+        client.write_all(b"ping").await.unwrap();
+        let relayed = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the idle connection is closed")
+            .unwrap();
+        assert!(
+            matches!(relayed.ending, Ending::Idle),
+            "{:?}",
+            relayed.ending
+        );
+        assert_eq!(relayed.sent, 4);
+    }
+}

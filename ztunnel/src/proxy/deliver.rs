@@ -1,0 +1,70 @@
+//! The last hop of every inbound path (plaintext, tunnel, same node): a
+//! connection to the application, made from inside its pod's network
+//! namespace, from the original client's address when the pod allows it.
+
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::TcpStream;
+
+use super::{connect, pod::LocalPod};
+use crate::redirect::abi::{INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+
+/// Why a connection could not be delivered to the application.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// The destination is not one of the pod's addresses: a peer may only
+    /// reach the pod whose listener accepted it.
+    #[error("{destination} is not an address of pod {namespace}/{pod}")]
+    NotThisPod {
+        /// The requested destination.
+        destination: SocketAddr,
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+    },
+    /// Addressed to one of the daemon's own ports: refusing avoids a loop.
+    #[error("{0} is one of the daemon's own ports")]
+    OwnPort(u16),
+    /// The application could not be reached.
+    #[error("connecting to the application at {destination}: {source}")]
+    Connect {
+        /// Where.
+        destination: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Connects to the application at `destination` in `pod`, on behalf of
+/// `client`: the application sees `client` as the peer when the pod is set
+/// up for it (and the address is not the pod's own), the pod's address otherwise.
+pub async fn to_app(
+    pod: &LocalPod,
+    destination: SocketAddr,
+    client: IpAddr,
+) -> Result<TcpStream, DeliverError> {
+    if !pod.ips.contains(&destination.ip()) {
+        return Err(DeliverError::NotThisPod {
+            destination,
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+        });
+    }
+    if [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_MTLS_PORT].contains(&destination.port()) {
+        return Err(DeliverError::OwnPort(destination.port()));
+    }
+    let deliveries = pod.transparent.as_ref().filter(|_| {
+        client.is_ipv4() == destination.is_ipv4()
+            && !client.is_loopback()
+            && !pod.ips.contains(&client)
+    });
+    let connected = match deliveries {
+        Some(deliveries) => connect::as_client(&pod.netns, client, destination, deliveries).await,
+        None => connect::from_pod(&pod.netns, destination).await,
+    };
+    connected.map_err(|source| DeliverError::Connect {
+        destination,
+        source,
+    })
+}

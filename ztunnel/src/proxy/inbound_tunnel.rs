@@ -1,0 +1,91 @@
+//! Inbound through the tunnel: mutual TLS from another node's daemon,
+//! accepted on the pod's tunnel listener (`<pod IP>:15008`).
+//!
+//! The daemon presents the pod's workload certificate and requires the
+//! client's (chained to the trust bundle, a workload identity of the trust
+//! domain); the preamble names the destination, which must be this pod; then
+//! the connection is delivered to the application from inside the pod.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{
+    ProxyContext,
+    copy::{self, Relayed},
+    deliver::{self, DeliverError},
+    pod::LocalPod,
+};
+use crate::tunnel::{self, Session, TunnelError};
+
+/// Why one tunnelled connection was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundTunnelError {
+    /// The handshake or preamble failed: refused.
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+    /// The application could not be reached, or the preamble named another pod.
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
+}
+
+/// Accepts tunnels on `listener` for `pod` until the task is dropped.
+pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<ProxyContext>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(pod = %pod.name, "tunnel accept failed: {err}");
+                continue;
+            }
+        };
+        let (pod, context) = (pod.clone(), context.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match handle(stream, peer, &pod, &context).await {
+                Ok((destination, session, relayed)) => tracing::info!(
+                    dst.pod = %pod.name,
+                    dst.namespace = %pod.namespace,
+                    dst.service_account = %pod.service_account,
+                    src.addr = %peer,
+                    src.identity = %session.peer,
+                    dst.addr = %destination,
+                    tls = true,
+                    tls.cipher = %session.cipher,
+                    tls.resumed = session.resumed,
+                    sent = relayed.received,
+                    received = relayed.sent,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    end = %relayed.ending,
+                    "inbound connection closed"
+                ),
+                Err(err) => tracing::warn!(
+                    dst.pod = %pod.name,
+                    src.addr = %peer,
+                    "inbound tunnel refused: {err}"
+                ),
+            }
+        });
+    }
+}
+
+/// One tunnel: handshake, preamble, deliver, copy.
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    pod: &LocalPod,
+    context: &ProxyContext,
+) -> Result<(SocketAddr, Session, Relayed), InboundTunnelError> {
+    let _ = tcp.set_nodelay(true);
+    let config = context
+        .tunnel
+        .server(&pod.identity)
+        .map_err(TunnelError::from)?;
+    let (mut tls, session, preamble) = tunnel::server::accept(tcp, config).await?;
+    let destination = preamble.destination;
+    // The tunnel comes from the source pod's address (its daemon connects
+    // from inside the source pod): the application sees that address.
+    let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
+    let relayed = copy::relay(&mut tls, &mut app, context.idle_timeout).await;
+    Ok((destination, session, relayed))
+}
