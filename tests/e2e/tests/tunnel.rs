@@ -374,30 +374,33 @@ fn bad_peers_are_refused_with_the_reason_and_the_daemons_keep_serving() {
             "hello from web-2\n"
         );
     }
-    // The control: the same client with a certificate of the cluster's root
-    // gets through the handshake (the preamble is what it lacks then).
+    // The control: a client with a certificate of the cluster's root gets
+    // through the handshake and the preamble decides. Preamble bytes: "ZTN",
+    // version 1, family 4, port 8080, then the address.
+    let tunnel_client = |preamble_address: &str| {
+        let script = format!(
+            "printf 'ZTN\\001\\004\\037\\220{preamble_address}GET / HTTP/1.0\\r\\n\\r\\n' | \
+             openssl s_client -quiet -connect {target} -alpn {ALPN} -tls1_3 -cert {good_cert} -key {good_key}"
+        );
+        let out = cluster
+            .command("legacy-1", "timeout")
+            .unwrap()
+            .args(["5", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // To web-2 itself (10.244.2.2): delivered.
+    let answer = tunnel_client("\\012\\364\\002\\002");
+    assert!(answer.contains("hello from web-2"), "{answer}");
+    // Naming web-1 (10.244.1.2) on web-2's tunnel: refused.
     let mark = log_len(&cluster, "node2");
-    let script = format!(
-        "openssl s_client -connect {target} -alpn {ALPN} -tls1_3 -cert {good_cert} -key {good_key} </dev/null"
-    );
-    let _ = cluster
-        .command("legacy-1", "timeout")
-        .unwrap()
-        .args(["5", "sh", "-c", &script])
-        .output();
-    within(
-        Duration::from_secs(5),
-        "the good certificate's refusal",
-        || {
-            !log_lines(
-                &cluster,
-                "node2",
-                mark,
-                &["inbound tunnel refused", "preamble"],
-            )
-            .is_empty()
-        },
-    );
+    let answer = tunnel_client("\\012\\364\\001\\002");
+    assert!(!answer.contains("hello"), "{answer}");
+    let reason = "10.244.1.2:8080 is not an address of pod demo/web-2";
+    eventually("the refusal of a preamble naming another pod", || {
+        !log_lines(&cluster, "node2", mark, &["inbound tunnel refused", reason]).is_empty()
+    });
 
     // A server that is not the destination workload: web-2's daemon is down
     // and an impostor holding a genuine certificate of another identity
