@@ -80,6 +80,13 @@ struct NodeArgs {
     /// Close a proxied connection on which no byte moved for this long, in seconds.
     #[arg(long, default_value_t = 3600)]
     idle_timeout_secs: u64,
+    /// Directory of Istio policy YAML (PeerAuthentication, AuthorizationPolicy),
+    /// reloaded on change.
+    #[arg(long)]
+    policies: Option<PathBuf>,
+    /// The namespace whose policies apply to the whole mesh.
+    #[arg(long, default_value = ztunnel::policy::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
     /// Also offer ChaCha20-Poly1305 in the tunnel, after AES-GCM (for peers
     /// without AES hardware). Off by default: AES-GCM only.
     #[arg(long)]
@@ -212,6 +219,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         admin: args.admin,
         bpf_pin_dir: args.bpf_pin_dir,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        policies: args.policies,
+        root_namespace: args.root_namespace,
         cipher_suites: if args.tls_chacha20_fallback {
             CipherSuites::AesGcmThenChaCha20
         } else {

@@ -15,6 +15,7 @@
 //! - [`tls`]: every rustls configuration, in one place.
 //! - [`tunnel`]: what travels between node daemons inside TLS.
 //! - [`reload`]: files reloaded when they change.
+//! - [`policy`]: Istio PeerAuthentication and AuthorizationPolicy at L4.
 //! - [`node`]: the node daemon (`ztunnel node`), wiring the parts together.
 //! - [`admin`]: the admin endpoint (readiness, certificates).
 //! - [`registry`]: the workloads, namespaces and services the daemon acts on.
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod ca;
 pub mod identity;
 pub mod node;
+pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod registry;

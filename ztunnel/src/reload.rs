@@ -3,7 +3,8 @@
 //!
 //! A background task polls the file's metadata (inode, size, mtime) and
 //! reloads it when any of them changes; atomic replacement by rename, as
-//! Kubernetes does for mounted ConfigMaps, is seen like an in-place edit.
+//! Kubernetes does for mounted ConfigMaps, is seen like an in-place edit. A
+//! directory (the policies) is watched through the stamps of its entries.
 //! A reload that fails is logged and the last good value stays in force.
 //! Readers get the current value from a `watch` channel, without locking.
 
@@ -29,13 +30,28 @@ struct Stamp {
     mtime_ns: i128,
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
+fn file_stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some(Stamp {
         inode: meta.ino(),
         size: meta.size(),
         mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
     })
+}
+
+/// The stamp of a file, or of each entry of a directory (sorted by name).
+fn stamp(path: &Path) -> Option<Vec<(PathBuf, Option<Stamp>)>> {
+    let own = file_stamp(path)?;
+    let mut stamps = vec![(path.to_owned(), Some(own))];
+    if let Ok(entries) = std::fs::read_dir(path) {
+        let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        stamps.extend(entries.into_iter().map(|entry| {
+            let stamp = file_stamp(&entry);
+            (entry, stamp)
+        }));
+    }
+    Some(stamps)
 }
 
 /// A file loaded by `load`, kept current by a background task.

@@ -188,6 +188,13 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
             ADMIN_ADDRESS.as_ref(),
             "--bpf-pin-dir".as_ref(),
             bpf_pin_dir(&status.name).join(node).as_os_str(),
+            "--policies".as_ref(),
+            status
+                .config
+                .policies
+                .as_ref()
+                .expect("a planned cluster has a policy directory")
+                .as_os_str(),
         ],
         // Appended to, so a restarted daemon's log follows its predecessor's.
         &daemon_log(status, node),

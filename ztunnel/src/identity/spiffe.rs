@@ -153,6 +153,15 @@ impl Identity {
     pub fn service_account(&self) -> &str {
         &self.service_account
     }
+
+    /// The identity as Istio policies name it: without the `spiffe://` scheme
+    /// (`cluster.local/ns/<ns>/sa/<sa>`).
+    pub fn principal(&self) -> String {
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
 }
 
 impl fmt::Display for Identity {

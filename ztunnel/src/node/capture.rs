@@ -193,6 +193,7 @@ impl Capture {
             service_account: pod.service_account.clone(),
             identity,
             ips: pod.ips.clone(),
+            labels: pod.labels.clone(),
             netns,
             transparent,
         });

@@ -24,6 +24,7 @@ use crate::{
         CaClient, CaClientConfig, CertManager, Identity, ManagerConfig, TrustBundle,
         WorkloadCertificate, bundle::BundleError, ca_client::CaClientError, manager::Certificates,
     },
+    policy::{LoadError, PolicySet},
     proxy::ProxyContext,
     redirect::RedirectError,
     registry::{Enrolment, Pod, Registry, RegistryError},
@@ -58,6 +59,10 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     /// The cipher suites the tunnel offers.
     pub cipher_suites: CipherSuites,
+    /// The directory of Istio policy YAML (reloaded on change); none: no policy.
+    pub policies: Option<PathBuf>,
+    /// The namespace whose policies apply mesh-wide.
+    pub root_namespace: String,
 }
 
 /// Why the daemon could not start.
@@ -69,6 +74,9 @@ pub enum NodeError {
     /// The trust bundle is unusable.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The policies are unusable.
+    #[error(transparent)]
+    Policy(#[from] LoadError),
     /// The CA client could not be set up.
     #[error(transparent)]
     Ca(#[from] CaClientError),
@@ -208,6 +216,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let admin = tokio::spawn(admin::serve(listener, state.clone()));
     tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
 
+    let policies = match &config.policies {
+        Some(dir) => {
+            let root = config.root_namespace.clone();
+            let watched = Watched::start(dir.clone(), "policies", move |dir: &std::path::Path| {
+                PolicySet::load_dir(dir, &root)
+            })?;
+            let receiver = watched.subscribe();
+            (Some(watched), receiver)
+        }
+        None => (None, watch::channel(Arc::new(PolicySet::default())).1),
+    };
+    if let Some(watched) = &policies.0 {
+        let set = watched.current();
+        tracing::info!(
+            authorization = set.authorization.len(),
+            peer_authentication = set.peer_authentication.len(),
+            "policies loaded"
+        );
+    }
     let context = ProxyContext::new(
         config.node.clone(),
         config.enrolment.clone(),
@@ -219,6 +246,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             config.trust_domain.clone(),
             config.cipher_suites,
         ),
+        policies.1,
         config.idle_timeout,
     );
     let mut capture = capture::Capture::start(&config.bpf_pin_dir, context)?;

@@ -2,8 +2,9 @@
 //! outside the mesh, handed by `sk_lookup` to the daemon's inbound listener
 //! in the pod. They carry no identity.
 //!
-//! Until policy exists (PERMISSIVE/STRICT), they are delivered to the
-//! application at the address and port they were sent to, from inside the pod.
+//! Unless policy refuses them (STRICT, or an AuthorizationPolicy), they are
+//! delivered to the application at the address and port they were sent to,
+//! from inside the pod.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -11,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{
     ProxyContext,
+    authorize::{self, Denied},
     copy::{self, Relayed},
     deliver::{self, DeliverError},
     pod::LocalPod,
@@ -25,6 +27,9 @@ pub enum InboundError {
     /// The application could not be reached.
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    /// Policy refused it.
+    #[error("denied: {0}")]
+    Denied(#[from] Denied),
 }
 
 /// Accepts connections on `listener` for `pod` until the task is dropped.
@@ -72,6 +77,7 @@ async fn handle(
     context: &ProxyContext,
 ) -> Result<(SocketAddr, Relayed), InboundError> {
     let destination = client.local_addr().map_err(InboundError::LocalAddr)?;
+    authorize::check(context, pod, peer.ip(), None, destination)?;
     let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
     let _ = client.set_nodelay(true);
     let relayed = copy::relay(&mut client, &mut app, context.idle_timeout).await;

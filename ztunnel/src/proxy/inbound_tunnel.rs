@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{
     ProxyContext,
+    authorize::{self, Denied},
     copy::{self, Relayed},
     deliver::{self, DeliverError},
     pod::LocalPod,
@@ -27,6 +28,9 @@ pub enum InboundTunnelError {
     /// The application could not be reached, or the preamble named another pod.
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    /// Policy refused it.
+    #[error("denied: {0}")]
+    Denied(#[from] Denied),
 }
 
 /// Accepts tunnels on `listener` for `pod` until the task is dropped.
@@ -83,6 +87,7 @@ async fn handle(
         .map_err(TunnelError::from)?;
     let (mut tls, session, preamble) = tunnel::server::accept(tcp, config).await?;
     let destination = preamble.destination;
+    authorize::check(context, pod, peer.ip(), Some(&session.peer), destination)?;
     // The tunnel comes from the source pod's address (its daemon connects
     // from inside the source pod): the application sees that address.
     let mut app = deliver::to_app(pod, destination, peer.ip()).await?;

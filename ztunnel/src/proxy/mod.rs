@@ -6,9 +6,11 @@
 //!   [`route`] to the tunnel, a pod of this node, or plain passthrough.
 //! - [`inbound_tunnel`]: mutual TLS from another node's daemon.
 //! - [`inbound`]: plaintext arriving at a pod.
+//! - [`authorize`]: the destination side's policy check, on every inbound path.
 //! - [`deliver`]: the last hop of every inbound path, to the application.
 //! - [`copy`]: the byte copy all of them end with.
 
+pub mod authorize;
 pub mod connect;
 pub mod copy;
 pub mod deliver;
@@ -30,6 +32,7 @@ use tokio::sync::watch;
 
 use crate::{
     identity::TrustDomain,
+    policy::PolicySet,
     registry::{Enrolment, Registry},
     tunnel::configs::TunnelConfigs,
 };
@@ -46,6 +49,8 @@ pub struct ProxyContext {
     pub registry: watch::Receiver<Arc<Registry>>,
     /// The tunnel's TLS configurations.
     pub tunnel: TunnelConfigs,
+    /// The policies in force.
+    pub policies: watch::Receiver<Arc<PolicySet>>,
     /// The captured pods of this node.
     pub pods: pod::LocalPods,
     /// A connection on which nothing moves this long is closed.
@@ -62,6 +67,7 @@ impl ProxyContext {
         trust_domain: TrustDomain,
         registry: watch::Receiver<Arc<Registry>>,
         tunnel: TunnelConfigs,
+        policies: watch::Receiver<Arc<PolicySet>>,
         idle_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -70,6 +76,7 @@ impl ProxyContext {
             trust_domain,
             registry,
             tunnel,
+            policies,
             pods: pod::LocalPods::default(),
             idle_timeout,
             next_endpoint: AtomicUsize::new(0),

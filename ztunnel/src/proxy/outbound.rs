@@ -19,7 +19,9 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    ProxyContext, connect,
+    ProxyContext,
+    authorize::{self, Denied},
+    connect,
     copy::{self, Relayed},
     deliver::{self, DeliverError},
     pod::LocalPod,
@@ -67,6 +69,9 @@ pub enum OutboundError {
     /// A pod of this node could not be reached.
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    /// The destination's policy refused it (same node).
+    #[error("denied: {0}")]
+    Denied(#[from] Denied),
 }
 
 /// Where the connection goes, decided from the registry (owned, so the
@@ -184,6 +189,14 @@ async fn handle(
                 .copied()
                 .find(|ip| ip.is_ipv4() == endpoint.is_ipv4())
                 .unwrap_or(endpoint.ip());
+            // Same node: the destination's checks run here, with the proven source.
+            authorize::check(
+                context,
+                &destination,
+                source_ip,
+                Some(&pod.identity),
+                endpoint,
+            )?;
             let mut app = deliver::to_app(&destination, endpoint, source_ip).await?;
             let relayed = copy::relay(&mut client, &mut app, idle).await;
             Ok(Closed {

@@ -10,6 +10,7 @@ use std::{
 use crate::{
     identity::Identity,
     redirect::{netns::PodNetns, programs::DeliveryTable},
+    registry::Labels,
 };
 
 /// An enrolled pod of this node.
@@ -25,6 +26,8 @@ pub struct LocalPod {
     pub identity: Identity,
     /// Its addresses.
     pub ips: Vec<IpAddr>,
+    /// Its labels (policy selectors).
+    pub labels: Labels,
     /// Its network namespace.
     pub netns: PodNetns,
     /// When its namespace is set up for delivery from the original client's

@@ -1,0 +1,236 @@
+//! Istio policies enforced by the destination's daemon, end to end: written
+//! to the cluster's policy directory as a user would, taken within a second.
+
+use std::time::Duration;
+
+use ztunnel_cluster::Cluster;
+use ztunnel_e2e::{READY, daemon_log, http_server, mesh, testapp_path, within};
+
+/// Writes `yaml` as `<name>.yaml` in the cluster's policy directory and waits
+/// until both daemons have reloaded (or refused) it.
+fn apply(cluster: &Cluster, name: &str, yaml: &str) {
+    let marks: Vec<usize> = ["node1", "node2"]
+        .iter()
+        .map(|node| daemon_log(cluster, node).lines().count())
+        .collect();
+    let dir = cluster.status().config.policies.clone().unwrap();
+    std::fs::write(dir.join(format!("{name}.yaml")), yaml).unwrap();
+    within(
+        Duration::from_secs(3),
+        "both daemons take the policies",
+        || {
+            ["node1", "node2"].iter().zip(&marks).all(|(node, mark)| {
+                daemon_log(cluster, node).lines().skip(*mark).any(|line| {
+                    line.contains("reloaded policies")
+                        || line.contains("keeping the previous policies")
+                })
+            })
+        },
+    );
+}
+
+/// Whether `from` gets an answer from `to` on `port`.
+fn reaches(cluster: &Cluster, from: &str, to: &str, port: u16) -> bool {
+    let url = format!("http://{}:{port}/", cluster.pod(to).unwrap().ipv4);
+    cluster
+        .run(from, "curl", &["-sS", "--max-time", "3", &url])
+        .is_ok_and(|body| body.starts_with("hello from"))
+}
+
+fn denials(cluster: &Cluster, node: &str, reason: &str) -> usize {
+    daemon_log(cluster, node)
+        .lines()
+        .filter(|line| line.contains("denied") && line.contains(reason))
+        .count()
+}
+
+const ALLOW_CLIENT: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: web-allow-client
+  namespace: demo
+spec:
+  selector:
+    matchLabels:
+      app: web
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/demo/sa/client"]
+"#;
+
+#[test]
+fn principal_allow_and_namespace_deny_across_nodes() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let _web1 = http_server(&cluster, "web-1");
+    assert!(reaches(&cluster, "legacy-1", "web-2", 8080));
+
+    apply(&cluster, "allow", ALLOW_CLIENT);
+    assert!(
+        reaches(&cluster, "client-1", "web-2", 8080),
+        "the allowed principal"
+    );
+    assert!(
+        !reaches(&cluster, "legacy-1", "web-2", 8080),
+        "plaintext has no principal"
+    );
+    assert!(
+        !reaches(&cluster, "web-1", "web-2", 8080),
+        "another ServiceAccount"
+    );
+    assert!(
+        denials(
+            &cluster,
+            "node2",
+            "no rule of the ALLOW policies demo/web-allow-client matches"
+        ) >= 2
+    );
+
+    // A DENY on the namespace wins over the ALLOW.
+    apply(
+        &cluster,
+        "deny",
+        r#"
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-demo
+  namespace: demo
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        namespaces: ["demo"]
+    to:
+    - operation:
+        ports: ["8080"]
+"#,
+    );
+    assert!(!reaches(&cluster, "client-1", "web-2", 8080));
+    assert!(
+        !reaches(&cluster, "client-1", "web-1", 8080),
+        "same node: the same checks"
+    );
+    assert!(
+        denials(
+            &cluster,
+            "node2",
+            "denied by DENY policy demo/deny-demo rule 0"
+        ) >= 1
+    );
+    assert!(
+        denials(
+            &cluster,
+            "node1",
+            "denied by DENY policy demo/deny-demo rule 0"
+        ) >= 1
+    );
+}
+
+#[test]
+fn ip_blocks_and_port_level_strict_and_permissive() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let _echo = cluster
+        .spawn(
+            "web-2",
+            &testapp_path(),
+            &["http", "--listen", "[::]:9000", "--name", "web-2"],
+        )
+        .unwrap();
+    cluster.wait_listening("web-2", 9000, READY).unwrap();
+
+    apply(
+        &cluster,
+        "strict",
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: web-strict
+  namespace: demo
+spec:
+  selector:
+    matchLabels:
+      app: web
+  mtls:
+    mode: STRICT
+  portLevelMtls:
+    9000:
+      mode: PERMISSIVE
+"#,
+    );
+    assert!(
+        !reaches(&cluster, "legacy-1", "web-2", 8080),
+        "STRICT refuses plaintext"
+    );
+    assert!(
+        reaches(&cluster, "legacy-1", "web-2", 9000),
+        "PERMISSIVE on port 9000"
+    );
+    assert!(
+        reaches(&cluster, "client-1", "web-2", 8080),
+        "mutual TLS is accepted"
+    );
+    assert!(
+        denials(
+            &cluster,
+            "node2",
+            "PeerAuthentication mode STRICT for port 8080"
+        ) >= 1
+    );
+
+    // ipBlocks: only node1's pod range may reach port 9000.
+    let legacy2 = cluster.pod("legacy-2").unwrap().ipv4;
+    apply(
+        &cluster,
+        "ipblocks",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: from-node1
+  namespace: demo
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        ipBlocks: ["10.244.1.0/24"]
+"#,
+    );
+    assert!(reaches(&cluster, "legacy-1", "web-2", 9000), "{legacy2}");
+    assert!(
+        !reaches(&cluster, "legacy-2", "web-2", 9000),
+        "outside the block"
+    );
+}
+
+#[test]
+fn a_broken_policy_file_is_refused_and_the_previous_policies_stay() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    apply(&cluster, "allow", ALLOW_CLIENT);
+    assert!(!reaches(&cluster, "legacy-1", "web-2", 8080));
+
+    // An edit with a typo: refused with file, document and field named.
+    apply(
+        &cluster,
+        "allow",
+        &ALLOW_CLIENT.replace("principals:", "principles:"),
+    );
+    let log = daemon_log(&cluster, "node2");
+    assert!(
+        log.contains("keeping the previous policies")
+            && log.contains("allow.yaml: document 1")
+            && log.contains("principles"),
+        "{log}"
+    );
+    // The previous set is still enforced.
+    assert!(!reaches(&cluster, "legacy-1", "web-2", 8080));
+    assert!(reaches(&cluster, "client-1", "web-2", 8080));
+}

@@ -1,0 +1,402 @@
+//! AuthorizationPolicy, compiled and evaluated with Istio's semantics at L4.
+//!
+//! - DENY policies are evaluated first: one matching rule refuses.
+//! - When any ALLOW policy applies to the workload, the connection must match
+//!   one of their rules; `spec: {}` (ALLOW, no rules) therefore allows nothing.
+//! - A rule `{}` matches everything; within a rule every present part must
+//!   match; `from` and `to` entries are alternatives; `when` conditions all hold.
+//! - L7 attributes (paths, methods, hosts, JWT principals, request headers)
+//!   cannot be seen here. As Istio's ztunnel does, an ALLOW rule using them
+//!   matches nothing and a DENY rule using them is evaluated on its L4 parts
+//!   alone (it denies as if the L7 parts matched): both fail closed.
+//! - Dry-run policies (`istio.io/dry-run: "true"`) are evaluated on the side:
+//!   their would-be decision is reported, never enforced.
+
+use std::net::IpAddr;
+
+use super::{
+    PolicyError,
+    matcher::{IpBlock, StringMatch},
+    model::{Action, AuthorizationPolicySpec, Condition, Metadata, Operation, Rule, Source},
+};
+use crate::{identity::Identity, registry::Labels};
+
+/// A connection as policy sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection<'a> {
+    /// The source address (the peer of the accepted connection).
+    pub source_ip: IpAddr,
+    /// The source workload's identity, proven by mutual TLS; `None` for plaintext.
+    pub source_identity: Option<&'a Identity>,
+    /// The destination address.
+    pub destination_ip: IpAddr,
+    /// The destination port.
+    pub destination_port: u16,
+}
+
+/// The workload a connection is for.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload<'a> {
+    /// Its Kubernetes namespace.
+    pub namespace: &'a str,
+    /// Its pod labels.
+    pub labels: &'a Labels,
+}
+
+/// An AuthorizationPolicy ready to evaluate.
+#[derive(Clone, Debug)]
+pub struct AuthorizationPolicy {
+    /// `namespace/name`.
+    pub id: String,
+    namespace: String,
+    selector: Option<Labels>,
+    /// The action of a matching rule.
+    pub action: Action,
+    /// Evaluated and reported, never enforced.
+    pub dry_run: bool,
+    rules: Vec<CompiledRule>,
+    /// Whether a rule uses attributes an L4 proxy cannot see.
+    pub uses_l7: bool,
+}
+
+#[derive(Clone, Debug)]
+struct CompiledRule {
+    from: Vec<SourceMatch>,
+    to: Vec<PortMatch>,
+    when: Vec<WhenMatch>,
+    l7: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct SourceMatch {
+    principals: Vec<StringMatch>,
+    not_principals: Vec<StringMatch>,
+    namespaces: Vec<StringMatch>,
+    not_namespaces: Vec<StringMatch>,
+    ip_blocks: Vec<IpBlock>,
+    not_ip_blocks: Vec<IpBlock>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PortMatch {
+    ports: Vec<u16>,
+    not_ports: Vec<u16>,
+}
+
+#[derive(Clone, Debug)]
+enum WhenMatch {
+    Ip {
+        destination: bool,
+        values: Vec<IpBlock>,
+        not_values: Vec<IpBlock>,
+    },
+    Port {
+        values: Vec<u16>,
+        not_values: Vec<u16>,
+    },
+    Text {
+        attribute: TextAttribute,
+        values: Vec<StringMatch>,
+        not_values: Vec<StringMatch>,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum TextAttribute {
+    Principal,
+    Namespace,
+    Sni,
+}
+
+impl AuthorizationPolicy {
+    /// Compiles `spec`; `field` names the document's location in errors.
+    pub fn compile(
+        metadata: &Metadata,
+        spec: &AuthorizationPolicySpec,
+    ) -> Result<Self, PolicyError> {
+        let invalid = |field: String, message: String| PolicyError::Field { field, message };
+        if spec.action == Action::Custom || spec.provider.is_some() {
+            return Err(invalid(
+                "spec.action".to_owned(),
+                "CUSTOM (external authorization) is not supported by this L4 proxy; use ALLOW, DENY or AUDIT".to_owned(),
+            ));
+        }
+        if spec.target_ref.is_some() || spec.target_refs.is_some() {
+            return Err(invalid(
+                "spec.targetRefs".to_owned(),
+                "targetRef(s) attach a policy to a waypoint or gateway, which this node proxy does not run; use spec.selector".to_owned(),
+            ));
+        }
+        let rules = spec
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| compile_rule(rule, &format!("spec.rules[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            id: format!("{}/{}", metadata.namespace, metadata.name),
+            namespace: metadata.namespace.clone(),
+            selector: spec.selector.as_ref().map(|s| s.match_labels.clone()),
+            action: spec.action,
+            dry_run: metadata
+                .annotations
+                .get("istio.io/dry-run")
+                .is_some_and(|v| v == "true"),
+            uses_l7: rules.iter().any(|r| r.l7),
+            rules,
+        })
+    }
+
+    /// Whether the policy applies to `workload` (`root`: the mesh-wide namespace).
+    pub fn applies_to(&self, workload: &Workload<'_>, root: &str) -> bool {
+        let in_scope = self.namespace == root || self.namespace == workload.namespace;
+        in_scope
+            && self.selector.as_ref().is_none_or(|selector| {
+                selector
+                    .iter()
+                    .all(|(key, value)| workload.labels.get(key) == Some(value))
+            })
+    }
+
+    /// The index of the first rule `connection` matches, if any.
+    pub fn matching_rule(&self, connection: &Connection<'_>) -> Option<usize> {
+        self.rules
+            .iter()
+            .position(|rule| rule.matches(connection, self.action))
+    }
+}
+
+impl CompiledRule {
+    fn matches(&self, connection: &Connection<'_>, action: Action) -> bool {
+        if self.l7 && action == Action::Allow {
+            return false;
+        }
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(connection)))
+            && (self.to.is_empty() || self.to.iter().any(|p| p.matches(connection)))
+            && self.when.iter().all(|w| w.matches(connection))
+    }
+}
+
+/// `values` empty or one matching, and none of `not_values` matching.
+fn included<T>(values: &[T], not_values: &[T], matches: impl Fn(&T) -> bool) -> bool {
+    (values.is_empty() || values.iter().any(&matches)) && !not_values.iter().any(matches)
+}
+
+impl SourceMatch {
+    fn matches(&self, connection: &Connection<'_>) -> bool {
+        let principal = connection.source_identity.map(Identity::principal);
+        let namespace = connection.source_identity.map(Identity::namespace);
+        // Without mutual TLS there is no principal: `principals` cannot match,
+        // `notPrincipals` has nothing to exclude (as in Istio).
+        let text = |value: Option<&str>, m: &StringMatch| value.is_some_and(|v| m.matches(v));
+        included(&self.principals, &self.not_principals, |m| {
+            text(principal.as_deref(), m)
+        }) && included(&self.namespaces, &self.not_namespaces, |m| {
+            text(namespace, m)
+        }) && included(&self.ip_blocks, &self.not_ip_blocks, |b| {
+            b.contains(connection.source_ip)
+        })
+    }
+}
+
+impl PortMatch {
+    fn matches(&self, connection: &Connection<'_>) -> bool {
+        included(&self.ports, &self.not_ports, |p| {
+            *p == connection.destination_port
+        })
+    }
+}
+
+impl WhenMatch {
+    fn matches(&self, connection: &Connection<'_>) -> bool {
+        match self {
+            Self::Ip {
+                destination,
+                values,
+                not_values,
+            } => {
+                let ip = if *destination {
+                    connection.destination_ip
+                } else {
+                    connection.source_ip
+                };
+                included(values, not_values, |b| b.contains(ip))
+            }
+            Self::Port { values, not_values } => {
+                included(values, not_values, |p| *p == connection.destination_port)
+            }
+            Self::Text {
+                attribute,
+                values,
+                not_values,
+            } => {
+                let value = match attribute {
+                    TextAttribute::Principal => connection.source_identity.map(Identity::principal),
+                    TextAttribute::Namespace => connection
+                        .source_identity
+                        .map(|id| id.namespace().to_owned()),
+                    // The native tunnel carries no SNI of the application's.
+                    TextAttribute::Sni => None,
+                };
+                included(values, not_values, |m| {
+                    value.as_deref().is_some_and(|v| m.matches(v))
+                })
+            }
+        }
+    }
+}
+
+fn compile_rule(rule: &Rule, at: &str) -> Result<CompiledRule, PolicyError> {
+    let mut l7 = false;
+    let from = rule
+        .from
+        .iter()
+        .enumerate()
+        .map(|(i, from)| {
+            let at = format!("{at}.from[{i}].source");
+            l7 |= !from.source.request_principals.is_empty()
+                || !from.source.not_request_principals.is_empty();
+            compile_source(&from.source, &at)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let to = rule
+        .to
+        .iter()
+        .enumerate()
+        .map(|(i, to)| {
+            let at = format!("{at}.to[{i}].operation");
+            l7 |= uses_l7(&to.operation);
+            Ok(PortMatch {
+                ports: ports(&to.operation.ports, &format!("{at}.ports"))?,
+                not_ports: ports(&to.operation.not_ports, &format!("{at}.notPorts"))?,
+            })
+        })
+        .collect::<Result<Vec<_>, PolicyError>>()?;
+    let mut when = Vec::new();
+    for (i, condition) in rule.when.iter().enumerate() {
+        match compile_condition(condition, &format!("{at}.when[{i}]"))? {
+            Some(matcher) => when.push(matcher),
+            None => l7 = true,
+        }
+    }
+    Ok(CompiledRule { from, to, when, l7 })
+}
+
+fn uses_l7(operation: &Operation) -> bool {
+    [
+        &operation.hosts,
+        &operation.not_hosts,
+        &operation.methods,
+        &operation.not_methods,
+        &operation.paths,
+        &operation.not_paths,
+    ]
+    .iter()
+    .any(|values| !values.is_empty())
+}
+
+fn compile_source(source: &Source, at: &str) -> Result<SourceMatch, PolicyError> {
+    let strings = |values: &[String]| values.iter().map(|v| StringMatch::new(v)).collect();
+    let blocks = |values: &[String], field: &str| -> Result<Vec<IpBlock>, PolicyError> {
+        values
+            .iter()
+            .map(|v| {
+                IpBlock::parse(v).map_err(|message| PolicyError::Field {
+                    field: format!("{at}.{field}"),
+                    message,
+                })
+            })
+            .collect()
+    };
+    // At L4 the original client is the connection's source: remoteIpBlocks
+    // and ipBlocks both match the source address.
+    let mut ip_blocks = blocks(&source.ip_blocks, "ipBlocks")?;
+    ip_blocks.extend(blocks(&source.remote_ip_blocks, "remoteIpBlocks")?);
+    let mut not_ip_blocks = blocks(&source.not_ip_blocks, "notIpBlocks")?;
+    not_ip_blocks.extend(blocks(&source.not_remote_ip_blocks, "notRemoteIpBlocks")?);
+    Ok(SourceMatch {
+        principals: strings(&source.principals),
+        not_principals: strings(&source.not_principals),
+        namespaces: strings(&source.namespaces),
+        not_namespaces: strings(&source.not_namespaces),
+        ip_blocks,
+        not_ip_blocks,
+    })
+}
+
+/// A `when` condition; `None` for an L7 key.
+fn compile_condition(condition: &Condition, at: &str) -> Result<Option<WhenMatch>, PolicyError> {
+    let field = |message: String| PolicyError::Field {
+        field: format!("{at}.key"),
+        message,
+    };
+    if condition.values.is_empty() && condition.not_values.is_empty() {
+        return Err(PolicyError::Field {
+            field: format!("{at}.values"),
+            message: "a condition needs values or notValues".to_owned(),
+        });
+    }
+    let ip = |destination| -> Result<Option<WhenMatch>, PolicyError> {
+        let parse = |values: &[String], name: &str| {
+            values
+                .iter()
+                .map(|v| {
+                    IpBlock::parse(v).map_err(|message| PolicyError::Field {
+                        field: format!("{at}.{name}"),
+                        message,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Some(WhenMatch::Ip {
+            destination,
+            values: parse(&condition.values, "values")?,
+            not_values: parse(&condition.not_values, "notValues")?,
+        }))
+    };
+    let text = |attribute| {
+        Ok(Some(WhenMatch::Text {
+            attribute,
+            values: condition
+                .values
+                .iter()
+                .map(|v| StringMatch::new(v))
+                .collect(),
+            not_values: condition
+                .not_values
+                .iter()
+                .map(|v| StringMatch::new(v))
+                .collect(),
+        }))
+    };
+    match condition.key.as_str() {
+        "source.ip" | "remote.ip" => ip(false),
+        "destination.ip" => ip(true),
+        "destination.port" => Ok(Some(WhenMatch::Port {
+            values: ports(&condition.values, &format!("{at}.values"))?,
+            not_values: ports(&condition.not_values, &format!("{at}.notValues"))?,
+        })),
+        "source.principal" => text(TextAttribute::Principal),
+        "source.namespace" => text(TextAttribute::Namespace),
+        "connection.sni" => text(TextAttribute::Sni),
+        key if key.starts_with("request.") || key.starts_with("experimental.") => Ok(None),
+        key => Err(field(format!(
+            "unknown condition key {key:?} (L4 keys: source.ip, remote.ip, source.namespace, source.principal, destination.ip, destination.port, connection.sni)"
+        ))),
+    }
+}
+
+fn ports(values: &[String], at: &str) -> Result<Vec<u16>, PolicyError> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| PolicyError::Field {
+                    field: at.to_owned(),
+                    message: format!("{v:?} is not a port (1-65535)"),
+                })
+        })
+        .collect()
+}

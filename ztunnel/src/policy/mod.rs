@@ -1,0 +1,295 @@
+//! Policy: Istio's PeerAuthentication and AuthorizationPolicy, enforced at L4
+//! on the destination side.
+//!
+//! Policies are read from a directory of YAML files (several documents per
+//! file; `security.istio.io/v1` or `v1beta1`). Loading is all or nothing: a
+//! set with any bad document is refused as a whole, with every problem named
+//! by file, document and field, and the last good set stays in force (a typo
+//! in an edited DENY policy must never make it vanish).
+//!
+//! - [`model`]: the YAML schema.
+//! - [`matcher`]: Istio's string and IP matching.
+//! - [`authz`]: AuthorizationPolicy compiled and evaluated.
+//! - [`peer_auth`]: PeerAuthentication modes and their precedence.
+
+pub mod authz;
+pub mod matcher;
+pub mod model;
+pub mod peer_auth;
+
+use std::path::{Path, PathBuf};
+
+pub use authz::{AuthorizationPolicy, Connection, Workload};
+pub use model::{Action, MtlsMode};
+pub use peer_auth::PeerAuthentication;
+
+use model::{AuthorizationPolicySpec, Header, PeerAuthenticationSpec, Resource};
+
+/// Istio's default root namespace: policies there apply mesh-wide.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+/// A problem with one policy document.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A field has a value that cannot be enforced as written.
+    #[error("{field}: {message}")]
+    Field {
+        /// Where, as a path (`spec.rules[0].from[1].source.ipBlocks`).
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// The document is not valid YAML for its kind (unknown field, wrong type).
+    #[error("{0}")]
+    Parse(String),
+}
+
+/// A problem with the policy directory, naming file and document.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The directory or a file could not be read.
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// One or more documents were refused; nothing of this version is applied.
+    #[error("policies refused, the previous set stays in force:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Every policy in force.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    /// The mesh-wide namespace.
+    pub root_namespace: String,
+    /// AuthorizationPolicies, sorted by namespace and name.
+    pub authorization: Vec<AuthorizationPolicy>,
+    /// PeerAuthentications, sorted by namespace and name.
+    pub peer_authentication: Vec<PeerAuthentication>,
+}
+
+/// The outcome of authorizing one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed: by the named ALLOW policy and rule, or because no ALLOW policy applies.
+    Allow {
+        /// `namespace/name` and rule index of the ALLOW rule that matched.
+        by: Option<(String, usize)>,
+    },
+    /// Denied.
+    Deny {
+        /// Why, naming the policy and rule.
+        reason: String,
+    },
+}
+
+/// A decision with what was recorded on the side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// What is enforced.
+    pub decision: Decision,
+    /// AUDIT policies whose rules matched (`namespace/name`).
+    pub audited: Vec<String>,
+    /// What the dry-run policies would have decided, when it differs.
+    pub dry_run: Option<Decision>,
+}
+
+impl PolicySet {
+    /// Reads every `*.yaml`/`*.yml` file of `dir`. `root_namespace` holds
+    /// the mesh-wide policies.
+    pub fn load_dir(dir: &Path, root_namespace: &str) -> Result<Self, LoadError> {
+        let read_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LoadError::Read { path, source }
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(read_error(dir))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|ext| ext == "yaml" || ext == "yml")
+            })
+            .collect();
+        files.sort();
+        let mut set = Self {
+            root_namespace: root_namespace.to_owned(),
+            ..Self::default()
+        };
+        let mut problems = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(read_error(&file))?;
+            for problem in set.add_documents(&text) {
+                problems.push(format!("{}: {problem}", file.display()));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(LoadError::Invalid(problems));
+        }
+        set.authorization.sort_by(|a, b| a.id.cmp(&b.id));
+        set.peer_authentication.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(set)
+    }
+
+    /// Parses the YAML documents of `text` into the set; returns a problem
+    /// per refused document.
+    pub fn add_documents(&mut self, text: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (index, (line, document)) in documents(text).into_iter().enumerate() {
+            let at = format!("document {} (line {line})", index + 1);
+            if let Err(problem) = self.add_document(document) {
+                problems.push(format!("{at}: {problem}"));
+            }
+        }
+        problems
+    }
+
+    fn add_document(&mut self, text: &str) -> Result<(), String> {
+        let header: Header = serde_saphyr::from_str(text)
+            .map_err(|err| format!("not a Kubernetes object: {err}"))?;
+        let name = format!(
+            "{} {}/{}",
+            header.kind, header.metadata.namespace, header.metadata.name
+        );
+        if !matches!(
+            header.api_version.as_str(),
+            "security.istio.io/v1" | "security.istio.io/v1beta1"
+        ) {
+            return Err(format!(
+                "{name}: apiVersion {:?} is not security.istio.io/v1 or v1beta1",
+                header.api_version
+            ));
+        }
+        let describe = |err: PolicyError| format!("{name}: {err}");
+        match header.kind.as_str() {
+            "AuthorizationPolicy" => {
+                let resource: Resource<AuthorizationPolicySpec> = serde_saphyr::from_str(text)
+                    .map_err(|err| describe(PolicyError::Parse(err.to_string())))?;
+                let policy = AuthorizationPolicy::compile(&resource.metadata, &resource.spec)
+                    .map_err(describe)?;
+                if policy.uses_l7 {
+                    tracing::warn!(
+                        policy = %policy.id,
+                        action = ?policy.action,
+                        "policy uses L7 attributes this L4 proxy cannot see: such ALLOW rules match nothing, such DENY rules deny on their L4 parts alone"
+                    );
+                }
+                self.authorization.push(policy);
+            }
+            "PeerAuthentication" => {
+                let resource: Resource<PeerAuthenticationSpec> = serde_saphyr::from_str(text)
+                    .map_err(|err| describe(PolicyError::Parse(err.to_string())))?;
+                self.peer_authentication.push(
+                    PeerAuthentication::compile(&resource.metadata, &resource.spec)
+                        .map_err(describe)?,
+                );
+            }
+            other => {
+                return Err(format!(
+                    "{name}: kind {other:?} is not PeerAuthentication or AuthorizationPolicy"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The mutual TLS mode for connections to `port` of `workload`.
+    pub fn mtls_mode(&self, workload: &Workload<'_>, port: u16) -> MtlsMode {
+        peer_auth::mode(
+            &self.peer_authentication,
+            workload,
+            port,
+            &self.root_namespace,
+        )
+    }
+
+    /// Authorizes `connection` to `workload`.
+    pub fn authorize(&self, workload: &Workload<'_>, connection: &Connection<'_>) -> Verdict {
+        let applicable: Vec<&AuthorizationPolicy> = self
+            .authorization
+            .iter()
+            .filter(|p| p.applies_to(workload, &self.root_namespace))
+            .collect();
+        let enforced = decide(
+            applicable.iter().copied().filter(|p| !p.dry_run),
+            connection,
+        );
+        let with_dry_run = decide(applicable.iter().copied(), connection);
+        let audited = applicable
+            .iter()
+            .filter(|p| p.action == Action::Audit && p.matching_rule(connection).is_some())
+            .map(|p| p.id.clone())
+            .collect();
+        Verdict {
+            dry_run: (with_dry_run != enforced).then_some(with_dry_run),
+            decision: enforced,
+            audited,
+        }
+    }
+}
+
+/// Istio's order: DENY first, then ALLOW if any applies.
+fn decide<'a>(
+    policies: impl Iterator<Item = &'a AuthorizationPolicy> + Clone,
+    connection: &Connection<'_>,
+) -> Decision {
+    for policy in policies.clone().filter(|p| p.action == Action::Deny) {
+        if let Some(rule) = policy.matching_rule(connection) {
+            return Decision::Deny {
+                reason: format!("denied by DENY policy {} rule {rule}", policy.id),
+            };
+        }
+    }
+    let mut allows = policies.filter(|p| p.action == Action::Allow).peekable();
+    if allows.peek().is_none() {
+        return Decision::Allow { by: None };
+    }
+    let mut names = Vec::new();
+    for policy in allows {
+        if let Some(rule) = policy.matching_rule(connection) {
+            return Decision::Allow {
+                by: Some((policy.id.clone(), rule)),
+            };
+        }
+        names.push(policy.id.clone());
+    }
+    Decision::Deny {
+        reason: format!("no rule of the ALLOW policies {} matches", names.join(", ")),
+    }
+}
+
+/// Splits a YAML stream at `---` lines; returns each non-empty document with
+/// its first line number.
+fn documents(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        let is_separator = line.starts_with("---")
+            && line[3..]
+                .trim_start()
+                .chars()
+                .next()
+                .is_none_or(|c| c == '#');
+        if is_separator {
+            out.push((start_line, &text[start..offset]));
+            start = offset + line.len();
+            start_line = number + 2;
+        }
+        offset += line.len();
+    }
+    out.push((start_line, &text[start..]));
+    out.into_iter()
+        .filter(|(_, doc)| {
+            doc.lines()
+                .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
