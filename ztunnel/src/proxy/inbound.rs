@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    ProxyContext,
+    ProxyContext, accept_each,
     authorize::{self, Denied},
     copy::{self, Relayed},
     deliver::{self, DeliverError},
@@ -34,16 +34,10 @@ pub enum InboundError {
 
 /// Accepts connections on `listener` for `pod` until the task is dropped.
 pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<ProxyContext>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(pod = %pod.name, "inbound accept failed: {err}");
-                continue;
-            }
-        };
+    let name = pod.name.clone();
+    accept_each(listener, &name, "inbound", |stream, peer| {
         let (pod, context) = (pod.clone(), context.clone());
-        tokio::spawn(async move {
+        async move {
             let started = Instant::now();
             match handle(stream, peer, &pod, &context).await {
                 Ok((destination, relayed)) => tracing::info!(
@@ -63,8 +57,9 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
                     tracing::warn!(dst.pod = %pod.name, %peer, "inbound connection failed: {err}")
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// One connection: its destination is the local address it arrived at

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    ProxyContext,
+    ProxyContext, accept_each,
     authorize::{self, Denied},
     copy::{self, Relayed},
     deliver::{self, DeliverError},
@@ -35,16 +35,10 @@ pub enum InboundTunnelError {
 
 /// Accepts tunnels on `listener` for `pod` until the task is dropped.
 pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<ProxyContext>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(pod = %pod.name, "tunnel accept failed: {err}");
-                continue;
-            }
-        };
+    let name = pod.name.clone();
+    accept_each(listener, &name, "tunnel", |stream, peer| {
         let (pod, context) = (pod.clone(), context.clone());
-        tokio::spawn(async move {
+        async move {
             let started = Instant::now();
             match handle(stream, peer, &pod, &context).await {
                 Ok((destination, session, relayed)) => tracing::info!(
@@ -69,8 +63,9 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
                     "inbound tunnel refused: {err}"
                 ),
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// One tunnel: handshake, preamble, deliver, copy.

@@ -21,6 +21,7 @@ pub mod pod;
 pub mod route;
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -28,7 +29,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 
 use crate::{
     identity::TrustDomain,
@@ -57,6 +61,24 @@ pub struct ProxyContext {
     pub idle_timeout: Duration,
     /// Round-robin position for spreading service connections over endpoints.
     next_endpoint: AtomicUsize,
+}
+
+/// Accepts connections on `listener` (a listener of pod `pod`) until the
+/// task is dropped, running `handle` on each in a task of its own. `what`
+/// names the listener in logs.
+pub(crate) async fn accept_each<F, Fut>(listener: TcpListener, pod: &str, what: &str, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(stream, peer));
+            }
+            Err(err) => tracing::warn!(pod, "{what} accept failed: {err}"),
+        }
+    }
 }
 
 impl ProxyContext {

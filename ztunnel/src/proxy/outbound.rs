@@ -19,7 +19,7 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    ProxyContext,
+    ProxyContext, accept_each,
     authorize::{self, Denied},
     connect,
     copy::{self, Relayed},
@@ -106,16 +106,10 @@ pub async fn serve(
     context: Arc<ProxyContext>,
     orig_dst: Arc<OrigDstTable>,
 ) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(pod = %pod.name, "outbound accept failed: {err}");
-                continue;
-            }
-        };
+    let name = pod.name.clone();
+    accept_each(listener, &name, "outbound", |stream, peer| {
         let (pod, context, orig_dst) = (pod.clone(), context.clone(), orig_dst.clone());
-        tokio::spawn(async move {
+        async move {
             let started = Instant::now();
             match handle(stream, peer, &pod, &context, &orig_dst).await {
                 Ok(closed) => record(&pod, &closed, started.elapsed()),
@@ -123,8 +117,9 @@ pub async fn serve(
                     tracing::warn!(src.pod = %pod.name, %peer, "outbound connection failed: {err}")
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// One connection: identify, decide, connect, copy.

@@ -170,15 +170,7 @@ async fn half_close(address: SocketAddr, bytes: u64) -> Result<()> {
     let mut stream = TcpStream::connect(address)
         .await
         .with_context(|| format!("connecting to {address}"))?;
-    let mut payload = Payload::new(bytes);
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let n = payload.fill(&mut chunk);
-        if n == 0 {
-            break;
-        }
-        stream.write_all(&chunk[..n]).await?;
-    }
+    write_payload(&mut stream, bytes).await?;
     stream.shutdown().await.context("shutting down writing")?;
     let mut reply = Vec::new();
     stream
@@ -322,17 +314,22 @@ async fn serve(mut stream: TcpStream, name: &str) -> Result<()> {
         "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
     );
     stream.write_all(header.as_bytes()).await?;
+    write_payload(&mut stream, len).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Writes the `len`-byte [`Payload`] to `stream`.
+async fn write_payload(stream: &mut TcpStream, len: u64) -> Result<()> {
     let mut payload = Payload::new(len);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let n = payload.fill(&mut chunk);
         if n == 0 {
-            break;
+            return Ok(());
         }
         stream.write_all(&chunk[..n]).await?;
     }
-    stream.shutdown().await?;
-    Ok(())
 }
 
 async fn respond(stream: &mut TcpStream, status: &str, body: &[u8]) -> Result<()> {
