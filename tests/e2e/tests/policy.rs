@@ -234,3 +234,98 @@ fn a_broken_policy_file_is_refused_and_the_previous_policies_stay() {
     assert!(!reaches(&cluster, "legacy-1", "web-2", 8080));
     assert!(reaches(&cluster, "client-1", "web-2", 8080));
 }
+
+#[test]
+fn a_new_deny_closes_open_connections_it_denies() {
+    let cluster = mesh(2);
+    let _web2 = http_server(&cluster, "web-2");
+    let _web1 = http_server(&cluster, "web-1");
+    // Connections that stay open: an unfinished request head keeps the server waiting.
+    let mut across = cluster
+        .spawn(
+            "client-1",
+            &testapp_path(),
+            &[
+                "send",
+                &format!("{}:8080", cluster.pod("web-2").unwrap().ipv4),
+            ],
+        )
+        .unwrap();
+    let mut plain = cluster
+        .spawn(
+            "legacy-1",
+            &testapp_path(),
+            &[
+                "send",
+                &format!("{}:8080", cluster.pod("web-2").unwrap().ipv4),
+            ],
+        )
+        .unwrap();
+    let mut local = cluster
+        .spawn(
+            "client-1",
+            &testapp_path(),
+            &[
+                "send",
+                &format!("{}:8080", cluster.pod("web-1").unwrap().ipv4),
+            ],
+        )
+        .unwrap();
+    for pod in ["web-2", "web-1"] {
+        within(
+            Duration::from_secs(3),
+            "the connections are established",
+            || {
+                let out = cluster
+                    .run(
+                        pod,
+                        "ss",
+                        &["-Htn", "state", "established", "( sport = :8080 )"],
+                    )
+                    .unwrap_or_default();
+                out.lines().count() >= if pod == "web-2" { 2 } else { 1 }
+            },
+        );
+    }
+
+    // Deny the demo namespace: the mTLS connections (across nodes and on the
+    // same node) are closed, the plaintext one (no namespace) stays.
+    apply(
+        &cluster,
+        "deny",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-demo
+  namespace: demo
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        namespaces: ["demo"]
+"#,
+    );
+    for (what, client) in [("across nodes", &mut across), ("same node", &mut local)] {
+        let status = client.wait(Duration::from_secs(5)).unwrap();
+        assert!(status.success(), "{what}: {}", client.log());
+        assert_eq!(
+            client.log().trim(),
+            "reset",
+            "{what}: the client sees the connection reset"
+        );
+    }
+    assert!(
+        plain.wait(Duration::from_millis(500)).is_err(),
+        "the plaintext connection stays open"
+    );
+    let closed = |node: &str| {
+        daemon_log(&cluster, node)
+            .lines()
+            .filter(|l| l.contains("open connection closed by a policy change: denied by DENY policy demo/deny-demo rule 0"))
+            .count()
+    };
+    assert_eq!(closed("node2"), 1);
+    assert_eq!(closed("node1"), 1);
+}

@@ -249,6 +249,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         policies.1,
         config.idle_timeout,
     );
+    let enforcer = tokio::spawn(crate::proxy::authorize::enforce_changes(context.clone()));
     let mut capture = capture::Capture::start(&config.bpf_pin_dir, context)?;
     let mut changes = registry.subscribe();
     let mut apply = |registry: &Registry| {
@@ -280,6 +281,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
     }
     admin.abort();
+    enforcer.abort();
     tracing::info!("node daemon stopped");
     Ok(())
 }

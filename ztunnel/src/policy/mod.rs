@@ -126,11 +126,23 @@ impl PolicySet {
                 problems.push(format!("{}: {problem}", file.display()));
             }
         }
+        set.authorization.sort_by(|a, b| a.id.cmp(&b.id));
+        set.peer_authentication.sort_by(|a, b| a.id.cmp(&b.id));
+        // One object per kind, namespace and name, as in Kubernetes: a second
+        // definition would silently add to the first here.
+        let twice = |ids: Vec<&String>| -> Vec<String> {
+            ids.windows(2)
+                .filter(|pair| pair[0] == pair[1])
+                .map(|pair| format!("{} is defined more than once", pair[0]))
+                .collect()
+        };
+        problems.extend(twice(set.authorization.iter().map(|p| &p.id).collect()));
+        problems.extend(twice(
+            set.peer_authentication.iter().map(|p| &p.id).collect(),
+        ));
         if !problems.is_empty() {
             return Err(LoadError::Invalid(problems));
         }
-        set.authorization.sort_by(|a, b| a.id.cmp(&b.id));
-        set.peer_authentication.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(set)
     }
 

@@ -753,3 +753,138 @@ fn a_directory_with_one_bad_file_is_refused_whole() {
     );
     assert!(!message.contains("notes.txt"), "{message}");
 }
+
+/// The examples in `docs/policy-examples`, each with the documented outcome.
+#[test]
+fn documented_examples_behave_as_documented() {
+    let load = |text: &str| {
+        let mut set = PolicySet {
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_owned(),
+            ..PolicySet::default()
+        };
+        let problems = set.add_documents(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        set
+    };
+    let examples = [
+        (
+            "allow-nothing",
+            include_str!("../../../docs/policy-examples/allow-nothing.yaml"),
+        ),
+        (
+            "deny-all",
+            include_str!("../../../docs/policy-examples/deny-all.yaml"),
+        ),
+        (
+            "allow-all-over-allow-nothing",
+            include_str!("../../../docs/policy-examples/allow-all-over-allow-nothing.yaml"),
+        ),
+        (
+            "httpbin-l7",
+            include_str!("../../../docs/policy-examples/httpbin-l7.yaml"),
+        ),
+        (
+            "httpbin-l4",
+            include_str!("../../../docs/policy-examples/httpbin-l4.yaml"),
+        ),
+        (
+            "ip-allowlist",
+            include_str!("../../../docs/policy-examples/ip-allowlist.yaml"),
+        ),
+        (
+            "dry-run-deny",
+            include_str!("../../../docs/policy-examples/dry-run-deny.yaml"),
+        ),
+    ];
+    const SLEEP: Option<&str> = Some("cluster.local/ns/foo/sa/sleep");
+    const BAR: Option<&str> = Some("cluster.local/ns/bar/sa/sleep");
+    // (example, source principal, source IP, port, allowed)
+    let cases: [(&str, Option<&str>, &str, u16, bool); 17] = [
+        ("allow-nothing", SLEEP, "10.0.0.1", 8000, false),
+        ("allow-nothing", PLAIN, "10.0.0.1", 8000, false),
+        ("deny-all", SLEEP, "10.0.0.1", 8000, false),
+        (
+            "allow-all-over-allow-nothing",
+            SLEEP,
+            "10.0.0.1",
+            8000,
+            true,
+        ),
+        (
+            "allow-all-over-allow-nothing",
+            PLAIN,
+            "10.0.0.1",
+            8000,
+            true,
+        ),
+        ("httpbin-l7", SLEEP, "10.0.0.1", 8000, false),
+        ("httpbin-l7", BAR, "10.0.0.1", 8000, false),
+        ("httpbin-l4", SLEEP, "10.0.0.1", 8000, true),
+        ("httpbin-l4", SLEEP, "10.0.0.1", 9000, false),
+        ("httpbin-l4", BAR, "10.0.0.1", 8000, false),
+        ("httpbin-l4", PLAIN, "10.0.0.1", 8000, false),
+        ("ip-allowlist", PLAIN, "203.0.113.7", 8000, true),
+        ("ip-allowlist", PLAIN, "198.51.100.200", 8000, true),
+        ("ip-allowlist", SLEEP, "203.0.113.8", 8000, false),
+        ("ip-allowlist", PLAIN, "2001:db8::1", 8000, false),
+        ("dry-run-deny", SLEEP, "10.0.0.1", 8000, true),
+        ("dry-run-deny", PLAIN, "10.0.0.1", 9000, true),
+    ];
+    let httpbin = Labels::from([("app".to_owned(), "httpbin".to_owned())]);
+    let workload = Workload {
+        namespace: "foo",
+        labels: &httpbin,
+    };
+    for (example, from, ip, port, allowed) in cases {
+        let text = examples
+            .iter()
+            .find(|(name, _)| *name == example)
+            .unwrap()
+            .1;
+        let identity = from.map(|p| Identity::parse(&format!("spiffe://{p}")).unwrap());
+        let verdict = load(text).authorize(
+            &workload,
+            &Connection {
+                source_ip: ip.parse().unwrap(),
+                source_identity: identity.as_ref(),
+                destination_ip: "10.0.0.9".parse().unwrap(),
+                destination_port: port,
+            },
+        );
+        let got = matches!(verdict.decision, Decision::Allow { .. });
+        assert_eq!(got, allowed, "{example} {from:?} {ip} :{port}: {verdict:?}");
+        if example == "dry-run-deny" && port == 8000 {
+            assert!(
+                verdict.dry_run.is_some(),
+                "the trial reports its would-be denial"
+            );
+        }
+    }
+
+    let mtls = load(include_str!(
+        "../../../docs/policy-examples/mtls-layers.yaml"
+    ));
+    let other = Labels::new();
+    let at = |namespace, labels, port| mtls.mtls_mode(&Workload { namespace, labels }, port);
+    assert_eq!(at("foo", &httpbin, 8080), MtlsMode::Disable);
+    assert_eq!(
+        at("foo", &httpbin, 8000),
+        MtlsMode::Strict,
+        "UNSET inherits the mesh's"
+    );
+    assert_eq!(at("foo", &other, 8080), MtlsMode::Strict);
+    assert_eq!(at("bar", &other, 8080), MtlsMode::Permissive);
+}
+
+#[test]
+fn an_object_defined_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["a.yaml", "b.yaml"] {
+        std::fs::write(dir.path().join(file), policy("demo", "spec: {}")).unwrap();
+    }
+    let err = PolicySet::load_dir(dir.path(), DEFAULT_ROOT_NAMESPACE).unwrap_err();
+    assert!(
+        err.to_string().contains("demo/p is defined more than once"),
+        "{err}"
+    );
+}

@@ -1,13 +1,18 @@
 //! The destination side's decision, the same on every inbound path (tunnel,
 //! plaintext, same node): PeerAuthentication first (STRICT refuses plaintext),
-//! then AuthorizationPolicy. Dry-run and AUDIT outcomes are logged here.
+//! then AuthorizationPolicy. Dry-run and AUDIT outcomes are logged here. An
+//! admitted connection is tracked until it closes, so that a policy change
+//! can close it ([`enforce_changes`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
-use super::{ProxyContext, pod::LocalPod};
+use super::{ProxyContext, admitted::Admission, pod::LocalPod};
 use crate::{
     identity::Identity,
-    policy::{Connection, Decision, MtlsMode, Workload},
+    policy::{Connection, Decision, MtlsMode, PolicySet, Workload},
 };
 
 /// Why a connection was refused by policy.
@@ -21,16 +26,52 @@ pub enum Denied {
     Policy(String),
 }
 
-/// Decides whether `source` (with its proven identity, `None` for plaintext)
-/// may reach `destination` in `pod`.
-pub fn check(
-    context: &ProxyContext,
+/// Admits `source` (with its proven identity, `None` for plaintext) to
+/// `destination` in `pod` if the policies in force allow it; the connection
+/// is tracked for as long as the returned admission lives.
+pub fn admit<'a>(
+    context: &'a ProxyContext,
+    pod: &Arc<LocalPod>,
+    source: IpAddr,
+    identity: Option<&Identity>,
+    destination: SocketAddr,
+) -> Result<Admission<'a>, Denied> {
+    let policies = context.policies.borrow().clone();
+    decide(&policies, pod, source, identity, destination)?;
+    let admission = context
+        .connections
+        .track(pod.clone(), source, identity.cloned(), destination);
+    // A change that landed between the decision and the tracking was not
+    // applied to this connection by `enforce_changes`: decide again.
+    let current = context.policies.borrow().clone();
+    if !Arc::ptr_eq(&current, &policies) {
+        decide(&current, pod, source, identity, destination)?;
+    }
+    Ok(admission)
+}
+
+/// Closes the open connections each new policy set denies, until the
+/// policies stop changing (the daemon stops).
+pub async fn enforce_changes(context: Arc<ProxyContext>) {
+    let mut policies = context.policies.clone();
+    while policies.changed().await.is_ok() {
+        let set = policies.borrow_and_update().clone();
+        let closed = context.connections.revoke_denied(&set);
+        if closed > 0 {
+            tracing::info!(closed, "policy change applied to open connections");
+        }
+    }
+}
+
+/// The decision of `policies` for a connection from `source` to
+/// `destination` in `pod`.
+pub fn decide(
+    policies: &PolicySet,
     pod: &LocalPod,
     source: IpAddr,
     identity: Option<&Identity>,
     destination: SocketAddr,
 ) -> Result<(), Denied> {
-    let policies = context.policies.borrow().clone();
     let workload = Workload {
         namespace: &pod.namespace,
         labels: &pod.labels,

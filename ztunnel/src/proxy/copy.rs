@@ -31,6 +31,8 @@ pub enum Ending {
     Closed,
     /// No byte moved in either direction for the idle timeout.
     Idle,
+    /// A policy change denied the connection; both sides were reset.
+    Revoked(String),
     /// A side failed; both were reset.
     Failed(Failure),
 }
@@ -40,6 +42,7 @@ impl std::fmt::Display for Ending {
         match self {
             Self::Closed => f.write_str("closed"),
             Self::Idle => f.write_str("idle timeout"),
+            Self::Revoked(reason) => write!(f, "closed by a policy change: {reason}"),
             Self::Failed(failure) => failure.fmt(f),
         }
     }
@@ -99,9 +102,14 @@ impl Resettable for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 /// Copies between `downstream` and `upstream` until both directions end, one
-/// fails, or nothing moves for `idle`. On failure both streams are set to
-/// reset when dropped.
-pub async fn relay<D, U>(downstream: &mut D, upstream: &mut U, idle: Duration) -> Relayed
+/// fails, nothing moves for `idle`, or `revoked` completes (with the reason).
+/// On failure or revocation both streams are set to reset when dropped.
+pub async fn relay<D, U>(
+    downstream: &mut D,
+    upstream: &mut U,
+    idle: Duration,
+    revoked: impl Future<Output = String>,
+) -> Relayed
 where
     D: AsyncRead + AsyncWrite + Resettable + Unpin,
     U: AsyncRead + AsyncWrite + Resettable + Unpin,
@@ -135,9 +143,10 @@ where
                 Err(failure) => Ending::Failed(failure),
             },
             () = idle_for(idle, &sent, &received) => Ending::Idle,
+            reason = revoked => Ending::Revoked(reason),
         }
     };
-    if matches!(ending, Ending::Failed(_)) {
+    if matches!(ending, Ending::Failed(_) | Ending::Revoked(_)) {
         downstream.reset_on_close();
         upstream.reset_on_close();
     }
@@ -217,7 +226,10 @@ mod tests {
     async fn relayed(idle: Duration) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
         let (client, mut down) = pair().await;
         let (mut up, server) = pair().await;
-        let task = tokio::spawn(async move { relay(&mut down, &mut up, idle).await });
+        let task =
+            tokio::spawn(
+                async move { relay(&mut down, &mut up, idle, std::future::pending()).await },
+            );
         (client, server, task)
     }
 

@@ -68,13 +68,19 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
 async fn handle(
     mut client: TcpStream,
     peer: SocketAddr,
-    pod: &LocalPod,
+    pod: &Arc<LocalPod>,
     context: &ProxyContext,
 ) -> Result<(SocketAddr, Relayed), InboundError> {
     let destination = client.local_addr().map_err(InboundError::LocalAddr)?;
-    authorize::check(context, pod, peer.ip(), None, destination)?;
+    let mut admission = authorize::admit(context, pod, peer.ip(), None, destination)?;
     let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
     let _ = client.set_nodelay(true);
-    let relayed = copy::relay(&mut client, &mut app, context.idle_timeout).await;
+    let relayed = copy::relay(
+        &mut client,
+        &mut app,
+        context.idle_timeout,
+        admission.revoked(),
+    )
+    .await;
     Ok((destination, relayed))
 }

@@ -72,7 +72,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
 async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
-    pod: &LocalPod,
+    pod: &Arc<LocalPod>,
     context: &ProxyContext,
 ) -> Result<(SocketAddr, Session, Relayed), InboundTunnelError> {
     let _ = tcp.set_nodelay(true);
@@ -82,10 +82,17 @@ async fn handle(
         .map_err(TunnelError::from)?;
     let (mut tls, session, preamble) = tunnel::server::accept(tcp, config).await?;
     let destination = preamble.destination;
-    authorize::check(context, pod, peer.ip(), Some(&session.peer), destination)?;
+    let mut admission =
+        authorize::admit(context, pod, peer.ip(), Some(&session.peer), destination)?;
     // The tunnel comes from the source pod's address (its daemon connects
     // from inside the source pod): the application sees that address.
     let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
-    let relayed = copy::relay(&mut tls, &mut app, context.idle_timeout).await;
+    let relayed = copy::relay(
+        &mut tls,
+        &mut app,
+        context.idle_timeout,
+        admission.revoked(),
+    )
+    .await;
     Ok((destination, session, relayed))
 }

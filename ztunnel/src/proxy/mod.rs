@@ -10,6 +10,7 @@
 //! - [`deliver`]: the last hop of every inbound path, to the application.
 //! - [`copy`]: the byte copy all of them end with.
 
+pub mod admitted;
 pub mod authorize;
 pub mod connect;
 pub mod copy;
@@ -57,6 +58,8 @@ pub struct ProxyContext {
     pub policies: watch::Receiver<Arc<PolicySet>>,
     /// The captured pods of this node.
     pub pods: pod::LocalPods,
+    /// Connections policy admitted that are still open.
+    pub connections: admitted::OpenConnections,
     /// A connection on which nothing moves this long is closed.
     pub idle_timeout: Duration,
     /// Round-robin position for spreading service connections over endpoints.
@@ -100,6 +103,7 @@ impl ProxyContext {
             tunnel,
             policies,
             pods: pod::LocalPods::default(),
+            connections: admitted::OpenConnections::default(),
             idle_timeout,
             next_endpoint: AtomicUsize::new(0),
         })

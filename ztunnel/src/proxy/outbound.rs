@@ -162,7 +162,8 @@ async fn handle(
                         endpoint: daemon,
                         source,
                     })?;
-            let relayed = copy::relay(&mut client, &mut tls, idle).await;
+            // The destination's daemon decides policy for tunnelled connections.
+            let relayed = copy::relay(&mut client, &mut tls, idle, std::future::pending()).await;
             Ok(Closed {
                 original,
                 route: "tunnel",
@@ -185,7 +186,7 @@ async fn handle(
                 .find(|ip| ip.is_ipv4() == endpoint.is_ipv4())
                 .unwrap_or(endpoint.ip());
             // Same node: the destination's checks run here, with the proven source.
-            authorize::check(
+            let mut admission = authorize::admit(
                 context,
                 &destination,
                 source_ip,
@@ -193,7 +194,7 @@ async fn handle(
                 endpoint,
             )?;
             let mut app = deliver::to_app(&destination, endpoint, source_ip).await?;
-            let relayed = copy::relay(&mut client, &mut app, idle).await;
+            let relayed = copy::relay(&mut client, &mut app, idle, admission.revoked()).await;
             Ok(Closed {
                 original,
                 route: "local",
@@ -210,7 +211,8 @@ async fn handle(
                     destination: endpoint,
                     source,
                 })?;
-            let relayed = copy::relay(&mut client, &mut upstream, idle).await;
+            let relayed =
+                copy::relay(&mut client, &mut upstream, idle, std::future::pending()).await;
             Ok(Closed {
                 original,
                 route: "passthrough",
