@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::identity::WorkloadCertificate;
+use crate::{identity::WorkloadCertificate, metrics::Metrics};
 
 /// What the admin endpoint reports on; implemented by the node daemon.
 pub trait AdminState: Send + Sync + 'static {
@@ -30,25 +30,55 @@ pub trait AdminState: Send + Sync + 'static {
 
 /// Serves the admin endpoint on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<dyn AdminState>) {
+    serve_http(listener, "admin", move |request| {
+        route(request, state.as_ref())
+    })
+    .await
+}
+
+/// Serves Prometheus metrics (`/metrics`) on `listener` until the task is dropped.
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    serve_http(listener, "metrics", move |request| {
+        if request.uri().path() != "/metrics" {
+            return text(StatusCode::NOT_FOUND, "endpoint: /metrics\n".to_owned());
+        }
+        let mut response = text(StatusCode::OK, metrics.encode());
+        response.headers_mut().insert(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                .parse()
+                .expect("a valid header"),
+        );
+        response
+    })
+    .await
+}
+
+/// HTTP/1 on `listener`, answering each request with `answer`.
+async fn serve_http<F>(listener: TcpListener, what: &'static str, answer: F)
+where
+    F: Fn(&Request<hyper::body::Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let answer = Arc::new(answer);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
-                tracing::warn!("admin accept failed: {err}");
+                tracing::warn!("{what} accept failed: {err}");
                 continue;
             }
         };
-        let state = state.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&request, state.as_ref())) }
+                let answer = answer.clone();
+                async move { Ok::<_, Infallible>(answer(&request)) }
             });
             if let Err(err) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
-                tracing::debug!("admin connection: {err}");
+                tracing::debug!("{what} connection: {err}");
             }
         });
     }

@@ -70,6 +70,9 @@ struct NodeArgs {
     /// Longest delay between retries when the CA fails, in seconds.
     #[arg(long, default_value_t = 30)]
     ca_retry_max_secs: u64,
+    /// Prometheus metrics endpoint (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    metrics: SocketAddr,
     /// Admin endpoint (readiness, certificates).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -220,6 +223,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         bpf_pin_dir: args.bpf_pin_dir,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         policies: args.policies,
+        metrics: args.metrics,
         root_namespace: args.root_namespace,
         cipher_suites: if args.tls_chacha20_fallback {
             CipherSuites::AesGcmThenChaCha20

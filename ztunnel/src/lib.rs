@@ -18,6 +18,7 @@
 //! - [`policy`]: Istio PeerAuthentication and AuthorizationPolicy at L4.
 //! - [`node`]: the node daemon (`ztunnel node`), wiring the parts together.
 //! - [`admin`]: the admin endpoint (readiness, certificates).
+//! - [`metrics`]: Prometheus metrics with Istio's names.
 //! - [`registry`]: the workloads, namespaces and services the daemon acts on.
 
 // The daemon never unwraps: bad input gets a typed error, never a panic.
@@ -28,6 +29,7 @@
 pub mod admin;
 pub mod ca;
 pub mod identity;
+pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod proxy;

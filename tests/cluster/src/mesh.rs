@@ -23,6 +23,8 @@ use crate::{
 pub const CA_ADDRESS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 10, 0, 254), 15012);
 /// Every daemon's admin endpoint, inside its node's namespace.
 pub const ADMIN_ADDRESS: &str = "127.0.0.1:15000";
+/// Each daemon's Prometheus endpoint, inside its node's network namespace.
+pub const METRICS_ADDRESS: &str = "127.0.0.1:15020";
 /// How long the mesh may take to come up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Every cluster pins its daemons' eBPF links and maps under
@@ -145,7 +147,7 @@ pub(crate) fn spawn_daemon(
     entry.daemon = Some(DaemonStatus {
         pid,
         admin: ADMIN_ADDRESS.to_owned(),
-        metrics: None,
+        metrics: Some(METRICS_ADDRESS.to_owned()),
     });
     Ok(())
 }
@@ -186,6 +188,8 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
             ca.root_cert.as_os_str(),
             "--admin".as_ref(),
             ADMIN_ADDRESS.as_ref(),
+            "--metrics".as_ref(),
+            METRICS_ADDRESS.as_ref(),
             "--bpf-pin-dir".as_ref(),
             bpf_pin_dir(&status.name).join(node).as_os_str(),
             "--policies".as_ref(),

@@ -71,7 +71,7 @@ pub struct DaemonStatus {
     /// Admin endpoint (`host:port`, inside the node's network namespace).
     pub admin: String,
     /// Prometheus metrics endpoint (`host:port`, inside the node's network
-    /// namespace); `null` until the daemon serves metrics.
+    /// namespace), serving `/metrics`.
     pub metrics: Option<String>,
 }
 

@@ -234,3 +234,46 @@ pub fn within(limit: std::time::Duration, what: &str, mut condition: impl FnMut(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Node `node`'s daemon's metrics (`daemon.metrics` of `status --json`,
+/// fetched inside the node's namespace), parsed as Prometheus text.
+pub fn scrape(cluster: &ztunnel_cluster::Cluster, node: &str) -> Vec<prometheus_parse::Sample> {
+    let status = cluster
+        .status()
+        .node(node)
+        .expect("the node exists")
+        .clone();
+    let address = status
+        .daemon
+        .and_then(|daemon| daemon.metrics)
+        .expect("the daemon serves metrics");
+    let url = format!("http://{address}/metrics");
+    let text = ztunnel_cluster::netns::output(
+        ztunnel_cluster::netns::exec(&status.netns, "curl").args(["-sS", "--fail", &url]),
+    )
+    .expect("the metrics endpoint answers");
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    prometheus_parse::Scrape::parse(lines)
+        .expect("the metrics parse as Prometheus text")
+        .samples
+}
+
+/// The sum of the values of `metric` over the samples whose labels include
+/// every `(name, value)` of `labels`.
+pub fn metric_sum(
+    samples: &[prometheus_parse::Sample],
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}

@@ -24,6 +24,7 @@ use crate::{
         CaClient, CaClientConfig, CertManager, Identity, ManagerConfig, TrustBundle,
         WorkloadCertificate, bundle::BundleError, ca_client::CaClientError, manager::Certificates,
     },
+    metrics::Metrics,
     policy::{LoadError, PolicySet},
     proxy::ProxyContext,
     redirect::RedirectError,
@@ -63,6 +64,8 @@ pub struct NodeConfig {
     pub policies: Option<PathBuf>,
     /// The namespace whose policies apply mesh-wide.
     pub root_namespace: String,
+    /// Address of the Prometheus metrics endpoint (`/metrics`).
+    pub metrics: SocketAddr,
 }
 
 /// Why the daemon could not start.
@@ -83,8 +86,8 @@ pub enum NodeError {
     /// The eBPF programs could not be loaded or attached.
     #[error(transparent)]
     Capture(#[from] RedirectError),
-    /// The admin endpoint could not be bound.
-    #[error("binding the admin endpoint {address}: {source}")]
+    /// The admin or metrics endpoint could not be bound.
+    #[error("binding the admin or metrics endpoint {address}: {source}")]
     Admin {
         /// The address.
         address: SocketAddr,
@@ -214,6 +217,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             source,
         })?;
     let admin = tokio::spawn(admin::serve(listener, state.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let metrics_listener =
+        admin::bind(config.metrics)
+            .await
+            .map_err(|source| NodeError::Admin {
+                address: config.metrics,
+                source,
+            })?;
+    let metrics_server = tokio::spawn(admin::serve_metrics(metrics_listener, metrics.clone()));
     tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
 
     let policies = match &config.policies {
@@ -235,20 +247,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             "policies loaded"
         );
     }
-    let context = ProxyContext::new(
-        config.node.clone(),
-        config.enrolment.clone(),
-        config.trust_domain.clone(),
-        registry.subscribe(),
-        TunnelConfigs::new(
+    let context = Arc::new(ProxyContext {
+        node: config.node.clone(),
+        enrolment: config.enrolment.clone(),
+        trust_domain: config.trust_domain.clone(),
+        registry: registry.subscribe(),
+        tunnel: TunnelConfigs::new(
             manager.subscribe(),
             trust_bundle.subscribe(),
             config.trust_domain.clone(),
             config.cipher_suites,
         ),
-        policies.1,
-        config.idle_timeout,
-    );
+        policies: policies.1,
+        pods: Default::default(),
+        connections: Default::default(),
+        metrics,
+        idle_timeout: config.idle_timeout,
+        endpoints: Default::default(),
+    });
     let enforcer = tokio::spawn(crate::proxy::authorize::enforce_changes(context.clone()));
     let mut capture = capture::Capture::start(&config.bpf_pin_dir, context)?;
     let mut changes = registry.subscribe();
@@ -282,6 +298,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     admin.abort();
     enforcer.abort();
+    metrics_server.abort();
     tracing::info!("node daemon stopped");
     Ok(())
 }

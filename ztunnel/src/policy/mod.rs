@@ -81,6 +81,9 @@ pub enum Decision {
     },
     /// Denied.
     Deny {
+        /// The deciding policy (`namespace/name`), or the ALLOW policies none
+        /// of whose rules matched (comma-separated).
+        policy: String,
         /// Why, naming the policy and rule.
         reason: String,
     },
@@ -251,6 +254,7 @@ fn decide<'a>(
     for policy in policies.clone().filter(|p| p.action == Action::Deny) {
         if let Some(rule) = policy.matching_rule(connection) {
             return Decision::Deny {
+                policy: policy.id.clone(),
                 reason: format!("denied by DENY policy {} rule {rule}", policy.id),
             };
         }
@@ -269,6 +273,7 @@ fn decide<'a>(
         names.push(policy.id.clone());
     }
     Decision::Deny {
+        policy: names.join(","),
         reason: format!("no rule of the ALLOW policies {} matches", names.join(", ")),
     }
 }

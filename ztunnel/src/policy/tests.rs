@@ -571,6 +571,7 @@ fn denials_name_the_policy_and_rule_and_audits_are_recorded() {
     assert_eq!(
         verdict.decision,
         Decision::Deny {
+            policy: "demo/p".to_owned(),
             reason: "denied by DENY policy demo/p rule 1".to_owned()
         }
     );
@@ -592,6 +593,7 @@ fn dry_run_policies_report_without_enforcing() {
     assert_eq!(
         verdict.dry_run,
         Some(Decision::Deny {
+            policy: "demo/trial".to_owned(),
             reason: "denied by DENY policy demo/trial rule 0".to_owned()
         })
     );

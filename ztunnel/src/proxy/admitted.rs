@@ -14,7 +14,7 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{authorize, pod::LocalPod};
-use crate::{identity::Identity, policy::PolicySet};
+use crate::{identity::Identity, metrics::Metrics, policy::PolicySet};
 
 /// What an admitted connection was checked on.
 struct Open {
@@ -69,7 +69,7 @@ impl OpenConnections {
 
     /// Checks every open connection against `policies`; closes (and logs)
     /// those now denied. Returns how many were closed.
-    pub fn revoke_denied(&self, policies: &PolicySet) -> usize {
+    pub fn revoke_denied(&self, policies: &PolicySet, metrics: &Metrics) -> usize {
         let mut open = self.lock();
         let denied: Vec<(u64, String)> = open
             .iter()
@@ -80,6 +80,7 @@ impl OpenConnections {
                     c.source,
                     c.identity.as_ref(),
                     c.destination,
+                    Some(metrics),
                 )
                 .err()
                 .map(|denied| (*id, denied.to_string()))

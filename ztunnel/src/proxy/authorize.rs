@@ -12,6 +12,7 @@ use std::{
 use super::{ProxyContext, admitted::Admission, pod::LocalPod};
 use crate::{
     identity::Identity,
+    metrics::{DryRunLabels, Metrics, PolicyLabels},
     policy::{Connection, Decision, MtlsMode, PolicySet, Workload},
 };
 
@@ -22,8 +23,23 @@ pub enum Denied {
     #[error("plaintext refused: PeerAuthentication mode STRICT for port {0}")]
     Strict(u16),
     /// An AuthorizationPolicy refused it.
-    #[error("{0}")]
-    Policy(String),
+    #[error("{reason}")]
+    Policy {
+        /// The deciding policy (`namespace/name`; several for unmatched ALLOW policies).
+        policy: String,
+        /// Why, naming the policy and rule.
+        reason: String,
+    },
+}
+
+impl Denied {
+    /// What decided, as the `policy` label of the denial metric.
+    pub fn policy(&self) -> &str {
+        match self {
+            Self::Strict(_) => "PeerAuthentication/STRICT",
+            Self::Policy { policy, .. } => policy,
+        }
+    }
 }
 
 /// Admits `source` (with its proven identity, `None` for plaintext) to
@@ -37,7 +53,8 @@ pub fn admit<'a>(
     destination: SocketAddr,
 ) -> Result<Admission<'a>, Denied> {
     let policies = context.policies.borrow().clone();
-    decide(&policies, pod, source, identity, destination)?;
+    let metrics = Some(context.metrics.as_ref());
+    decide(&policies, pod, source, identity, destination, metrics)?;
     let admission = context
         .connections
         .track(pod.clone(), source, identity.cloned(), destination);
@@ -45,7 +62,7 @@ pub fn admit<'a>(
     // applied to this connection by `enforce_changes`: decide again.
     let current = context.policies.borrow().clone();
     if !Arc::ptr_eq(&current, &policies) {
-        decide(&current, pod, source, identity, destination)?;
+        decide(&current, pod, source, identity, destination, metrics)?;
     }
     Ok(admission)
 }
@@ -56,7 +73,7 @@ pub async fn enforce_changes(context: Arc<ProxyContext>) {
     let mut policies = context.policies.clone();
     while policies.changed().await.is_ok() {
         let set = policies.borrow_and_update().clone();
-        let closed = context.connections.revoke_denied(&set);
+        let closed = context.connections.revoke_denied(&set, &context.metrics);
         if closed > 0 {
             tracing::info!(closed, "policy change applied to open connections");
         }
@@ -64,13 +81,33 @@ pub async fn enforce_changes(context: Arc<ProxyContext>) {
 }
 
 /// The decision of `policies` for a connection from `source` to
-/// `destination` in `pod`.
+/// `destination` in `pod`, counted in `metrics` when given.
 pub fn decide(
     policies: &PolicySet,
     pod: &LocalPod,
     source: IpAddr,
     identity: Option<&Identity>,
     destination: SocketAddr,
+    metrics: Option<&Metrics>,
+) -> Result<(), Denied> {
+    let result = evaluate(policies, pod, source, identity, destination, metrics);
+    if let (Err(denied), Some(metrics)) = (&result, metrics) {
+        let policy = denied.policy().to_owned();
+        metrics
+            .policy_denials
+            .get_or_create(&PolicyLabels { policy })
+            .inc();
+    }
+    result
+}
+
+fn evaluate(
+    policies: &PolicySet,
+    pod: &LocalPod,
+    source: IpAddr,
+    identity: Option<&Identity>,
+    destination: SocketAddr,
+    metrics: Option<&Metrics>,
 ) -> Result<(), Denied> {
     let workload = Workload {
         namespace: &pod.namespace,
@@ -93,10 +130,20 @@ pub fn decide(
         tracing::info!(policy = %policy, dst.pod = %pod.name, src.addr = %source, src.identity = %principal, %destination, "audit: connection matched an AUDIT policy");
     }
     if let Some(would) = &verdict.dry_run {
-        tracing::info!(dst.pod = %pod.name, src.addr = %source, src.identity = %principal, %destination, "dry-run: the dry-run policies would decide {would:?}");
+        let (word, detail) = match would {
+            Decision::Allow { .. } => ("allow", String::new()),
+            Decision::Deny { reason, .. } => ("deny", format!(": {reason}")),
+        };
+        tracing::info!(dst.pod = %pod.name, src.addr = %source, src.identity = %principal, %destination, "dry-run: the dry-run policies would {word} this connection{detail}");
+        if let Some(metrics) = metrics {
+            metrics
+                .policy_dry_run
+                .get_or_create(&DryRunLabels { decision: word })
+                .inc();
+        }
     }
     match verdict.decision {
         Decision::Allow { .. } => Ok(()),
-        Decision::Deny { reason } => Err(Denied::Policy(reason)),
+        Decision::Deny { policy, reason } => Err(Denied::Policy { policy, reason }),
     }
 }

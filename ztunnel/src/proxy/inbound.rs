@@ -16,7 +16,9 @@ use super::{
     copy::{self, Relayed},
     deliver::{self, DeliverError},
     pod::LocalPod,
+    record,
 };
+use crate::metrics::TcpRecord;
 
 /// Why one inbound connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,9 @@ async fn handle(
     let destination = client.local_addr().map_err(InboundError::LocalAddr)?;
     let mut admission = authorize::admit(context, pod, peer.ip(), None, destination)?;
     let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
+    let registry = context.registry.borrow().clone();
+    let labels = record::destination_reporter(&registry, pod, peer.ip(), None);
+    let mut tcp = TcpRecord::open(&context.metrics, labels);
     let _ = client.set_nodelay(true);
     let relayed = copy::relay(
         &mut client,
@@ -82,5 +87,6 @@ async fn handle(
         admission.revoked(),
     )
     .await;
+    (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
     Ok((destination, relayed))
 }

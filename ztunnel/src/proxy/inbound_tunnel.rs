@@ -16,7 +16,9 @@ use super::{
     copy::{self, Relayed},
     deliver::{self, DeliverError},
     pod::LocalPod,
+    record,
 };
+use crate::metrics::TcpRecord;
 use crate::tunnel::{self, Session, TunnelError};
 
 /// Why one tunnelled connection was refused or failed.
@@ -87,6 +89,9 @@ async fn handle(
     // The tunnel comes from the source pod's address (its daemon connects
     // from inside the source pod): the application sees that address.
     let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
+    let registry = context.registry.borrow().clone();
+    let labels = record::destination_reporter(&registry, pod, peer.ip(), Some(&session.peer));
+    let mut tcp = TcpRecord::open(&context.metrics, labels);
     let relayed = copy::relay(
         &mut tls,
         &mut app,
@@ -94,5 +99,6 @@ async fn handle(
         admission.revoked(),
     )
     .await;
+    (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
     Ok((destination, session, relayed))
 }

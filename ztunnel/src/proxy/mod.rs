@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod inbound_tunnel;
 pub mod outbound;
 pub mod pod;
+pub mod record;
 pub mod route;
 
 use std::{
@@ -37,6 +38,7 @@ use tokio::{
 
 use crate::{
     identity::TrustDomain,
+    metrics::Metrics,
     policy::PolicySet,
     registry::{Enrolment, Registry},
     tunnel::configs::TunnelConfigs,
@@ -60,10 +62,23 @@ pub struct ProxyContext {
     pub pods: pod::LocalPods,
     /// Connections policy admitted that are still open.
     pub connections: admitted::OpenConnections,
+    /// Where connections and decisions are counted.
+    pub metrics: Arc<Metrics>,
     /// A connection on which nothing moves this long is closed.
     pub idle_timeout: Duration,
-    /// Round-robin position for spreading service connections over endpoints.
-    next_endpoint: AtomicUsize,
+    /// Spreads service connections over endpoints.
+    pub endpoints: RoundRobin,
+}
+
+/// Round-robin choice among service endpoints.
+#[derive(Debug, Default)]
+pub struct RoundRobin(AtomicUsize);
+
+impl RoundRobin {
+    /// Picks one of `n` endpoints.
+    pub fn pick(&self, n: usize) -> usize {
+        self.0.fetch_add(1, Ordering::Relaxed) % n.max(1)
+    }
 }
 
 /// Accepts connections on `listener` (a listener of pod `pod`) until the
@@ -81,36 +96,5 @@ where
             }
             Err(err) => tracing::warn!(pod, "{what} accept failed: {err}"),
         }
-    }
-}
-
-impl ProxyContext {
-    /// A context with no pod captured yet.
-    pub fn new(
-        node: String,
-        enrolment: Enrolment,
-        trust_domain: TrustDomain,
-        registry: watch::Receiver<Arc<Registry>>,
-        tunnel: TunnelConfigs,
-        policies: watch::Receiver<Arc<PolicySet>>,
-        idle_timeout: Duration,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            node,
-            enrolment,
-            trust_domain,
-            registry,
-            tunnel,
-            policies,
-            pods: pod::LocalPods::default(),
-            connections: admitted::OpenConnections::default(),
-            idle_timeout,
-            next_endpoint: AtomicUsize::new(0),
-        })
-    }
-
-    /// Picks one of `n` service endpoints, round robin.
-    fn pick_endpoint(&self, n: usize) -> usize {
-        self.next_endpoint.fetch_add(1, Ordering::Relaxed) % n.max(1)
     }
 }

@@ -25,11 +25,14 @@ use super::{
     copy::{self, Relayed},
     deliver::{self, DeliverError},
     pod::LocalPod,
+    record::{self, Peer},
     route::{Route, route},
 };
 use crate::{
     identity::{Identity, SpiffeError},
+    metrics::{TcpLabels, TcpRecord},
     redirect::{abi::INBOUND_MTLS_PORT, programs::OrigDstTable},
+    registry::{Pod, Service},
     tunnel::{self, Session, TunnelError},
 };
 
@@ -137,7 +140,7 @@ async fn handle(
         .ok_or(OutboundError::NoOriginalDestination(peer.port()))?;
     let _ = client.set_nodelay(true);
 
-    let upstream = decide(context, original)?;
+    let (upstream, labels) = decide(context, pod, original)?;
     let idle = context.idle_timeout;
     match upstream {
         Upstream::Tunnel { endpoint, identity } => {
@@ -162,8 +165,10 @@ async fn handle(
                         endpoint: daemon,
                         source,
                     })?;
+            let mut tcp = TcpRecord::open(&context.metrics, labels);
             // The destination's daemon decides policy for tunnelled connections.
             let relayed = copy::relay(&mut client, &mut tls, idle, std::future::pending()).await;
+            (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
             Ok(Closed {
                 original,
                 route: "tunnel",
@@ -194,7 +199,19 @@ async fn handle(
                 endpoint,
             )?;
             let mut app = deliver::to_app(&destination, endpoint, source_ip).await?;
+            // Both sides are this node: it reports as source and as destination.
+            let registry = context.registry.borrow().clone();
+            let inbound = record::destination_reporter(
+                &registry,
+                &destination,
+                source_ip,
+                Some(&pod.identity),
+            );
+            let mut tcp = TcpRecord::open(&context.metrics, labels);
+            let mut tcp_in = TcpRecord::open(&context.metrics, inbound);
             let relayed = copy::relay(&mut client, &mut app, idle, admission.revoked()).await;
+            (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
+            (tcp_in.sent, tcp_in.received) = (relayed.received, relayed.sent);
             Ok(Closed {
                 original,
                 route: "local",
@@ -211,8 +228,10 @@ async fn handle(
                     destination: endpoint,
                     source,
                 })?;
+            let mut tcp = TcpRecord::open(&context.metrics, labels);
             let relayed =
                 copy::relay(&mut client, &mut upstream, idle, std::future::pending()).await;
+            (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
             Ok(Closed {
                 original,
                 route: "passthrough",
@@ -225,31 +244,78 @@ async fn handle(
     }
 }
 
-/// Decide: where a connection to `original` goes.
-fn decide(context: &ProxyContext, original: SocketAddr) -> Result<Upstream, OutboundError> {
+/// Decide: where a connection from `pod` to `original` goes, and the labels
+/// it is counted under.
+fn decide(
+    context: &ProxyContext,
+    pod: &LocalPod,
+    original: SocketAddr,
+) -> Result<(Upstream, TcpLabels), OutboundError> {
     let registry = context.registry.borrow().clone();
     let decision = route(
         &registry,
         &context.enrolment,
         &context.node,
         original,
-        &mut |n| context.pick_endpoint(n),
+        &mut |n| context.endpoints.pick(n),
     );
+    let identity_of = |dst: &Pod| {
+        Identity::new(
+            context.trust_domain.clone(),
+            &dst.namespace,
+            &dst.service_account,
+        )
+    };
+    let labels = |dst: &Pod, identity: &Identity, service: Option<&Service>, mutual_tls| {
+        record::source_reporter(
+            pod,
+            Peer {
+                workload: Some((dst.workload(), &dst.namespace, identity)),
+                service: service.map(Service::host),
+                mutual_tls,
+            },
+        )
+    };
     Ok(match decision {
-        Route::Tunnel { destination, pod } => Upstream::Tunnel {
-            endpoint: destination,
-            identity: Identity::new(
-                context.trust_domain.clone(),
-                &pod.namespace,
-                &pod.service_account,
-            )?,
-        },
-        Route::Local { destination, .. } => Upstream::Local {
-            endpoint: destination,
-        },
-        Route::Passthrough { destination } => Upstream::Passthrough {
-            endpoint: destination,
-        },
+        Route::Tunnel {
+            destination,
+            pod: dst,
+            service,
+        } => {
+            let identity = identity_of(dst)?;
+            let labels = labels(dst, &identity, service, true);
+            let upstream = Upstream::Tunnel {
+                endpoint: destination,
+                identity,
+            };
+            (upstream, labels)
+        }
+        Route::Local {
+            destination,
+            pod: dst,
+            service,
+        } => {
+            let labels = labels(dst, &identity_of(dst)?, service, false);
+            (
+                Upstream::Local {
+                    endpoint: destination,
+                },
+                labels,
+            )
+        }
+        Route::Passthrough { destination } => {
+            let peer = Peer {
+                workload: None,
+                service: None,
+                mutual_tls: false,
+            };
+            (
+                Upstream::Passthrough {
+                    endpoint: destination,
+                },
+                record::source_reporter(pod, peer),
+            )
+        }
         Route::NoEndpoint { service } => return Err(OutboundError::NoEndpoint(service)),
     })
 }

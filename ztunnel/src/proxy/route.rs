@@ -22,6 +22,8 @@ pub enum Route<'a> {
         destination: SocketAddr,
         /// The destination workload.
         pod: &'a Pod,
+        /// The service whose VIP was dialled, if any.
+        service: Option<&'a Service>,
     },
     /// An enrolled pod on this node: no TLS needed.
     Local {
@@ -29,6 +31,8 @@ pub enum Route<'a> {
         destination: SocketAddr,
         /// The destination workload.
         pod: &'a Pod,
+        /// The service whose VIP was dialled, if any.
+        service: Option<&'a Service>,
     },
     /// Not in the mesh: plain TCP to `destination`.
     Passthrough {
@@ -51,7 +55,8 @@ pub fn route<'a>(
     original: SocketAddr,
     pick: &mut impl FnMut(usize) -> usize,
 ) -> Route<'a> {
-    let (destination, pod) = match service_at(registry, original) {
+    let via = service_at(registry, original);
+    let (destination, pod) = match via {
         Some((service, target_port)) => {
             let endpoints: Vec<(&Pod, IpAddr)> =
                 endpoints(registry, service, original.ip()).collect();
@@ -63,13 +68,20 @@ pub fn route<'a>(
             let (pod, ip) = endpoints[pick(endpoints.len()).min(endpoints.len() - 1)];
             (SocketAddr::new(ip, target_port), Some(pod))
         }
-        None => (original, pod_at(registry, original.ip())),
+        None => (original, registry.pod_at(original.ip())),
     };
+    let service = via.map(|(service, _)| service);
     match pod {
-        Some(pod) if enrolment.enrols_in(registry, pod) && pod.node == node => {
-            Route::Local { destination, pod }
-        }
-        Some(pod) if enrolment.enrols_in(registry, pod) => Route::Tunnel { destination, pod },
+        Some(pod) if enrolment.enrols_in(registry, pod) && pod.node == node => Route::Local {
+            destination,
+            pod,
+            service,
+        },
+        Some(pod) if enrolment.enrols_in(registry, pod) => Route::Tunnel {
+            destination,
+            pod,
+            service,
+        },
         _ => Route::Passthrough { destination },
     }
 }
@@ -111,10 +123,6 @@ fn endpoints<'a>(
         })
 }
 
-fn pod_at(registry: &Registry, ip: IpAddr) -> Option<&Pod> {
-    registry.pods.iter().find(|pod| pod.ips.contains(&ip))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,8 +136,12 @@ mod tests {
     /// The route's kind, destination and pod name, for compact expectations.
     fn summary(route: &Route<'_>) -> String {
         match route {
-            Route::Tunnel { destination, pod } => format!("tunnel {destination} {}", pod.name),
-            Route::Local { destination, pod } => format!("local {destination} {}", pod.name),
+            Route::Tunnel {
+                destination, pod, ..
+            } => format!("tunnel {destination} {}", pod.name),
+            Route::Local {
+                destination, pod, ..
+            } => format!("local {destination} {}", pod.name),
             Route::Passthrough { destination } => format!("passthrough {destination}"),
             Route::NoEndpoint { service } => format!("no endpoint {service}"),
         }

@@ -15,7 +15,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use enrolment::{Enrolment, LabelSelector};
-pub use model::{Labels, Namespace, Node, Pod, Registry, Service, ServicePort};
+pub use model::{Labels, Namespace, Node, Pod, Registry, Service, ServicePort, workload_name};
 
 /// Why a registry could not be loaded. Each variant names what to fix.
 #[derive(Debug, thiserror::Error)]

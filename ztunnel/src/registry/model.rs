@@ -93,10 +93,38 @@ pub struct ServicePort {
     pub target_port: u16,
 }
 
+impl Pod {
+    /// The workload the pod belongs to, as metrics name it: its
+    /// `app.kubernetes.io/name` or `app` label, else the pod's name.
+    pub fn workload(&self) -> &str {
+        workload_name(&self.name, &self.labels)
+    }
+}
+
+impl Service {
+    /// The service's DNS name in the cluster, as Istio's metrics label it.
+    pub fn host(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    }
+}
+
+/// The workload a pod called `name` with `labels` belongs to.
+pub fn workload_name<'a>(name: &'a str, labels: &'a Labels) -> &'a str {
+    labels
+        .get("app.kubernetes.io/name")
+        .or_else(|| labels.get("app"))
+        .map_or(name, String::as_str)
+}
+
 impl Registry {
     /// The namespace called `name`, if the registry has it.
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
         self.namespaces.iter().find(|ns| ns.name == name)
+    }
+
+    /// The pod with address `ip`, if any.
+    pub fn pod_at(&self, ip: std::net::IpAddr) -> Option<&Pod> {
+        self.pods.iter().find(|pod| pod.ips.contains(&ip))
     }
 
     /// The pods scheduled on `node`.

@@ -1,0 +1,178 @@
+//! Prometheus metrics after real traffic: Istio's TCP metrics with their
+//! labels on both reporters, and policy counters.
+
+use std::time::Duration;
+
+use ztunnel_cluster::Cluster;
+use ztunnel_e2e::{daemon_log, http_server, mesh, metric_sum, scrape, within};
+
+fn get(cluster: &Cluster, from: &str, url: &str) -> bool {
+    cluster
+        .run(from, "curl", &["-sS", "--max-time", "5", url])
+        .is_ok_and(|body| body.starts_with("hello from"))
+}
+
+const OPENED: &str = "istio_tcp_connections_opened_total";
+const CLOSED: &str = "istio_tcp_connections_closed_total";
+const SENT: &str = "istio_tcp_sent_bytes_total";
+const RECEIVED: &str = "istio_tcp_received_bytes_total";
+
+#[test]
+fn tcp_metrics_carry_istio_labels_on_both_reporters() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let _web1 = http_server(&cluster, "web-1");
+    let web2 = cluster.pod("web-2").unwrap().ipv4;
+    for _ in 0..3 {
+        assert!(get(&cluster, "client-1", &format!("http://{web2}:8080/")));
+    }
+    assert!(
+        get(&cluster, "client-1", "http://10.96.0.10/"),
+        "through the web service VIP"
+    );
+    assert!(get(&cluster, "legacy-1", &format!("http://{web2}:8080/")));
+    let bytes = cluster
+        .run(
+            "client-1",
+            "sh",
+            &[
+                "-c",
+                &format!("curl -sS http://{web2}:8080/bytes/1000000 | wc -c"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(bytes.trim(), "1000000");
+
+    let mtls_source = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("source_workload_namespace", "demo"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/demo/sa/client",
+        ),
+        ("destination_workload", "web"),
+        ("destination_workload_namespace", "demo"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/demo/sa/web",
+        ),
+        ("connection_security_policy", "mutual_tls"),
+        ("response_flags", "-"),
+    ];
+    let mtls_destination = [
+        ("reporter", "destination"),
+        ("source_workload", "client"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/demo/sa/client",
+        ),
+        ("destination_workload", "web"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/demo/sa/web",
+        ),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    // Closed connections are counted once both sides are done: wait for them.
+    within(
+        Duration::from_secs(3),
+        "the daemons count the connections",
+        || {
+            metric_sum(&scrape(&cluster, "node1"), CLOSED, &mtls_source) >= 4.0
+                && metric_sum(&scrape(&cluster, "node2"), CLOSED, &mtls_destination) >= 4.0
+        },
+    );
+    let node1 = scrape(&cluster, "node1");
+    let node2 = scrape(&cluster, "node2");
+    // Five connections from client-1 reached web-2: four direct, one by VIP
+    // (which may also have picked web-1, on node1).
+    let opened = metric_sum(&node1, OPENED, &mtls_source);
+    assert!((4.0..=5.0).contains(&opened), "{opened}");
+    assert_eq!(
+        metric_sum(&node1, OPENED, &mtls_source),
+        metric_sum(&node1, CLOSED, &mtls_source)
+    );
+    assert!(
+        metric_sum(&node1, SENT, &mtls_source) >= 1_000_000.0,
+        "bytes sent to the client"
+    );
+    assert!(metric_sum(&node2, SENT, &mtls_destination) >= 1_000_000.0);
+    assert!(
+        metric_sum(&node2, RECEIVED, &mtls_destination) > 0.0,
+        "request bytes"
+    );
+    let via_vip = [
+        ("reporter", "source"),
+        ("destination_service", "web.demo.svc.cluster.local"),
+    ];
+    assert_eq!(metric_sum(&node1, OPENED, &via_vip), 1.0);
+
+    // Plaintext from outside the mesh: no principal, no mutual TLS.
+    let plaintext = [
+        ("reporter", "destination"),
+        ("source_workload", "legacy"),
+        ("source_workload_namespace", "legacy"),
+        ("source_principal", "unknown"),
+        ("destination_workload", "web"),
+        ("connection_security_policy", "none"),
+    ];
+    assert_eq!(metric_sum(&node2, OPENED, &plaintext), 1.0);
+}
+
+#[test]
+fn policy_denials_and_dry_run_decisions_are_counted() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let web2 = format!("http://{}:8080/", cluster.pod("web-2").unwrap().ipv4);
+    let dir = cluster.status().config.policies.clone().unwrap();
+    let policy = |name: &str, annotations: &str, namespaces: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: demo\n{annotations}spec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        namespaces: [\"{namespaces}\"]\n"
+        )
+    };
+    std::fs::write(
+        dir.join("trial.yaml"),
+        policy(
+            "trial",
+            "  annotations:\n    istio.io/dry-run: \"true\"\n",
+            "demo",
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("deny.yaml"), policy("deny-legacy", "", "legacy")).unwrap();
+    within(Duration::from_secs(3), "node2 takes the policies", || {
+        daemon_log(&cluster, "node2").contains("reloaded policies")
+    });
+
+    // The dry-run DENY would refuse client-1: logged and counted, not enforced.
+    assert!(get(&cluster, "client-1", &web2));
+    assert!(get(&cluster, "client-1", &web2));
+    let node2 = scrape(&cluster, "node2");
+    assert_eq!(
+        metric_sum(
+            &node2,
+            "ztunnel_policy_dry_run_total",
+            &[("decision", "deny")]
+        ),
+        2.0
+    );
+    assert!(daemon_log(&cluster, "node2").contains("dry-run: the dry-run policies would deny this connection: denied by DENY policy demo/trial rule 0"));
+
+    // An enforced denial, counted by policy (legacy joins the mesh to carry a namespace).
+    let mut cluster = cluster;
+    cluster
+        .label_namespace("legacy", "istio.io/dataplane-mode", Some("ambient"))
+        .unwrap();
+    within(
+        Duration::from_secs(5),
+        "legacy-1 is captured and denied",
+        || !get(&cluster, "legacy-1", &web2),
+    );
+    let denied = metric_sum(
+        &scrape(&cluster, "node2"),
+        "ztunnel_policy_denials_total",
+        &[("policy", "demo/deny-legacy")],
+    );
+    assert!(denied >= 1.0, "{denied}");
+}
