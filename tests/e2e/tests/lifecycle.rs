@@ -175,11 +175,13 @@ fn cluster_cli_up_status_exec_down() {
             "{node}"
         );
         assert_eq!(daemon["admin"], "127.0.0.1:15000");
-        assert!(
-            daemon["metrics"].is_null(),
-            "no metrics endpoint yet: {node}"
-        );
+        assert_eq!(daemon["metrics"], "127.0.0.1:15020", "{node}");
     }
+    let services = status["services"].as_array().unwrap();
+    assert_eq!(services.len(), 3, "a service per app");
+    assert_eq!(services[0]["name"], "web");
+    assert_eq!(services[0]["ipv4"], "10.96.0.10");
+    assert_eq!(services[0]["target_port"], 8080);
     let pods = status["pods"].as_array().unwrap();
     assert_eq!(pods.len(), 3 * 3 * 2, "3 nodes x 3 apps x 2 replicas");
     let mut service_accounts = BTreeSet::new();
