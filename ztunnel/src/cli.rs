@@ -29,7 +29,7 @@ enum Command {
     /// Run the certificate authority (Istio's CA API over TLS).
     Ca(CaArgs),
     /// Run the node daemon.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Detach every eBPF program of a (stopped) node daemon and remove its
     /// pins and maps: pods return to plain networking.
     Uninstall(UninstallArgs),
@@ -70,6 +70,9 @@ struct NodeArgs {
     /// Longest delay between retries when the CA fails, in seconds.
     #[arg(long, default_value_t = 30)]
     ca_retry_max_secs: u64,
+    /// Access log, one JSON line per connection: `-` (stdout), `off`, or a file.
+    #[arg(long, default_value = "-")]
+    access_log: String,
     /// Prometheus metrics endpoint (`/metrics`).
     #[arg(long, default_value = "127.0.0.1:15020")]
     metrics: SocketAddr,
@@ -155,7 +158,7 @@ impl Cli {
         runtime.block_on(async {
             match self.command {
                 Command::Ca(args) => run_ca(args).await,
-                Command::Node(args) => run_node(args).await,
+                Command::Node(args) => run_node(*args).await,
                 Command::Uninstall(args) => {
                     ztunnel::redirect::programs::uninstall(&args.bpf_pin_dir)?;
                     tracing::info!(pins = %args.bpf_pin_dir.display(), "uninstalled");
@@ -224,6 +227,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         policies: args.policies,
         metrics: args.metrics,
+        access_log: args.access_log,
         root_namespace: args.root_namespace,
         cipher_suites: if args.tls_chacha20_fallback {
             CipherSuites::AesGcmThenChaCha20

@@ -19,6 +19,7 @@
 //! - [`node`]: the node daemon (`ztunnel node`), wiring the parts together.
 //! - [`admin`]: the admin endpoint (readiness, certificates).
 //! - [`metrics`]: Prometheus metrics with Istio's names.
+//! - [`access_log`]: one JSON line per connection.
 //! - [`registry`]: the workloads, namespaces and services the daemon acts on.
 
 // The daemon never unwraps: bad input gets a typed error, never a panic.
@@ -26,6 +27,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod access_log;
 pub mod admin;
 pub mod ca;
 pub mod identity;

@@ -147,6 +147,11 @@ pub struct TcpRecord<'a> {
 }
 
 impl<'a> TcpRecord<'a> {
+    /// The labels it is counted under.
+    pub fn labels(&self) -> &TcpLabels {
+        &self.labels
+    }
+
     /// Counts a connection as opened.
     pub fn open(metrics: &'a Metrics, labels: TcpLabels) -> Self {
         metrics.tcp_opened.get_or_create(&labels).inc();

@@ -85,10 +85,19 @@ fn assert_gone(name: &str, inodes: &BTreeSet<u64>, pids: &[u32]) {
             "process {pid} of {name} still running"
         );
     }
-    let alive: Vec<_> = live_netns_inodes()
-        .into_iter()
-        .filter(|(ino, _)| inodes.contains(ino))
-        .collect();
+    // A process may still be exiting (an `ip netns exec` between its setns
+    // and its exit): references must be gone within a moment, not instantly.
+    let referenced = || -> Vec<_> {
+        live_netns_inodes()
+            .into_iter()
+            .filter(|(ino, _)| inodes.contains(ino))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !referenced().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let alive = referenced();
     assert!(
         alive.is_empty(),
         "network namespaces of {name} are still referenced: {alive:?}"

@@ -176,3 +176,83 @@ fn policy_denials_and_dry_run_decisions_are_counted() {
     );
     assert!(denied >= 1.0, "{denied}");
 }
+
+/// The JSON access-log lines node `node`'s daemon wrote (its stdout shares
+/// the node's log file).
+fn access_log(cluster: &Cluster, node: &str) -> Vec<serde_json::Value> {
+    daemon_log(cluster, node)
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).expect("each access-log line is JSON"))
+        .collect()
+}
+
+#[test]
+fn the_access_log_has_one_json_line_per_connection_on_each_side() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let web2 = cluster.pod("web-2").unwrap().ipv4;
+    let bytes = cluster
+        .run(
+            "client-1",
+            "sh",
+            &[
+                "-c",
+                &format!("curl -sS http://{web2}:8080/bytes/4096 | wc -c"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(bytes.trim(), "4096");
+    assert!(get(&cluster, "client-1", &format!("http://{web2}:8080/")));
+
+    within(
+        Duration::from_secs(3),
+        "both sides log both connections",
+        || access_log(&cluster, "node1").len() == 2 && access_log(&cluster, "node2").len() == 2,
+    );
+    let source = &access_log(&cluster, "node1")[0];
+    let destination = &access_log(&cluster, "node2")[0];
+    for (entry, reporter, route) in [
+        (source, "source", "tunnel"),
+        (destination, "destination", "inbound_tunnel"),
+    ] {
+        assert_eq!(entry["reporter"], reporter, "{entry}");
+        assert_eq!(entry["route"], route, "{entry}");
+        assert_eq!(entry["src_workload"], "client", "{entry}");
+        assert_eq!(
+            entry["src_identity"], "spiffe://cluster.local/ns/demo/sa/client",
+            "{entry}"
+        );
+        assert_eq!(entry["dst_workload"], "web", "{entry}");
+        assert_eq!(
+            entry["dst_identity"], "spiffe://cluster.local/ns/demo/sa/web",
+            "{entry}"
+        );
+        assert_eq!(entry["dst_addr"], format!("{web2}:8080"), "{entry}");
+        assert_eq!(entry["tls_version"], "TLSv1.3", "{entry}");
+        assert!(
+            entry["tls_cipher"].as_str().unwrap().contains("AES"),
+            "{entry}"
+        );
+        assert_eq!(entry["tls_resumed"], false, "{entry}");
+        assert_eq!(entry["end"], "closed", "{entry}");
+        assert!(
+            entry["bytes_sent"].as_u64().unwrap() > 4096,
+            "response with headers: {entry}"
+        );
+        assert!(entry["bytes_received"].as_u64().unwrap() > 0, "{entry}");
+        assert!(
+            entry["duration_ms"].is_u64() && entry["time"].is_string(),
+            "{entry}"
+        );
+    }
+    assert_eq!(destination["decision"], "allow");
+    assert!(
+        destination["src_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.244.1.3:")
+    );
+    // The second connection resumed its TLS session.
+    assert_eq!(access_log(&cluster, "node2")[1]["tls_resumed"], true);
+}

@@ -18,6 +18,7 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
+    access_log::AccessLog,
     admin::{self, AdminState},
     identity::TrustDomain,
     identity::{
@@ -66,6 +67,8 @@ pub struct NodeConfig {
     pub root_namespace: String,
     /// Address of the Prometheus metrics endpoint (`/metrics`).
     pub metrics: SocketAddr,
+    /// The access log: `-` (stdout), `off`, or a file.
+    pub access_log: String,
 }
 
 /// Why the daemon could not start.
@@ -77,6 +80,14 @@ pub enum NodeError {
     /// The trust bundle is unusable.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The access log cannot be opened.
+    #[error("opening the access log {target}: {source}")]
+    AccessLog {
+        /// What was given.
+        target: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The policies are unusable.
     #[error(transparent)]
     Policy(#[from] LoadError),
@@ -262,6 +273,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         pods: Default::default(),
         connections: Default::default(),
         metrics,
+        access_log: AccessLog::open(&config.access_log).map_err(|source| NodeError::AccessLog {
+            target: config.access_log.clone(),
+            source,
+        })?,
         idle_timeout: config.idle_timeout,
         endpoints: Default::default(),
     });

@@ -18,7 +18,7 @@ use super::{
     pod::LocalPod,
     record,
 };
-use crate::metrics::TcpRecord;
+use crate::{access_log::Addresses, metrics::TcpRecord};
 
 /// Why one inbound connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,7 @@ async fn handle(
     pod: &Arc<LocalPod>,
     context: &ProxyContext,
 ) -> Result<(SocketAddr, Relayed), InboundError> {
+    let started = Instant::now();
     let destination = client.local_addr().map_err(InboundError::LocalAddr)?;
     let mut admission = authorize::admit(context, pod, peer.ip(), None, destination)?;
     let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
@@ -88,5 +89,21 @@ async fn handle(
     )
     .await;
     (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
+    let addresses = Addresses {
+        src: peer,
+        dst: destination,
+        endpoint: destination,
+    };
+    let labels = tcp.labels();
+    let duration = started.elapsed();
+    record::access_log(
+        context,
+        labels,
+        "inbound_plaintext",
+        addresses,
+        &relayed,
+        duration,
+        None,
+    );
     Ok((destination, relayed))
 }

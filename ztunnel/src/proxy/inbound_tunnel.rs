@@ -18,8 +18,8 @@ use super::{
     pod::LocalPod,
     record,
 };
-use crate::metrics::TcpRecord;
 use crate::tunnel::{self, Session, TunnelError};
+use crate::{access_log::Addresses, metrics::TcpRecord};
 
 /// Why one tunnelled connection was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,7 @@ async fn handle(
     pod: &Arc<LocalPod>,
     context: &ProxyContext,
 ) -> Result<(SocketAddr, Session, Relayed), InboundTunnelError> {
+    let started = Instant::now();
     let _ = tcp.set_nodelay(true);
     let config = context
         .tunnel
@@ -100,5 +101,21 @@ async fn handle(
     )
     .await;
     (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
+    let addresses = Addresses {
+        src: peer,
+        dst: destination,
+        endpoint: destination,
+    };
+    let (labels, duration) = (tcp.labels(), started.elapsed());
+    let tls = Some(&session);
+    record::access_log(
+        context,
+        labels,
+        "inbound_tunnel",
+        addresses,
+        &relayed,
+        duration,
+        tls,
+    );
     Ok((destination, session, relayed))
 }

@@ -37,6 +37,7 @@ use tokio::{
 };
 
 use crate::{
+    access_log::AccessLog,
     identity::TrustDomain,
     metrics::Metrics,
     policy::PolicySet,
@@ -64,6 +65,8 @@ pub struct ProxyContext {
     pub connections: admitted::OpenConnections,
     /// Where connections and decisions are counted.
     pub metrics: Arc<Metrics>,
+    /// Where each connection is recorded when it closes.
+    pub access_log: AccessLog,
     /// A connection on which nothing moves this long is closed.
     pub idle_timeout: Duration,
     /// Spreads service connections over endpoints.

@@ -29,6 +29,7 @@ use super::{
     route::{Route, route},
 };
 use crate::{
+    access_log::Addresses,
     identity::{Identity, SpiffeError},
     metrics::{TcpLabels, TcpRecord},
     redirect::{abi::INBOUND_MTLS_PORT, programs::OrigDstTable},
@@ -94,6 +95,9 @@ enum Upstream {
 
 /// What a finished connection did, for its log line.
 struct Closed {
+    /// The client, as the pod's address and the client's port.
+    source: SocketAddr,
+    labels: TcpLabels,
     original: SocketAddr,
     route: &'static str,
     endpoint: SocketAddr,
@@ -115,7 +119,7 @@ pub async fn serve(
         async move {
             let started = Instant::now();
             match handle(stream, peer, &pod, &context, &orig_dst).await {
-                Ok(closed) => record(&pod, &closed, started.elapsed()),
+                Ok(closed) => record(&context, &pod, &closed, started.elapsed()),
                 Err(err) => {
                     tracing::warn!(src.pod = %pod.name, %peer, "outbound connection failed: {err}")
                 }
@@ -141,6 +145,13 @@ async fn handle(
     let _ = client.set_nodelay(true);
 
     let (upstream, labels) = decide(context, pod, original)?;
+    let source_ip = pod
+        .ips
+        .iter()
+        .copied()
+        .find(|ip| ip.is_ipv4() == original.is_ipv4())
+        .unwrap_or(peer.ip());
+    let source = SocketAddr::new(source_ip, peer.port());
     let idle = context.idle_timeout;
     match upstream {
         Upstream::Tunnel { endpoint, identity } => {
@@ -170,6 +181,8 @@ async fn handle(
             let relayed = copy::relay(&mut client, &mut tls, idle, std::future::pending()).await;
             (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
             Ok(Closed {
+                source,
+                labels: tcp.labels().clone(),
                 original,
                 route: "tunnel",
                 endpoint,
@@ -183,13 +196,8 @@ async fn handle(
                 .pods
                 .get(endpoint.ip())
                 .ok_or(OutboundError::NotCaptured(endpoint))?;
-            // The application sees the source pod's address of the same family.
-            let source_ip = pod
-                .ips
-                .iter()
-                .copied()
-                .find(|ip| ip.is_ipv4() == endpoint.is_ipv4())
-                .unwrap_or(endpoint.ip());
+            // The application sees the source pod's address (of the same
+            // family: a VIP resolves to an endpoint of the VIP's family).
             // Same node: the destination's checks run here, with the proven source.
             let mut admission = authorize::admit(
                 context,
@@ -213,6 +221,8 @@ async fn handle(
             (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
             (tcp_in.sent, tcp_in.received) = (relayed.received, relayed.sent);
             Ok(Closed {
+                source,
+                labels: tcp.labels().clone(),
                 original,
                 route: "local",
                 endpoint,
@@ -233,6 +243,8 @@ async fn handle(
                 copy::relay(&mut client, &mut upstream, idle, std::future::pending()).await;
             (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
             Ok(Closed {
+                source,
+                labels: tcp.labels().clone(),
                 original,
                 route: "passthrough",
                 endpoint,
@@ -320,9 +332,23 @@ fn decide(
     })
 }
 
-/// Record: one log line per connection, at close.
-fn record(pod: &LocalPod, closed: &Closed, duration: Duration) {
+/// Record: one access-log line and one daemon log line per connection, at close.
+fn record(context: &ProxyContext, pod: &LocalPod, closed: &Closed, duration: Duration) {
     let session = closed.session.as_ref();
+    let addresses = Addresses {
+        src: closed.source,
+        dst: closed.original,
+        endpoint: closed.endpoint,
+    };
+    record::access_log(
+        context,
+        &closed.labels,
+        closed.route,
+        addresses,
+        &closed.relayed,
+        duration,
+        session,
+    );
     tracing::info!(
         src.pod = %pod.name,
         src.namespace = %pod.namespace,

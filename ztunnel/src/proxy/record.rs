@@ -1,14 +1,43 @@
 //! Record: the labels each connection is counted under in Istio's TCP
 //! metrics, from the side that reports it.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
-use super::pod::LocalPod;
+use super::{ProxyContext, copy::Relayed, pod::LocalPod};
 use crate::{
+    access_log::{Addresses, Entry},
     identity::Identity,
     metrics::TcpLabels,
     registry::{Registry, workload_name},
+    tunnel::Session,
 };
+
+/// Writes the access-log line of a closed connection counted under
+/// `labels` (its downstream side is the client).
+pub fn access_log(
+    context: &ProxyContext,
+    labels: &TcpLabels,
+    route: &'static str,
+    addresses: Addresses,
+    relayed: &Relayed,
+    duration: Duration,
+    session: Option<&Session>,
+) {
+    let bytes = (relayed.received, relayed.sent);
+    let entry = Entry::new(
+        labels,
+        route,
+        addresses,
+        bytes,
+        duration,
+        relayed.ending.to_string(),
+    );
+    let entry = match session {
+        Some(session) => entry.with_tls(&session.cipher, session.resumed),
+        None => entry,
+    };
+    context.access_log.write(&entry);
+}
 
 const UNKNOWN: &str = "unknown";
 
