@@ -70,6 +70,10 @@ struct NodeArgs {
     /// Longest delay between retries when the CA fails, in seconds.
     #[arg(long, default_value_t = 30)]
     ca_retry_max_secs: u64,
+    /// On SIGTERM: stop accepting, let open connections finish for this long
+    /// (seconds), then close them and exit.
+    #[arg(long, default_value_t = 20)]
+    drain_timeout_secs: u64,
     /// Access log, one JSON line per connection: `-` (stdout), `off`, or a file.
     #[arg(long, default_value = "-")]
     access_log: String,
@@ -228,6 +232,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         policies: args.policies,
         metrics: args.metrics,
         access_log: args.access_log,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         root_namespace: args.root_namespace,
         cipher_suites: if args.tls_chacha20_fallback {
             CipherSuites::AesGcmThenChaCha20

@@ -190,6 +190,10 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
             ADMIN_ADDRESS.as_ref(),
             "--metrics".as_ref(),
             METRICS_ADDRESS.as_ref(),
+            // Short, so a stopped node is quick to go; long enough for a test
+            // to see an open connection drain.
+            "--drain-timeout-secs".as_ref(),
+            "3".as_ref(),
             "--bpf-pin-dir".as_ref(),
             bpf_pin_dir(&status.name).join(node).as_os_str(),
             "--policies".as_ref(),

@@ -147,6 +147,15 @@ impl Capture {
         failed
     }
 
+    /// Stops accepting new connections in every pod (a graceful shutdown's
+    /// first step). The pods stay enrolled: their new connections are
+    /// refused until a daemon listens again.
+    pub fn stop_accepting(&mut self) {
+        for captured in self.pods.values() {
+            captured.accept_tasks.iter().for_each(JoinHandle::abort);
+        }
+    }
+
     fn enrol(&mut self, pod: &Pod) -> Result<CapturedPod, CaptureError> {
         let io = |context: &str| {
             let context = format!(

@@ -69,6 +69,8 @@ pub struct NodeConfig {
     pub metrics: SocketAddr,
     /// The access log: `-` (stdout), `off`, or a file.
     pub access_log: String,
+    /// On SIGTERM, how long open connections may take to finish.
+    pub drain_timeout: Duration,
 }
 
 /// Why the daemon could not start.
@@ -279,9 +281,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         })?,
         idle_timeout: config.idle_timeout,
         endpoints: Default::default(),
+        active: Default::default(),
     });
     let enforcer = tokio::spawn(crate::proxy::authorize::enforce_changes(context.clone()));
-    let mut capture = capture::Capture::start(&config.bpf_pin_dir, context)?;
+    let mut capture = capture::Capture::start(&config.bpf_pin_dir, context.clone())?;
     let mut changes = registry.subscribe();
     let mut apply = |registry: &Registry| {
         let uncaptured = capture.set_pods(local_pods(registry, &config.node, &config.enrolment));
@@ -309,6 +312,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 apply(&current);
             }
             () = &mut shutdown => break,
+        }
+    }
+    // Graceful shutdown: stop accepting (the pinned programs keep the pods
+    // failing closed: new connections are refused, never sent around the
+    // mesh), let open connections finish until the deadline, then close them.
+    capture.stop_accepting();
+    let open = context.active.count();
+    if open > 0 {
+        tracing::info!(
+            open,
+            deadline_secs = config.drain_timeout.as_secs(),
+            "draining open connections"
+        );
+        match tokio::time::timeout(config.drain_timeout, context.active.drained()).await {
+            Ok(()) => tracing::info!("all connections drained"),
+            Err(_) => tracing::warn!(
+                open = context.active.count(),
+                "drain deadline reached: closing the remaining connections"
+            ),
         }
     }
     admin.abort();

@@ -37,7 +37,8 @@ pub enum InboundError {
 /// Accepts connections on `listener` for `pod` until the task is dropped.
 pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<ProxyContext>) {
     let name = pod.name.clone();
-    accept_each(listener, &name, "inbound", |stream, peer| {
+    let active = &context.active;
+    accept_each(listener, active, &name, "inbound", |stream, peer| {
         let (pod, context) = (pod.clone(), context.clone());
         async move {
             let started = Instant::now();

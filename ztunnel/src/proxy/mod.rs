@@ -71,6 +71,8 @@ pub struct ProxyContext {
     pub idle_timeout: Duration,
     /// Spreads service connections over endpoints.
     pub endpoints: RoundRobin,
+    /// The connections being proxied.
+    pub active: Active,
 }
 
 /// Round-robin choice among service endpoints.
@@ -85,19 +87,68 @@ impl RoundRobin {
 }
 
 /// Accepts connections on `listener` (a listener of pod `pod`) until the
-/// task is dropped, running `handle` on each in a task of its own. `what`
-/// names the listener in logs.
-pub(crate) async fn accept_each<F, Fut>(listener: TcpListener, pod: &str, what: &str, handle: F)
-where
+/// task is dropped, running `handle` on each in a task of its own, counted
+/// in `active` while it runs. `what` names the listener in logs.
+pub(crate) async fn accept_each<F, Fut>(
+    listener: TcpListener,
+    active: &Active,
+    pod: &str,
+    what: &str,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, peer));
+                let running = active.enter();
+                let connection = handle(stream, peer);
+                tokio::spawn(async move {
+                    connection.await;
+                    drop(running);
+                });
             }
             Err(err) => tracing::warn!(pod, "{what} accept failed: {err}"),
         }
+    }
+}
+
+/// How many connections are being proxied: what a graceful shutdown waits for.
+#[derive(Debug)]
+pub struct Active(Arc<watch::Sender<usize>>);
+
+impl Default for Active {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+/// One running connection, counted in [`Active`] until dropped.
+pub struct Running(Arc<watch::Sender<usize>>);
+
+impl Active {
+    /// Counts a connection until the returned guard is dropped.
+    pub fn enter(&self) -> Running {
+        self.0.send_modify(|n| *n += 1);
+        Running(self.0.clone())
+    }
+
+    /// The number of running connections.
+    pub fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Completes when no connection is running.
+    pub async fn drained(&self) {
+        let mut count = self.0.subscribe();
+        // The sender lives in `self`, so the channel never closes here.
+        let _ = count.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }

@@ -114,7 +114,8 @@ pub async fn serve(
     orig_dst: Arc<OrigDstTable>,
 ) {
     let name = pod.name.clone();
-    accept_each(listener, &name, "outbound", |stream, peer| {
+    let active = &context.active;
+    accept_each(listener, active, &name, "outbound", |stream, peer| {
         let (pod, context, orig_dst) = (pod.clone(), context.clone(), orig_dst.clone());
         async move {
             let started = Instant::now();
