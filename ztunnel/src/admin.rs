@@ -5,6 +5,8 @@
 //! |---|---|
 //! | `/healthz/ready` | 200 `ready` when the daemon can serve its pods, else 503 with the reasons |
 //! | `/certs` | the certificates held (identity, serial, validity, issuer), identities still waiting for one, and the trusted roots |
+//! | `/config_dump` | the registry, the pods captured on this node, the policies in force |
+//! | `/logging` | GET: the log filter; POST `?level=<filter>`: change it at run time |
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::SystemTime};
 
@@ -26,6 +28,20 @@ pub trait AdminState: Send + Sync + 'static {
     fn pending_identities(&self) -> Vec<String>;
     /// The roots peers are verified against (subject and serial of each).
     fn trust_bundle(&self) -> Vec<String>;
+    /// The configuration in force: registry, captured pods, policies.
+    fn config_dump(&self) -> serde_json::Value;
+    /// The current log filter.
+    fn log_level(&self) -> String;
+    /// Replaces the log filter (tracing's `RUST_LOG` syntax).
+    fn set_log_level(&self, filter: &str) -> Result<(), String>;
+}
+
+/// Reads and changes the daemon's log filter at run time.
+pub trait LogControl: Send + Sync + 'static {
+    /// The current filter.
+    fn current(&self) -> String;
+    /// Replaces the filter; an invalid one is refused with the reason.
+    fn set(&self, filter: &str) -> Result<(), String>;
 }
 
 /// Serves the admin endpoint on `listener` until the task is dropped.
@@ -122,23 +138,48 @@ fn route(
                     })
                 })
                 .collect();
-            let body = json!({
+            json_response(&json!({
                 "certificates": certificates,
                 "pending": state.pending_identities(),
                 "trust_bundle": state.trust_bundle(),
+            }))
+        }
+        "/config_dump" => json_response(&state.config_dump()),
+        "/logging" => {
+            let level = request.uri().query().and_then(|query| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("level="))
             });
-            let mut response = text(StatusCode::OK, format!("{body:#}\n"));
-            response.headers_mut().insert(
-                "content-type",
-                "application/json".parse().expect("a valid header"),
-            );
-            response
+            match (request.method() == hyper::Method::POST, level) {
+                (true, Some(level)) => match state.set_log_level(level) {
+                    Ok(()) => {
+                        tracing::info!(filter = level, "log level changed");
+                        text(StatusCode::OK, format!("log level: {level}\n"))
+                    }
+                    Err(err) => text(StatusCode::BAD_REQUEST, format!("{err}\n")),
+                },
+                (true, None) => text(
+                    StatusCode::BAD_REQUEST,
+                    "POST /logging?level=<filter>, for example level=debug or level=info,ztunnel::proxy=debug\n".to_owned(),
+                ),
+                (false, _) => text(StatusCode::OK, format!("log level: {}\n", state.log_level())),
+            }
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "endpoints: /healthz/ready /certs\n".to_owned(),
+            "endpoints: /healthz/ready /certs /config_dump /logging\n".to_owned(),
         ),
     }
+}
+
+fn json_response(body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::OK, format!("{body:#}\n"));
+    response.headers_mut().insert(
+        "content-type",
+        "application/json".parse().expect("a valid header"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -1,11 +1,17 @@
 //! Subcommands of the `ztunnel` binary. Parsing and process set-up only:
 //! each subcommand hands validated settings to its module.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ztunnel::{
+    admin::LogControl,
     ca::{Ca, CaConfig},
     identity::{CaClientConfig, ManagerConfig, TrustDomain},
     node::{self, NodeConfig},
@@ -145,13 +151,21 @@ struct CaArgs {
 impl Cli {
     /// Runs the chosen subcommand to completion.
     pub fn run(self) -> anyhow::Result<()> {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_new(&self.log).context("parsing --log")?,
+        use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.log).context("parsing --log")?;
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
             )
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
+        let log = Arc::new(ReloadableFilter {
+            handle,
+            current: Mutex::new(self.log.clone()),
+        });
         // Every proxied connection holds two sockets: take all the file
         // descriptors the hard limit allows (the soft default is often 1024).
         match rlimit::increase_nofile_limit(u64::MAX) {
@@ -162,7 +176,7 @@ impl Cli {
         runtime.block_on(async {
             match self.command {
                 Command::Ca(args) => run_ca(args).await,
-                Command::Node(args) => run_node(*args).await,
+                Command::Node(args) => run_node(*args, log).await,
                 Command::Uninstall(args) => {
                     ztunnel::redirect::programs::uninstall(&args.bpf_pin_dir)?;
                     tracing::info!(pins = %args.bpf_pin_dir.display(), "uninstalled");
@@ -195,7 +209,32 @@ async fn run_ca(args: CaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+/// The log filter, changeable at run time through the admin endpoint.
+struct ReloadableFilter {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    current: Mutex<String>,
+}
+
+impl LogControl for ReloadableFilter {
+    fn current(&self) -> String {
+        self.current.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        let parsed = tracing_subscriber::EnvFilter::try_new(filter)
+            .map_err(|err| format!("invalid log filter {filter:?}: {err}"))?;
+        self.handle.reload(parsed).map_err(|err| err.to_string())?;
+        if let Ok(mut current) = self.current.lock() {
+            *current = filter.to_owned();
+        }
+        Ok(())
+    }
+}
+
+async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(&args.ca_token_file)
         .with_context(|| format!("reading the CA token {}", args.ca_token_file.display()))?;
     let server_name = match args.ca_server_name {
@@ -240,7 +279,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             CipherSuites::AesGcm
         },
     };
-    node::run(config, shutdown_signal()).await?;
+    node::run(config, log, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::{
     access_log::AccessLog,
-    admin::{self, AdminState},
+    admin::{self, AdminState, LogControl},
     identity::TrustDomain,
     identity::{
         CaClient, CaClientConfig, CertManager, Identity, ManagerConfig, TrustBundle,
@@ -145,6 +145,9 @@ struct NodeState {
     /// What the registry asks of this node; `None` until it is first applied.
     applied: watch::Receiver<Option<Arc<Applied>>>,
     trust_bundle: watch::Receiver<Arc<TrustBundle>>,
+    registry: watch::Receiver<Arc<Registry>>,
+    policies: watch::Receiver<Arc<PolicySet>>,
+    log: Arc<dyn LogControl>,
 }
 
 /// The outcome of applying the registry to this node.
@@ -154,6 +157,8 @@ struct Applied {
     identities: BTreeSet<Identity>,
     /// Enrolled pods that could not be captured (`namespace/name`).
     uncaptured: Vec<String>,
+    /// Enrolled pods captured (`namespace/name`).
+    captured: Vec<String>,
 }
 
 impl AdminState for NodeState {
@@ -202,10 +207,36 @@ impl AdminState for NodeState {
     fn trust_bundle(&self) -> Vec<String> {
         self.trust_bundle.borrow().describe().to_vec()
     }
+
+    fn config_dump(&self) -> serde_json::Value {
+        let applied = self.applied.borrow().clone();
+        serde_json::json!({
+            "registry": *self.registry.borrow().clone(),
+            "captured_pods": applied.as_ref().map(|a| a.captured.clone()).unwrap_or_default(),
+            "uncaptured_pods": applied.as_ref().map(|a| a.uncaptured.clone()).unwrap_or_default(),
+            "identities": applied
+                .as_ref()
+                .map(|a| a.identities.iter().map(Identity::to_string).collect::<Vec<_>>())
+                .unwrap_or_default(),
+            "policies": self.policies.borrow().describe(),
+        })
+    }
+
+    fn log_level(&self) -> String {
+        self.log.current()
+    }
+
+    fn set_log_level(&self, filter: &str) -> Result<(), String> {
+        self.log.set(filter)
+    }
 }
 
 /// Runs the daemon until `shutdown` completes.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+pub async fn run(
+    config: NodeConfig,
+    log: Arc<dyn LogControl>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
     let registry = Watched::start(config.registry.clone(), "registry", Registry::load)?;
     let trust_bundle = Watched::start(
         config.trust_bundle.clone(),
@@ -218,29 +249,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     );
     let mut manager = CertManager::new(CaClient::new(&config.ca)?, config.certificates.clone());
     let applied = watch::Sender::new(None);
-    let state = Arc::new(NodeState {
-        certificates: manager.subscribe(),
-        applied: applied.subscribe(),
-        trust_bundle: trust_bundle.subscribe(),
-    });
-    let listener = admin::bind(config.admin)
-        .await
-        .map_err(|source| NodeError::Admin {
-            address: config.admin,
-            source,
-        })?;
-    let admin = tokio::spawn(admin::serve(listener, state.clone()));
-    let metrics = Arc::new(Metrics::new());
-    let metrics_listener =
-        admin::bind(config.metrics)
-            .await
-            .map_err(|source| NodeError::Admin {
-                address: config.metrics,
-                source,
-            })?;
-    let metrics_server = tokio::spawn(admin::serve_metrics(metrics_listener, metrics.clone()));
-    tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
-
     let policies = match &config.policies {
         Some(dir) => {
             let root = config.root_namespace.clone();
@@ -260,6 +268,32 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             "policies loaded"
         );
     }
+    let state = Arc::new(NodeState {
+        certificates: manager.subscribe(),
+        applied: applied.subscribe(),
+        trust_bundle: trust_bundle.subscribe(),
+        registry: registry.subscribe(),
+        policies: policies.1.clone(),
+        log,
+    });
+    let listener = admin::bind(config.admin)
+        .await
+        .map_err(|source| NodeError::Admin {
+            address: config.admin,
+            source,
+        })?;
+    let admin = tokio::spawn(admin::serve(listener, state.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let metrics_listener =
+        admin::bind(config.metrics)
+            .await
+            .map_err(|source| NodeError::Admin {
+                address: config.metrics,
+                source,
+            })?;
+    let metrics_server = tokio::spawn(admin::serve_metrics(metrics_listener, metrics.clone()));
+    tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
+
     let context = Arc::new(ProxyContext {
         node: config.node.clone(),
         enrolment: config.enrolment.clone(),
@@ -288,6 +322,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let mut changes = registry.subscribe();
     let mut apply = |registry: &Registry| {
         let uncaptured = capture.set_pods(local_pods(registry, &config.node, &config.enrolment));
+        let captured = local_pods(registry, &config.node, &config.enrolment)
+            .map(|pod| format!("{}/{}", pod.namespace, pod.name))
+            .filter(|pod| !uncaptured.contains(pod))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let identities = local_identities(
             registry,
             &config.node,
@@ -298,6 +338,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         applied.send_replace(Some(Arc::new(Applied {
             identities,
             uncaptured,
+            captured,
         })));
     };
     apply(&registry.current());

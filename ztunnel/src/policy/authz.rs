@@ -57,6 +57,8 @@ pub struct AuthorizationPolicy {
     rules: Vec<CompiledRule>,
     /// Whether a rule uses attributes an L4 proxy cannot see.
     pub uses_l7: bool,
+    /// The specification as written, for the config dump.
+    pub spec: AuthorizationPolicySpec,
 }
 
 #[derive(Clone, Debug)]
@@ -134,6 +136,7 @@ impl AuthorizationPolicy {
             .map(|(i, rule)| compile_rule(rule, &format!("spec.rules[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            spec: spec.clone(),
             id: format!("{}/{}", metadata.namespace, metadata.name),
             namespace: metadata.namespace.clone(),
             selector: spec.selector.as_ref().map(|s| s.match_labels.clone()),

@@ -211,6 +211,32 @@ impl PolicySet {
         Ok(())
     }
 
+    /// The policies in force, as the admin config dump shows them.
+    pub fn describe(&self) -> serde_json::Value {
+        let authorization: Vec<_> = self
+            .authorization
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.id,
+                    "dry_run": p.dry_run,
+                    "uses_l7": p.uses_l7,
+                    "spec": p.spec,
+                })
+            })
+            .collect();
+        let peer_authentication: Vec<_> = self
+            .peer_authentication
+            .iter()
+            .map(|p| serde_json::json!({"id": p.id, "spec": p.spec}))
+            .collect();
+        serde_json::json!({
+            "root_namespace": self.root_namespace,
+            "authorization_policies": authorization,
+            "peer_authentications": peer_authentication,
+        })
+    }
+
     /// The mutual TLS mode for connections to `port` of `workload`.
     pub fn mtls_mode(&self, workload: &Workload<'_>, port: u16) -> MtlsMode {
         peer_auth::mode(

@@ -21,6 +21,8 @@ pub struct PeerAuthentication {
     selector: Option<Labels>,
     mode: MtlsMode,
     ports: BTreeMap<u16, MtlsMode>,
+    /// The specification as written, for the config dump.
+    pub spec: PeerAuthenticationSpec,
 }
 
 impl PeerAuthentication {
@@ -36,6 +38,7 @@ impl PeerAuthentication {
             });
         }
         Ok(Self {
+            spec: spec.clone(),
             id: format!("{}/{}", metadata.namespace, metadata.name),
             namespace: metadata.namespace.clone(),
             selector: spec.selector.as_ref().map(|s| s.match_labels.clone()),

@@ -1,5 +1,6 @@
-//! Prometheus metrics after real traffic: Istio's TCP metrics with their
-//! labels on both reporters, and policy counters.
+//! Observability after real traffic: Istio's TCP metrics with their
+//! labels on both reporters, policy counters, the JSON access log, and the
+//! admin endpoint's config dump and log level.
 
 use std::time::Duration;
 
@@ -255,4 +256,72 @@ fn the_access_log_has_one_json_line_per_connection_on_each_side() {
     );
     // The second connection resumed its TLS session.
     assert_eq!(access_log(&cluster, "node2")[1]["tls_resumed"], true);
+}
+
+/// `curl` on node `node`'s admin endpoint (inside its namespace) with `args`.
+fn admin(cluster: &Cluster, node: &str, path: &str, args: &[&str]) -> String {
+    let status = cluster.status().node(node).unwrap().clone();
+    let url = format!("http://{}{path}", status.daemon.unwrap().admin);
+    ztunnel_cluster::netns::output(
+        ztunnel_cluster::netns::exec(&status.netns, "curl")
+            .args(["-sS"])
+            .args(args)
+            .arg(&url),
+    )
+    .unwrap()
+}
+
+#[test]
+fn admin_dumps_the_config_in_force_and_changes_the_log_level() {
+    let cluster = mesh(2);
+    let dir = cluster.status().config.policies.clone().unwrap();
+    std::fs::write(
+        dir.join("allow.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-all\n  namespace: demo\nspec:\n  rules:\n  - {}\n",
+    )
+    .unwrap();
+    within(Duration::from_secs(3), "node1 takes the policy", || {
+        daemon_log(&cluster, "node1").contains("reloaded policies")
+    });
+    let dump: serde_json::Value =
+        serde_json::from_str(&admin(&cluster, "node1", "/config_dump", &[])).unwrap();
+    assert_eq!(
+        dump["captured_pods"],
+        serde_json::json!(["demo/client-1", "demo/web-1"]),
+        "{dump:#}"
+    );
+    assert_eq!(dump["registry"]["pods"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        dump["policies"]["authorization_policies"][0]["id"],
+        "demo/allow-all"
+    );
+    assert!(
+        dump["identities"]
+            .as_array()
+            .unwrap()
+            .contains(&"spiffe://cluster.local/ns/demo/sa/web".into())
+    );
+    assert!(!dump.to_string().contains("PRIVATE KEY"));
+
+    assert_eq!(
+        admin(&cluster, "node1", "/logging", &[]).trim(),
+        "log level: info"
+    );
+    let changed = admin(&cluster, "node1", "/logging?level=debug", &["-X", "POST"]);
+    assert_eq!(changed.trim(), "log level: debug");
+    assert_eq!(
+        admin(&cluster, "node1", "/logging", &[]).trim(),
+        "log level: debug"
+    );
+    let refused = admin(
+        &cluster,
+        "node1",
+        "/logging?level=nonsense=what=",
+        &["-X", "POST"],
+    );
+    assert!(refused.contains("invalid log filter"), "{refused}");
+    assert_eq!(
+        admin(&cluster, "node1", "/logging", &[]).trim(),
+        "log level: debug"
+    );
 }
