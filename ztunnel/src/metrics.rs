@@ -7,7 +7,7 @@
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -44,6 +44,13 @@ pub struct PolicyLabels {
     pub policy: String,
 }
 
+/// Labels naming a workload identity.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    /// The SPIFFE identity.
+    pub identity: String,
+}
+
 /// Labels of a dry-run outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DryRunLabels {
@@ -67,6 +74,13 @@ pub struct Metrics {
     /// `ztunnel_policy_dry_run_total`: connections where dry-run policies
     /// would have decided differently.
     pub policy_dry_run: Family<DryRunLabels, Counter>,
+    /// `ztunnel_certificate_expiry_timestamp_seconds`: when each held
+    /// certificate expires (Unix time).
+    pub certificate_expiry: Family<IdentityLabels, Gauge>,
+    /// `ztunnel_certificate_renewals_total`: new certificates taken into use.
+    pub certificate_renewals: Family<IdentityLabels, Counter>,
+    /// `ztunnel_enrolled_pods`: pods of this node captured now.
+    pub enrolled_pods: Gauge,
 }
 
 impl Default for Metrics {
@@ -115,8 +129,29 @@ impl Metrics {
             "Connections on which dry-run policies would have decided otherwise",
             policy_dry_run.clone(),
         );
+        let certificate_expiry = Family::default();
+        let certificate_renewals = Family::default();
+        let enrolled_pods = Gauge::default();
+        registry.register(
+            "ztunnel_certificate_expiry_timestamp_seconds",
+            "When each held workload certificate expires (Unix time)",
+            certificate_expiry.clone(),
+        );
+        registry.register(
+            "ztunnel_certificate_renewals",
+            "Workload certificates obtained and taken into use",
+            certificate_renewals.clone(),
+        );
+        registry.register(
+            "ztunnel_enrolled_pods",
+            "Pods of this node captured by the daemon",
+            enrolled_pods.clone(),
+        );
         Self {
             registry,
+            certificate_expiry,
+            certificate_renewals,
+            enrolled_pods,
             tcp_opened,
             tcp_closed,
             tcp_sent,

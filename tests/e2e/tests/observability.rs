@@ -119,6 +119,17 @@ fn tcp_metrics_carry_istio_labels_on_both_reporters() {
         ("connection_security_policy", "none"),
     ];
     assert_eq!(metric_sum(&node2, OPENED, &plaintext), 1.0);
+
+    // The node's own state: pods captured, certificates held and when they expire.
+    assert_eq!(metric_sum(&node1, "ztunnel_enrolled_pods", &[]), 2.0);
+    let web = [("identity", "spiffe://cluster.local/ns/demo/sa/web")];
+    let expiry = metric_sum(&node1, "ztunnel_certificate_expiry_timestamp_seconds", &web);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    assert!(expiry > now + 3600.0, "{expiry} vs now {now}");
+    assert!(metric_sum(&node1, "ztunnel_certificate_renewals_total", &web) >= 1.0);
 }
 
 #[test]

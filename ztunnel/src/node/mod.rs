@@ -25,7 +25,7 @@ use crate::{
         CaClient, CaClientConfig, CertManager, Identity, ManagerConfig, TrustBundle,
         WorkloadCertificate, bundle::BundleError, ca_client::CaClientError, manager::Certificates,
     },
-    metrics::Metrics,
+    metrics::{IdentityLabels, Metrics},
     policy::{LoadError, PolicySet},
     proxy::ProxyContext,
     redirect::RedirectError,
@@ -231,6 +231,47 @@ impl AdminState for NodeState {
     }
 }
 
+/// Keeps the certificate metrics in step with the certificates held: the
+/// expiry of each, and a count of each new one taken into use.
+async fn count_certificates(
+    mut certificates: watch::Receiver<Certificates>,
+    metrics: Arc<Metrics>,
+) {
+    let mut serials: std::collections::BTreeMap<Identity, String> = Default::default();
+    loop {
+        let held = certificates.borrow_and_update().clone();
+        for (identity, cert) in held.iter() {
+            let labels = IdentityLabels {
+                identity: identity.to_string(),
+            };
+            let expiry = cert
+                .not_after()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            metrics
+                .certificate_expiry
+                .get_or_create(&labels)
+                .set(expiry);
+            if serials.get(identity).map(String::as_str) != Some(cert.serial()) {
+                metrics.certificate_renewals.get_or_create(&labels).inc();
+                serials.insert(identity.clone(), cert.serial().to_owned());
+            }
+        }
+        serials.retain(|identity, _| {
+            let keep = held.contains_key(identity);
+            if !keep {
+                metrics.certificate_expiry.remove(&IdentityLabels {
+                    identity: identity.to_string(),
+                });
+            }
+            keep
+        });
+        if certificates.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(
     config: NodeConfig,
@@ -318,11 +359,15 @@ pub async fn run(
         active: Default::default(),
     });
     let enforcer = tokio::spawn(crate::proxy::authorize::enforce_changes(context.clone()));
+    let certificate_metrics = tokio::spawn(count_certificates(
+        manager.subscribe(),
+        context.metrics.clone(),
+    ));
     let mut capture = capture::Capture::start(&config.bpf_pin_dir, context.clone())?;
     let mut changes = registry.subscribe();
     let mut apply = |registry: &Registry| {
         let uncaptured = capture.set_pods(local_pods(registry, &config.node, &config.enrolment));
-        let captured = local_pods(registry, &config.node, &config.enrolment)
+        let captured: Vec<String> = local_pods(registry, &config.node, &config.enrolment)
             .map(|pod| format!("{}/{}", pod.namespace, pod.name))
             .filter(|pod| !uncaptured.contains(pod))
             .collect::<BTreeSet<_>>()
@@ -335,6 +380,7 @@ pub async fn run(
             &config.trust_domain,
         );
         manager.set_identities(&identities);
+        context.metrics.enrolled_pods.set(captured.len() as i64);
         applied.send_replace(Some(Arc::new(Applied {
             identities,
             uncaptured,
@@ -376,6 +422,7 @@ pub async fn run(
     }
     admin.abort();
     enforcer.abort();
+    certificate_metrics.abort();
     metrics_server.abort();
     tracing::info!("node daemon stopped");
     Ok(())
