@@ -7,6 +7,8 @@
 //! | `/certs` | the certificates held (identity, serial, validity, issuer), identities still waiting for one, and the trusted roots |
 //! | `/config_dump` | the registry, the pods captured on this node, the policies in force |
 //! | `/logging` | GET: the log filter; POST `?level=<filter>`: change it at run time |
+//! | `/check?src=<pod>&dst=<pod>&port=<n>` | what policy decides for that connection, and why |
+//! | `/analyze` | likely policy mistakes |
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::SystemTime};
 
@@ -34,6 +36,16 @@ pub trait AdminState: Send + Sync + 'static {
     fn log_level(&self) -> String;
     /// Replaces the log filter (tracing's `RUST_LOG` syntax).
     fn set_log_level(&self, filter: &str) -> Result<(), String>;
+    /// What policy decides for a connection from pod `source` to port
+    /// `port` of pod `destination` (pods as `name` or `namespace/name`), and why.
+    fn check(
+        &self,
+        source: &str,
+        destination: &str,
+        port: u16,
+    ) -> Result<serde_json::Value, String>;
+    /// Likely policy mistakes.
+    fn analyze(&self) -> Vec<String>;
 }
 
 /// Reads and changes the daemon's log filter at run time.
@@ -145,6 +157,26 @@ fn route(
             }))
         }
         "/config_dump" => json_response(&state.config_dump()),
+        "/analyze" => json_response(&json!({ "findings": state.analyze() })),
+        "/check" => {
+            let query = request.uri().query().unwrap_or_default();
+            let param = |name: &str| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            };
+            let port = param("port").and_then(|p| p.parse::<u16>().ok());
+            match (param("src"), param("dst"), port) {
+                (Some(src), Some(dst), Some(port)) => match state.check(src, dst, port) {
+                    Ok(answer) => json_response(&answer),
+                    Err(err) => text(StatusCode::NOT_FOUND, format!("{err}\n")),
+                },
+                _ => text(
+                    StatusCode::BAD_REQUEST,
+                    "GET /check?src=<pod>&dst=<pod>&port=<port>\n".to_owned(),
+                ),
+            }
+        }
         "/logging" => {
             let level = request.uri().query().and_then(|query| {
                 query
@@ -168,7 +200,7 @@ fn route(
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "endpoints: /healthz/ready /certs /config_dump /logging\n".to_owned(),
+            "endpoints: /healthz/ready /certs /config_dump /logging /check /analyze\n".to_owned(),
         ),
     }
 }

@@ -36,6 +36,8 @@ enum Command {
     Ca(CaArgs),
     /// Run the node daemon.
     Node(Box<NodeArgs>),
+    /// Troubleshoot a node through its daemon's admin endpoint.
+    Ctl(CtlArgs),
     /// Detach every eBPF program of a (stopped) node daemon and remove its
     /// pins and maps: pods return to plain networking.
     Uninstall(UninstallArgs),
@@ -110,6 +112,34 @@ struct NodeArgs {
 }
 
 #[derive(clap::Args)]
+struct CtlArgs {
+    /// The daemon's admin endpoint.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// The certificates the daemon holds (identity, serial, validity, issuer).
+    Certs,
+    /// The pods of the registry, and which this node captures.
+    Workloads,
+    /// The policies in force, as written.
+    Policies,
+    /// What policy decides for a connection, and why: `check client-1 web-2:8080`.
+    Check {
+        /// Source pod (`name` or `namespace/name`).
+        source: String,
+        /// Destination pod and port (`pod:port`).
+        destination: String,
+    },
+    /// Likely policy mistakes.
+    Analyze,
+}
+
+#[derive(clap::Args)]
 struct UninstallArgs {
     /// The pin directory of the daemon to remove.
     #[arg(long, default_value = "/sys/fs/bpf/ztunnel")]
@@ -177,6 +207,7 @@ impl Cli {
             match self.command {
                 Command::Ca(args) => run_ca(args).await,
                 Command::Node(args) => run_node(*args, log).await,
+                Command::Ctl(args) => run_ctl(args),
                 Command::Uninstall(args) => {
                     ztunnel::redirect::programs::uninstall(&args.bpf_pin_dir)?;
                     tracing::info!(pins = %args.bpf_pin_dir.display(), "uninstalled");
@@ -206,6 +237,44 @@ async fn run_ca(args: CaArgs) -> anyhow::Result<()> {
     println!("listening on {address}");
     ca.serve(shutdown_signal()).await?;
     tracing::info!("CA stopped");
+    Ok(())
+}
+
+fn run_ctl(args: CtlArgs) -> anyhow::Result<()> {
+    use ztunnel::ctl;
+    let pretty = |value: &serde_json::Value| format!("{value:#}");
+    let out = match args.command {
+        CtlCommand::Certs => pretty(&ctl::get_json(args.admin, "/certs")?),
+        CtlCommand::Workloads => ctl::workloads(&ctl::get_json(args.admin, "/config_dump")?),
+        CtlCommand::Policies => pretty(&ctl::get_json(args.admin, "/config_dump")?["policies"]),
+        CtlCommand::Check {
+            source,
+            destination,
+        } => {
+            let (pod, port) = destination
+                .rsplit_once(':')
+                .context("the destination is <pod>:<port>")?;
+            let port: u16 = port.parse().context("the destination port is a number")?;
+            let path = format!("/check?src={source}&dst={pod}&port={port}");
+            ctl::explain_check(&ctl::get_json(args.admin, &path)?)
+        }
+        CtlCommand::Analyze => {
+            let answer = ctl::get_json(args.admin, "/analyze")?;
+            let findings: Vec<&str> = answer["findings"]
+                .as_array()
+                .map(|f| f.iter().filter_map(serde_json::Value::as_str).collect())
+                .unwrap_or_default();
+            if findings.is_empty() {
+                "no problems found\n".to_owned()
+            } else {
+                findings.iter().map(|f| format!("{f}\n")).collect()
+            }
+        }
+    };
+    print!("{out}");
+    if !out.ends_with('\n') {
+        println!();
+    }
     Ok(())
 }
 

@@ -18,6 +18,7 @@
 //! - [`policy`]: Istio PeerAuthentication and AuthorizationPolicy at L4.
 //! - [`node`]: the node daemon (`ztunnel node`), wiring the parts together.
 //! - [`admin`]: the admin endpoint (readiness, certificates).
+//! - [`ctl`]: `ztunnel ctl`, troubleshooting through the admin endpoint.
 //! - [`metrics`]: Prometheus metrics with Istio's names.
 //! - [`access_log`]: one JSON line per connection.
 //! - [`registry`]: the workloads, namespaces and services the daemon acts on.
@@ -30,6 +31,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod ca;
+pub mod ctl;
 pub mod identity;
 pub mod metrics;
 pub mod node;

@@ -336,3 +336,111 @@ fn admin_dumps_the_config_in_force_and_changes_the_log_level() {
         "log level: debug"
     );
 }
+
+/// `ztunnel ctl ARGS` run inside node `node`'s namespace, where its admin endpoint is.
+fn ctl(cluster: &Cluster, node: &str, args: &[&str]) -> String {
+    let netns = cluster.status().node(node).unwrap().netns.clone();
+    let ztunnel = ztunnel_e2e::bin("ztunnel");
+    ztunnel_cluster::netns::output(
+        ztunnel_cluster::netns::exec(&netns, ztunnel.to_str().unwrap())
+            .arg("ctl")
+            .args(args),
+    )
+    .unwrap()
+}
+
+#[test]
+fn ctl_explains_an_allowed_and_a_denied_pair_and_finds_policy_mistakes() {
+    let cluster = mesh(2);
+    let dir = cluster.status().config.policies.clone().unwrap();
+    std::fs::write(
+        dir.join("policies.yaml"),
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: web-allow-client
+  namespace: demo
+spec:
+  selector:
+    matchLabels:
+      app: web
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/demo/sa/client"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-nothing
+  namespace: demo
+spec:
+  action: DENY
+  selector:
+    matchLabels:
+      app: db
+"#,
+    )
+    .unwrap();
+    within(Duration::from_secs(3), "node1 takes the policies", || {
+        daemon_log(&cluster, "node1").contains("reloaded policies")
+    });
+
+    let allowed = ctl(&cluster, "node1", &["check", "client-1", "web-2:8080"]);
+    assert!(
+        allowed.contains("path:        mutual TLS tunnel between the nodes"),
+        "{allowed}"
+    );
+    assert!(
+        allowed
+            .contains("decision:    ALLOW: allowed by ALLOW policy demo/web-allow-client rule 0"),
+        "{allowed}"
+    );
+    let denied = ctl(&cluster, "node1", &["check", "legacy-1", "web-2:8080"]);
+    assert!(
+        denied.contains("plaintext into the destination pod"),
+        "{denied}"
+    );
+    assert!(
+        denied.contains(
+            "decision:    DENY: no rule of the ALLOW policies demo/web-allow-client matches"
+        ),
+        "{denied}"
+    );
+    // What ctl says is what the daemons do.
+    let _web = http_server(&cluster, "web-2");
+    let web2 = cluster.pod("web-2").unwrap().ipv4;
+    assert!(get(&cluster, "client-1", &format!("http://{web2}:8080/")));
+    assert!(!get(&cluster, "legacy-1", &format!("http://{web2}:8080/")));
+
+    let findings = ctl(&cluster, "node1", &["analyze"]);
+    assert!(
+        findings.contains(
+            "AuthorizationPolicy demo/deny-nothing: a DENY policy without rules matches nothing"
+        ),
+        "{findings}"
+    );
+    assert!(
+        findings.contains("AuthorizationPolicy demo/deny-nothing: its selector selects no pod"),
+        "{findings}"
+    );
+    assert!(!findings.contains("web-allow-client"), "{findings}");
+
+    let workloads = ctl(&cluster, "node1", &["workloads"]);
+    assert!(
+        workloads
+            .lines()
+            .any(|l| l.starts_with("demo/client-1") && l.ends_with("yes")),
+        "{workloads}"
+    );
+    assert!(
+        workloads
+            .lines()
+            .any(|l| l.starts_with("demo/web-2") && l.ends_with("-")),
+        "{workloads}"
+    );
+    assert!(
+        ctl(&cluster, "node1", &["certs"]).contains("spiffe://cluster.local/ns/demo/sa/client")
+    );
+    assert!(ctl(&cluster, "node1", &["policies"]).contains("web-allow-client"));
+}

@@ -5,6 +5,7 @@
 //! certificates for (the certificate manager), and keeps both in step.
 
 pub mod capture;
+pub mod check;
 
 use std::{
     collections::BTreeSet,
@@ -148,6 +149,8 @@ struct NodeState {
     registry: watch::Receiver<Arc<Registry>>,
     policies: watch::Receiver<Arc<PolicySet>>,
     log: Arc<dyn LogControl>,
+    enrolment: Enrolment,
+    trust_domain: TrustDomain,
 }
 
 /// The outcome of applying the registry to this node.
@@ -228,6 +231,27 @@ impl AdminState for NodeState {
 
     fn set_log_level(&self, filter: &str) -> Result<(), String> {
         self.log.set(filter)
+    }
+
+    fn check(
+        &self,
+        source: &str,
+        destination: &str,
+        port: u16,
+    ) -> Result<serde_json::Value, String> {
+        let registry = self.registry.borrow().clone();
+        let policies = self.policies.borrow().clone();
+        check::explain(
+            &registry,
+            &policies,
+            &self.enrolment,
+            &self.trust_domain,
+            (source, destination, port),
+        )
+    }
+
+    fn analyze(&self) -> Vec<String> {
+        self.policies.borrow().analyze(&self.registry.borrow())
     }
 }
 
@@ -316,6 +340,8 @@ pub async fn run(
         registry: registry.subscribe(),
         policies: policies.1.clone(),
         log,
+        enrolment: config.enrolment.clone(),
+        trust_domain: config.trust_domain.clone(),
     });
     let listener = admin::bind(config.admin)
         .await

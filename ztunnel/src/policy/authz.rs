@@ -150,6 +150,16 @@ impl AuthorizationPolicy {
         })
     }
 
+    /// How many rules it has.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Its namespace and its selector's labels, if it has a selector.
+    pub fn scope(&self) -> (&str, Option<&Labels>) {
+        (&self.namespace, self.selector.as_ref())
+    }
+
     /// Whether the policy applies to `workload` (`root`: the mesh-wide namespace).
     pub fn applies_to(&self, workload: &Workload<'_>, root: &str) -> bool {
         let in_scope = self.namespace == root || self.namespace == workload.namespace;

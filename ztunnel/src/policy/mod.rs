@@ -237,6 +237,55 @@ impl PolicySet {
         })
     }
 
+    /// Likely mistakes: policies that can never match or select nothing, in
+    /// the `registry`'s cluster. Each finding names the policy.
+    pub fn analyze(&self, registry: &crate::registry::Registry) -> Vec<String> {
+        let selects_a_pod = |namespace: &str, selector: Option<&crate::registry::Labels>| {
+            registry.pods.iter().any(|pod| {
+                (namespace == self.root_namespace || pod.namespace == namespace)
+                    && selector.is_none_or(|s| s.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+            })
+        };
+        let mut findings = Vec::new();
+        for policy in &self.authorization {
+            let (namespace, selector) = policy.scope();
+            if policy.action == Action::Deny && policy.rule_count() == 0 {
+                findings.push(format!(
+                    "AuthorizationPolicy {}: a DENY policy without rules matches nothing and denies nothing",
+                    policy.id
+                ));
+            }
+            if policy.action == Action::Allow && policy.rule_count() == 0 {
+                findings.push(format!(
+                    "AuthorizationPolicy {}: an ALLOW policy without rules allows nothing (deny-all for the workloads it selects)",
+                    policy.id
+                ));
+            }
+            if policy.uses_l7 {
+                findings.push(format!(
+                    "AuthorizationPolicy {}: uses HTTP attributes an L4 proxy cannot see (ALLOW rules with them match nothing, DENY rules deny on their L4 parts)",
+                    policy.id
+                ));
+            }
+            if !selects_a_pod(namespace, selector) {
+                findings.push(format!(
+                    "AuthorizationPolicy {}: its selector selects no pod",
+                    policy.id
+                ));
+            }
+        }
+        for policy in &self.peer_authentication {
+            let (namespace, selector) = policy.scope();
+            if !selects_a_pod(namespace, selector) {
+                findings.push(format!(
+                    "PeerAuthentication {}: its selector selects no pod",
+                    policy.id
+                ));
+            }
+        }
+        findings
+    }
+
     /// The mutual TLS mode for connections to `port` of `workload`.
     pub fn mtls_mode(&self, workload: &Workload<'_>, port: u16) -> MtlsMode {
         peer_auth::mode(

@@ -52,6 +52,13 @@ impl PeerAuthentication {
     }
 }
 
+impl PeerAuthentication {
+    /// Its namespace and its selector's labels, if it has a selector.
+    pub fn scope(&self) -> (&str, Option<&Labels>) {
+        (&self.namespace, self.selector.as_ref())
+    }
+}
+
 /// The mode for connections to `port` of `workload`; `root` is the mesh-wide
 /// namespace. Never [`MtlsMode::Unset`].
 pub fn mode(
