@@ -51,6 +51,15 @@ pub struct IdentityLabels {
     pub identity: String,
 }
 
+/// Labels of a failed tunnel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelFailureLabels {
+    /// `client` (this node opened it) or `server` (a peer opened it here).
+    pub side: &'static str,
+    /// A bounded category (`no_certificate`, `untrusted`, `expired`, `identity`, ...).
+    pub reason: &'static str,
+}
+
 /// Labels of a dry-run outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DryRunLabels {
@@ -81,6 +90,10 @@ pub struct Metrics {
     pub certificate_renewals: Family<IdentityLabels, Counter>,
     /// `ztunnel_enrolled_pods`: pods of this node captured now.
     pub enrolled_pods: Gauge,
+    /// `ztunnel_tunnel_failures_total`: tunnels that failed to open, by side and reason.
+    pub tunnel_failures: Family<TunnelFailureLabels, Counter>,
+    /// `ztunnel_ebpf_programs_attached`: the eBPF programs attached at the cgroup root.
+    pub ebpf_programs_attached: Gauge,
 }
 
 impl Default for Metrics {
@@ -147,8 +160,22 @@ impl Metrics {
             "Pods of this node captured by the daemon",
             enrolled_pods.clone(),
         );
+        let tunnel_failures = Family::default();
+        let ebpf_programs_attached = Gauge::default();
+        registry.register(
+            "ztunnel_tunnel_failures",
+            "Tunnels that failed to open (handshake, identity, preamble), by side and reason",
+            tunnel_failures.clone(),
+        );
+        registry.register(
+            "ztunnel_ebpf_programs_attached",
+            "eBPF programs attached at the cgroup root (0 until attached)",
+            ebpf_programs_attached.clone(),
+        );
         Self {
             registry,
+            tunnel_failures,
+            ebpf_programs_attached,
             certificate_expiry,
             certificate_renewals,
             enrolled_pods,

@@ -122,6 +122,10 @@ fn tcp_metrics_carry_istio_labels_on_both_reporters() {
 
     // The node's own state: pods captured, certificates held and when they expire.
     assert_eq!(metric_sum(&node1, "ztunnel_enrolled_pods", &[]), 2.0);
+    assert_eq!(
+        metric_sum(&node1, "ztunnel_ebpf_programs_attached", &[]),
+        5.0
+    );
     let web = [("identity", "spiffe://cluster.local/ns/demo/sa/web")];
     let expiry = metric_sum(&node1, "ztunnel_certificate_expiry_timestamp_seconds", &web);
     let now = std::time::SystemTime::now()

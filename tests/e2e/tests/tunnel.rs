@@ -9,8 +9,8 @@ use rcgen::{
 };
 use ztunnel_cluster::{Cluster, netns, payload::Payload};
 use ztunnel_e2e::{
-    READY, assert_downloads, daemon_log, eventually, http_server, mesh, testapp, testapp_path,
-    within,
+    READY, assert_downloads, daemon_log, eventually, http_server, mesh, metric_sum, scrape,
+    testapp, testapp_path, within,
 };
 
 const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
@@ -401,6 +401,18 @@ fn bad_peers_are_refused_with_the_reason_and_the_daemons_keep_serving() {
         !log_lines(&cluster, "node2", mark, &["inbound tunnel refused", reason]).is_empty()
     });
 
+    // Each refusal is counted by reason and recorded as an audit event.
+    let node2 = scrape(&cluster, "node2");
+    for reason in ["no_certificate", "untrusted", "expired"] {
+        let labels = [("side", "server"), ("reason", reason)];
+        assert!(
+            metric_sum(&node2, "ztunnel_tunnel_failures_total", &labels) >= 1.0,
+            "{reason}"
+        );
+    }
+    let audits = log_lines(&cluster, "node2", 0, &["audit", "event=\"tunnel_failure\""]);
+    assert!(audits.len() >= 3, "{audits:?}");
+
     // A server that is not the destination workload: web-2's daemon is down
     // and an impostor holding a genuine certificate of another identity
     // answers on web-2's tunnel port.
@@ -439,6 +451,14 @@ fn bad_peers_are_refused_with_the_reason_and_the_daemons_keep_serving() {
         )
         .is_empty()
     });
+    let labels = [("side", "client"), ("reason", "identity")];
+    assert!(
+        metric_sum(
+            &scrape(&cluster, "node1"),
+            "ztunnel_tunnel_failures_total",
+            &labels
+        ) >= 1.0
+    );
     drop(_impostor);
     cluster.start_daemon("node2").unwrap();
     eventually("web-2 answers again", || {

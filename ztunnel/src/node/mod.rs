@@ -256,13 +256,35 @@ impl AdminState for NodeState {
 }
 
 /// Keeps the certificate metrics in step with the certificates held: the
-/// expiry of each, and a count of each new one taken into use.
+/// expiry of each, and a count of each new one taken into use. A certificate
+/// in the last fifth of its life (renewal is due at half) is reported once as
+/// an audit event: its renewal is failing.
 async fn count_certificates(
     mut certificates: watch::Receiver<Certificates>,
     metrics: Arc<Metrics>,
 ) {
     let mut serials: std::collections::BTreeMap<Identity, String> = Default::default();
+    let mut warned: BTreeSet<String> = BTreeSet::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
+        let now = SystemTime::now();
+        for cert in certificates.borrow().values() {
+            let lifetime = cert
+                .not_after()
+                .duration_since(cert.not_before())
+                .unwrap_or_default();
+            let left = cert.not_after().duration_since(now).unwrap_or_default();
+            if left < lifetime / 5 && warned.insert(cert.serial().to_owned()) {
+                tracing::warn!(
+                    target: "audit",
+                    event = "certificate_near_expiry",
+                    identity = %cert.identity(),
+                    serial = cert.serial(),
+                    seconds_left = left.as_secs(),
+                    "certificate near expiry: its renewal has not succeeded"
+                );
+            }
+        }
         let held = certificates.borrow_and_update().clone();
         for (identity, cert) in held.iter() {
             let labels = IdentityLabels {
@@ -290,8 +312,9 @@ async fn count_certificates(
             }
             keep
         });
-        if certificates.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = certificates.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
         }
     }
 }
@@ -390,6 +413,8 @@ pub async fn run(
         context.metrics.clone(),
     ));
     let mut capture = capture::Capture::start(&config.bpf_pin_dir, context.clone())?;
+    let attached = crate::redirect::abi::program_names::ALL.len() as i64;
+    context.metrics.ebpf_programs_attached.set(attached);
     let mut changes = registry.subscribe();
     let mut apply = |registry: &Registry| {
         let uncaptured = capture.set_pods(local_pods(registry, &config.node, &config.enrolment));

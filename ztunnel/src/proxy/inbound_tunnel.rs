@@ -60,11 +60,16 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
                     end = %relayed.ending,
                     "inbound connection closed"
                 ),
-                Err(err) => tracing::warn!(
-                    dst.pod = %pod.name,
-                    src.addr = %peer,
-                    "inbound tunnel refused: {err}"
-                ),
+                Err(err) => {
+                    if let InboundTunnelError::Tunnel(failure) = &err {
+                        record::tunnel_failure(&context, "server", failure, peer);
+                    }
+                    tracing::warn!(
+                        dst.pod = %pod.name,
+                        src.addr = %peer,
+                        "inbound tunnel refused: {err}"
+                    )
+                }
             }
         }
     })

@@ -122,6 +122,9 @@ pub async fn serve(
             match handle(stream, peer, &pod, &context, &orig_dst).await {
                 Ok(closed) => record(&context, &pod, &closed, started.elapsed()),
                 Err(err) => {
+                    if let OutboundError::Tunnel { endpoint, source } = &err {
+                        record::tunnel_failure(&context, "client", source, *endpoint);
+                    }
                     tracing::warn!(src.pod = %pod.name, %peer, "outbound connection failed: {err}")
                 }
             }

@@ -1,16 +1,36 @@
 //! Record: the labels each connection is counted under in Istio's TCP
 //! metrics, from the side that reports it.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use super::{ProxyContext, copy::Relayed, pod::LocalPod};
 use crate::{
     access_log::{Addresses, Entry},
     identity::Identity,
-    metrics::TcpLabels,
+    metrics::{TcpLabels, TunnelFailureLabels},
     registry::{Registry, workload_name},
-    tunnel::Session,
+    tunnel::{Session, TunnelError},
 };
+
+/// Counts a tunnel that failed on `side` with `peer`, and records it as an
+/// audit event (a refused handshake may be an attack, or a broken rollout).
+pub fn tunnel_failure(
+    context: &ProxyContext,
+    side: &'static str,
+    failure: &TunnelError,
+    peer: SocketAddr,
+) {
+    let Some(reason) = failure.kind() else { return };
+    context
+        .metrics
+        .tunnel_failures
+        .get_or_create(&TunnelFailureLabels { side, reason })
+        .inc();
+    tracing::warn!(target: "audit", event = "tunnel_failure", side, reason, %peer, "{failure}");
+}
 
 /// Writes the access-log line of a closed connection counted under
 /// `labels` (its downstream side is the client).

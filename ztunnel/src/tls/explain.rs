@@ -26,6 +26,37 @@ pub fn explain(err: &Error) -> String {
     }
 }
 
+/// A handshake failure's category, a bounded label for metrics:
+/// `no_certificate`, `untrusted`, `expired`, `not_yet_valid`, `identity`,
+/// `peer_refused`, `incompatible`, `closed` or `other`.
+pub fn classify_io(err: &std::io::Error) -> &'static str {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
+    else {
+        return match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => "closed",
+            _ => "other",
+        };
+    };
+    match tls {
+        Error::NoCertificatesPresented => "no_certificate",
+        Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => "untrusted",
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "expired",
+        Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "not_yet_valid",
+        Error::InvalidCertificate(_) => "identity",
+        Error::AlertReceived(_) => "peer_refused",
+        Error::PeerIncompatible(_) | Error::NoApplicationProtocol => "incompatible",
+        _ => "other",
+    }
+}
+
 /// [`explain`] for the `io::Error` a tokio-rustls handshake returns.
 pub fn explain_io(err: &std::io::Error) -> String {
     match err

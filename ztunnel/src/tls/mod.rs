@@ -7,7 +7,7 @@
 mod explain;
 pub mod verifier;
 
-pub use explain::{explain, explain_io};
+pub use explain::{classify_io, explain, explain_io};
 
 use std::sync::Arc;
 

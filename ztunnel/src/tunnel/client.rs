@@ -8,7 +8,6 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
 use super::{HANDSHAKE_TIMEOUT, Session, TunnelError, preamble::Preamble};
-use crate::tls::explain_io;
 
 /// Opens the tunnel over `tcp` (connected to the destination's daemon) with
 /// `config` (which names the identity the server must prove), and announces
@@ -27,7 +26,7 @@ pub async fn open(
     )
     .await
     .map_err(|_| TunnelError::Timeout("TLS handshake"))?
-    .map_err(|err| TunnelError::Handshake(explain_io(&err)))?;
+    .map_err(|err| TunnelError::handshake(&err))?;
     let session = Session::of(tls.get_ref().1)?;
     let preamble = Preamble { destination }.encode();
     let sent = async {

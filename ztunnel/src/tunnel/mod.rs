@@ -33,8 +33,13 @@ pub enum TunnelError {
     #[error(transparent)]
     Config(#[from] configs::ConfigError),
     /// The TLS handshake failed; the reason is put in words.
-    #[error("TLS handshake failed: {0}")]
-    Handshake(String),
+    #[error("TLS handshake failed: {reason}")]
+    Handshake {
+        /// A bounded category ([`crate::tls::classify_io`]).
+        kind: &'static str,
+        /// The reason in words.
+        reason: String,
+    },
     /// The handshake or preamble did not finish in time.
     #[error("the peer did not finish the {0} within {HANDSHAKE_TIMEOUT:?}")]
     Timeout(&'static str),
@@ -47,6 +52,29 @@ pub enum TunnelError {
     /// The preamble could not be sent or was refused.
     #[error("tunnel preamble: {0}")]
     Preamble(std::io::Error),
+}
+
+impl TunnelError {
+    /// A bounded category for metrics, when the failure is the peer's or the
+    /// handshake's (not a missing local certificate).
+    pub fn kind(&self) -> Option<&'static str> {
+        match self {
+            Self::Handshake { kind, .. } => Some(kind),
+            Self::Timeout(_) => Some("timeout"),
+            Self::Protocol(_) => Some("alpn"),
+            Self::PeerIdentity(_) => Some("identity"),
+            Self::Preamble(_) => Some("preamble"),
+            Self::Config(_) => None,
+        }
+    }
+
+    /// The failed handshake of `err`, classified and put in words.
+    fn handshake(err: &std::io::Error) -> Self {
+        Self::Handshake {
+            kind: crate::tls::classify_io(err),
+            reason: crate::tls::explain_io(err),
+        }
+    }
 }
 
 /// What a tunnel's TLS session established, for logs and metrics.

@@ -8,7 +8,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::{HANDSHAKE_TIMEOUT, Session, TunnelError, preamble::Preamble};
-use crate::tls::explain_io;
 
 /// Accepts a tunnel on `tcp` with `config` and reads its preamble. The
 /// stream is ready for the connection's bytes.
@@ -19,7 +18,7 @@ pub async fn accept(
     let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
         .await
         .map_err(|_| TunnelError::Timeout("TLS handshake"))?
-        .map_err(|err| TunnelError::Handshake(explain_io(&err)))?;
+        .map_err(|err| TunnelError::handshake(&err))?;
     let session = Session::of(tls.get_ref().1)?;
     let preamble = tokio::time::timeout(HANDSHAKE_TIMEOUT, Preamble::read_from(&mut tls))
         .await
