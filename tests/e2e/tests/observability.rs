@@ -1,8 +1,8 @@
 //! Observability after real traffic: Istio's TCP metrics with their
 //! labels on both reporters, policy counters, the JSON access log, and the
-//! admin endpoint's config dump and log level.
+//! admin endpoint (readiness, config dump, log level) and `ztunnel ctl`.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use ztunnel_cluster::Cluster;
 use ztunnel_e2e::{daemon_log, http_server, mesh, metric_sum, scrape, within};
@@ -447,4 +447,34 @@ spec:
         ctl(&cluster, "node1", &["certs"]).contains("spiffe://cluster.local/ns/demo/sa/client")
     );
     assert!(ctl(&cluster, "node1", &["policies"]).contains("web-allow-client"));
+}
+
+#[test]
+fn readiness_flips_with_its_conditions() {
+    let mut cluster = mesh(2);
+    let ready = |cluster: &Cluster| admin(cluster, "node1", "/healthz/ready", &[]);
+    assert_eq!(ready(&cluster).trim(), "ready");
+
+    // With the CA gone, a newly enrolled ServiceAccount cannot be certified:
+    // the daemon says it is not ready, and why.
+    let ca = cluster.status().ca.as_ref().unwrap().pid;
+    Command::new("kill")
+        .args(["-KILL", &ca.to_string()])
+        .status()
+        .unwrap();
+    ztunnel_cluster::netns::wait_gone(&[ca], Duration::from_secs(5)).unwrap();
+    cluster
+        .label_namespace("legacy", "istio.io/dataplane-mode", Some("ambient"))
+        .unwrap();
+    within(Duration::from_secs(3), "node1 turns not ready", || {
+        ready(&cluster)
+            .contains("no certificate yet for spiffe://cluster.local/ns/legacy/sa/default")
+    });
+    // The pod leaves the mesh again: nothing is missing, ready again.
+    cluster
+        .label_namespace("legacy", "istio.io/dataplane-mode", None)
+        .unwrap();
+    within(Duration::from_secs(3), "node1 is ready again", || {
+        ready(&cluster).trim() == "ready"
+    });
 }
