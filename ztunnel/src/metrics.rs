@@ -5,11 +5,20 @@
 //! names: bounded by what the registry and the policy directory hold, never by
 //! addresses, ports or connection counts.
 
+use std::time::Duration;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
+
+use crate::identity::{Identity, manager::RequestObserver};
 
 /// Labels of Istio's TCP metrics.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +69,15 @@ pub struct TunnelFailureLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a certificate request's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The SPIFFE identity.
+    pub identity: String,
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
 /// Labels of a dry-run outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DryRunLabels {
@@ -94,6 +112,11 @@ pub struct Metrics {
     pub tunnel_failures: Family<TunnelFailureLabels, Counter>,
     /// `ztunnel_ebpf_programs_attached`: the eBPF programs attached at the cgroup root.
     pub ebpf_programs_attached: Gauge,
+    /// `ztunnel_certificate_requests_total`: requests to the CA (first issue
+    /// and rotations), by identity and result.
+    pub certificate_requests: Family<RequestLabels, Counter>,
+    /// `ztunnel_ca_request_duration_seconds`: how long CA requests take.
+    pub ca_request_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -172,8 +195,23 @@ impl Metrics {
             "eBPF programs attached at the cgroup root (0 until attached)",
             ebpf_programs_attached.clone(),
         );
+        let certificate_requests = Family::default();
+        // 5 ms to ~10 s.
+        let ca_request_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "ztunnel_certificate_requests",
+            "Certificate requests to the CA (first issue and rotations), by result",
+            certificate_requests.clone(),
+        );
+        registry.register(
+            "ztunnel_ca_request_duration_seconds",
+            "How long certificate requests to the CA take",
+            ca_request_duration.clone(),
+        );
         Self {
             registry,
+            certificate_requests,
+            ca_request_duration,
             tunnel_failures,
             ebpf_programs_attached,
             certificate_expiry,
@@ -194,6 +232,17 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl RequestObserver for Metrics {
+    fn requested(&self, identity: &Identity, elapsed: Duration, ok: bool) {
+        self.ca_request_duration.observe(elapsed.as_secs_f64());
+        let labels = RequestLabels {
+            identity: identity.to_string(),
+            result: if ok { "success" } else { "failure" },
+        };
+        self.certificate_requests.get_or_create(&labels).inc();
     }
 }
 

@@ -134,6 +134,14 @@ fn tcp_metrics_carry_istio_labels_on_both_reporters() {
         .as_secs() as f64;
     assert!(expiry > now + 3600.0, "{expiry} vs now {now}");
     assert!(metric_sum(&node1, "ztunnel_certificate_renewals_total", &web) >= 1.0);
+    let issued = [web[0], ("result", "success")];
+    assert!(metric_sum(&node1, "ztunnel_certificate_requests_total", &issued) >= 1.0);
+    assert!(
+        node1
+            .iter()
+            .any(|s| s.metric.starts_with("ztunnel_ca_request_duration_seconds")),
+        "the CA request latency histogram"
+    );
 }
 
 #[test]
@@ -470,6 +478,21 @@ fn readiness_flips_with_its_conditions() {
         ready(&cluster)
             .contains("no certificate yet for spiffe://cluster.local/ns/legacy/sa/default")
     });
+    let failed = [
+        ("identity", "spiffe://cluster.local/ns/legacy/sa/default"),
+        ("result", "failure"),
+    ];
+    within(
+        Duration::from_secs(3),
+        "the failed request is counted",
+        || {
+            metric_sum(
+                &scrape(&cluster, "node1"),
+                "ztunnel_certificate_requests_total",
+                &failed,
+            ) >= 1.0
+        },
+    );
     // The pod leaves the mesh again: nothing is missing, ready again.
     cluster
         .label_namespace("legacy", "istio.io/dataplane-mode", None)

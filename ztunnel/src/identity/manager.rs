@@ -66,12 +66,20 @@ pub enum FetchError {
     Certificate(#[from] CertificateError),
 }
 
+/// Told about every certificate request, for metrics.
+pub trait RequestObserver: Send + Sync {
+    /// A request for `identity` finished after `elapsed`; `ok` says whether a
+    /// usable certificate came back.
+    fn requested(&self, identity: &Identity, elapsed: Duration, ok: bool);
+}
+
 /// Holds and renews the certificates of a set of identities.
 pub struct CertManager {
     client: CaClient,
     config: ManagerConfig,
     certificates: Arc<watch::Sender<Certificates>>,
     workers: HashMap<Identity, JoinHandle<()>>,
+    observer: Option<Arc<dyn RequestObserver>>,
 }
 
 impl CertManager {
@@ -82,7 +90,14 @@ impl CertManager {
             config,
             certificates: Arc::new(watch::Sender::new(Certificates::default())),
             workers: HashMap::new(),
+            observer: None,
         }
+    }
+
+    /// Reports every certificate request to `observer`.
+    pub fn observed_by(mut self, observer: Arc<dyn RequestObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Makes the held identities exactly `wanted`: starts obtaining
@@ -106,6 +121,7 @@ impl CertManager {
                     client: self.client.clone(),
                     config: self.config.clone(),
                     certificates: self.certificates.clone(),
+                    observer: self.observer.clone(),
                 };
                 self.workers
                     .insert(identity.clone(), tokio::spawn(worker.run()));
@@ -148,6 +164,7 @@ struct Worker {
     client: CaClient,
     config: ManagerConfig,
     certificates: Arc<watch::Sender<Certificates>>,
+    observer: Option<Arc<dyn RequestObserver>>,
 }
 
 impl Worker {
@@ -156,7 +173,12 @@ impl Worker {
         let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
         let mut expiry: Option<Instant> = None;
         loop {
-            match self.fetch().await {
+            let started = Instant::now();
+            let fetched = self.fetch().await;
+            if let Some(observer) = &self.observer {
+                observer.requested(identity, started.elapsed(), fetched.is_ok());
+            }
+            match fetched {
                 Ok(cert) => {
                     backoff.reset();
                     let renew_in = renewal_delay(&cert, SystemTime::now());

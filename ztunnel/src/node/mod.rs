@@ -335,7 +335,9 @@ pub async fn run(
         roots = trust_bundle.current().roots().len(),
         "trust bundle loaded"
     );
-    let mut manager = CertManager::new(CaClient::new(&config.ca)?, config.certificates.clone());
+    let metrics = Arc::new(Metrics::new());
+    let mut manager = CertManager::new(CaClient::new(&config.ca)?, config.certificates.clone())
+        .observed_by(metrics.clone());
     let applied = watch::Sender::new(None);
     let policies = match &config.policies {
         Some(dir) => {
@@ -373,7 +375,6 @@ pub async fn run(
             source,
         })?;
     let admin = tokio::spawn(admin::serve(listener, state.clone()));
-    let metrics = Arc::new(Metrics::new());
     let metrics_listener =
         admin::bind(config.metrics)
             .await
