@@ -241,36 +241,15 @@ fn a_new_deny_closes_open_connections_it_denies() {
     let _web2 = http_server(&cluster, "web-2");
     let _web1 = http_server(&cluster, "web-1");
     // Connections that stay open: an unfinished request head keeps the server waiting.
-    let mut across = cluster
-        .spawn(
-            "client-1",
-            &testapp_path(),
-            &[
-                "send",
-                &format!("{}:8080", cluster.pod("web-2").unwrap().ipv4),
-            ],
-        )
-        .unwrap();
-    let mut plain = cluster
-        .spawn(
-            "legacy-1",
-            &testapp_path(),
-            &[
-                "send",
-                &format!("{}:8080", cluster.pod("web-2").unwrap().ipv4),
-            ],
-        )
-        .unwrap();
-    let mut local = cluster
-        .spawn(
-            "client-1",
-            &testapp_path(),
-            &[
-                "send",
-                &format!("{}:8080", cluster.pod("web-1").unwrap().ipv4),
-            ],
-        )
-        .unwrap();
+    let hold_open = |from: &str, to: &str| {
+        let address = format!("{}:8080", cluster.pod(to).unwrap().ipv4);
+        cluster
+            .spawn(from, &testapp_path(), &["send", &address])
+            .unwrap()
+    };
+    let mut across = hold_open("client-1", "web-2");
+    let mut plain = hold_open("legacy-1", "web-2");
+    let mut local = hold_open("client-1", "web-1");
     for pod in ["web-2", "web-1"] {
         within(
             Duration::from_secs(3),

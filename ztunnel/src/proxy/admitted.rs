@@ -80,7 +80,7 @@ impl OpenConnections {
                     c.source,
                     c.identity.as_ref(),
                     c.destination,
-                    Some(metrics),
+                    metrics,
                 )
                 .err()
                 .map(|denied| (*id, denied.to_string()))

@@ -53,7 +53,7 @@ pub fn admit<'a>(
     destination: SocketAddr,
 ) -> Result<Admission<'a>, Denied> {
     let policies = context.policies.borrow().clone();
-    let metrics = Some(context.metrics.as_ref());
+    let metrics = context.metrics.as_ref();
     decide(&policies, pod, source, identity, destination, metrics)?;
     let admission = context
         .connections
@@ -81,17 +81,17 @@ pub async fn enforce_changes(context: Arc<ProxyContext>) {
 }
 
 /// The decision of `policies` for a connection from `source` to
-/// `destination` in `pod`, counted in `metrics` when given.
+/// `destination` in `pod`, counted in `metrics`.
 pub fn decide(
     policies: &PolicySet,
     pod: &LocalPod,
     source: IpAddr,
     identity: Option<&Identity>,
     destination: SocketAddr,
-    metrics: Option<&Metrics>,
+    metrics: &Metrics,
 ) -> Result<(), Denied> {
     let result = evaluate(policies, pod, source, identity, destination, metrics);
-    if let (Err(denied), Some(metrics)) = (&result, metrics) {
+    if let Err(denied) = &result {
         let policy = denied.policy().to_owned();
         metrics
             .policy_denials
@@ -107,7 +107,7 @@ fn evaluate(
     source: IpAddr,
     identity: Option<&Identity>,
     destination: SocketAddr,
-    metrics: Option<&Metrics>,
+    metrics: &Metrics,
 ) -> Result<(), Denied> {
     let workload = Workload {
         namespace: &pod.namespace,
@@ -135,12 +135,10 @@ fn evaluate(
             Decision::Deny { reason, .. } => ("deny", format!(": {reason}")),
         };
         tracing::info!(dst.pod = %pod.name, src.addr = %source, src.identity = %principal, %destination, "dry-run: the dry-run policies would {word} this connection{detail}");
-        if let Some(metrics) = metrics {
-            metrics
-                .policy_dry_run
-                .get_or_create(&DryRunLabels { decision: word })
-                .inc();
-        }
+        metrics
+            .policy_dry_run
+            .get_or_create(&DryRunLabels { decision: word })
+            .inc();
     }
     match verdict.decision {
         Decision::Allow { .. } => Ok(()),
