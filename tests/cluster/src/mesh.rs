@@ -171,42 +171,41 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
         .as_ref()
         .expect("a planned cluster has a registry");
     let netns = &status.node(node).expect("a planned node").netns;
-    netns::spawn_detached(
-        netns,
-        ztunnel,
-        &[
-            "node".as_ref(),
-            "--node".as_ref(),
-            node.as_ref(),
-            "--registry".as_ref(),
-            registry.as_os_str(),
-            "--ca-address".as_ref(),
-            ca.address.as_ref(),
-            "--ca-token-file".as_ref(),
-            token_file(status, node).as_os_str(),
-            "--trust-bundle".as_ref(),
-            ca.root_cert.as_os_str(),
-            "--admin".as_ref(),
-            ADMIN_ADDRESS.as_ref(),
-            "--metrics".as_ref(),
-            METRICS_ADDRESS.as_ref(),
-            // Short, so a stopped node is quick to go; long enough for a test
-            // to see an open connection drain.
-            "--drain-timeout-secs".as_ref(),
-            "3".as_ref(),
-            "--bpf-pin-dir".as_ref(),
-            bpf_pin_dir(&status.name).join(node).as_os_str(),
-            "--policies".as_ref(),
-            status
-                .config
-                .policies
-                .as_ref()
-                .expect("a planned cluster has a policy directory")
-                .as_os_str(),
-        ],
-        // Appended to, so a restarted daemon's log follows its predecessor's.
-        &daemon_log(status, node),
-    )
+    let policies = status
+        .config
+        .policies
+        .as_ref()
+        .expect("a planned cluster has a policy directory");
+    let pin_dir = bpf_pin_dir(&status.name).join(node);
+    let token = token_file(status, node);
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "node".as_ref(),
+        "--node".as_ref(),
+        node.as_ref(),
+        "--registry".as_ref(),
+        registry.as_os_str(),
+        "--ca-address".as_ref(),
+        ca.address.as_ref(),
+        "--ca-token-file".as_ref(),
+        token.as_os_str(),
+        "--trust-bundle".as_ref(),
+        ca.root_cert.as_os_str(),
+        "--admin".as_ref(),
+        ADMIN_ADDRESS.as_ref(),
+        "--metrics".as_ref(),
+        METRICS_ADDRESS.as_ref(),
+        // Short, so a stopped node is quick to go; long enough for a test
+        // to see an open connection drain.
+        "--drain-timeout-secs".as_ref(),
+        "3".as_ref(),
+        "--bpf-pin-dir".as_ref(),
+        pin_dir.as_os_str(),
+        "--policies".as_ref(),
+        policies.as_os_str(),
+    ];
+    args.extend(status.config.daemon_args.iter().map(std::ffi::OsStr::new));
+    // Appended to, so a restarted daemon's log follows its predecessor's.
+    netns::spawn_detached(netns, ztunnel, &args, &daemon_log(status, node))
 }
 
 /// Waits until the daemon in `netns` reports ready on its admin endpoint; on

@@ -25,6 +25,10 @@ pub struct ClusterSpec {
     /// Directory of the `ztunnel` binary: when set, the cluster runs the
     /// mesh (the CA and a daemon per node); when not, only the network.
     pub mesh: Option<std::path::PathBuf>,
+    /// Further command-line arguments for every node daemon, after the
+    /// cluster's own (for example `--cert-validity-secs 20` in a test of
+    /// certificate expiry).
+    pub daemon_args: Vec<String>,
 }
 
 /// A Kubernetes namespace of the cluster.
@@ -82,12 +86,23 @@ impl ClusterSpec {
                 app("legacy", "legacy", "default"),
             ],
             mesh: None,
+            daemon_args: Vec::new(),
         }
     }
 
     /// The same cluster running the mesh, with the binaries in `bin_dir`.
     pub fn with_mesh(mut self, bin_dir: impl Into<std::path::PathBuf>) -> Self {
         self.mesh = Some(bin_dir.into());
+        self
+    }
+
+    /// The same cluster with `args` appended to every node daemon's command line.
+    pub fn with_daemon_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.daemon_args.extend(args.into_iter().map(Into::into));
         self
     }
 

@@ -150,6 +150,10 @@ pub struct ConfigStatus {
     pub registry: Option<PathBuf>,
     /// The directory of policy YAML files.
     pub policies: Option<PathBuf>,
+    /// Further arguments every node daemon is started with (kept, so a
+    /// restarted daemon gets them too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub daemon_args: Vec<String>,
 }
 
 impl Status {

@@ -501,3 +501,67 @@ fn readiness_flips_with_its_conditions() {
         ready(&cluster).trim() == "ready"
     });
 }
+
+#[test]
+fn a_certificate_whose_renewal_fails_is_reported_near_expiry_then_withdrawn() {
+    // Ten-second certificates: renewal is due after about five, the last
+    // fifth starts at eight.
+    let spec = ztunnel_cluster::ClusterSpec::ephemeral(1, 1)
+        .with_mesh(ztunnel_e2e::bin_dir())
+        .with_daemon_args(["--cert-validity-secs", "10"]);
+    let cluster = Cluster::create(&spec).expect("the cluster comes up");
+    let certs: serde_json::Value =
+        serde_json::from_str(&admin(&cluster, "node1", "/certs", &[])).unwrap();
+    let held: Vec<(String, String)> = certs["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|cert| {
+            let field = |name: &str| cert[name].as_str().unwrap().to_owned();
+            (field("identity"), field("serial"))
+        })
+        .collect();
+    assert_eq!(held.len(), 2, "web and client: {certs}");
+
+    // The CA goes away, so no renewal can succeed.
+    let ca = cluster.status().ca.as_ref().unwrap().pid;
+    Command::new("kill")
+        .args(["-KILL", &ca.to_string()])
+        .status()
+        .unwrap();
+    ztunnel_cluster::netns::wait_gone(&[ca], Duration::from_secs(5)).unwrap();
+
+    // Each certificate is reported once, as an audit event naming it, when
+    // it enters its last fifth ...
+    let near_expiry = |cluster: &Cluster| -> Vec<String> {
+        daemon_log(cluster, "node1")
+            .lines()
+            .filter(|line| line.contains("audit") && line.contains("certificate_near_expiry"))
+            .map(str::to_owned)
+            .collect()
+    };
+    within(
+        Duration::from_secs(12),
+        "both certificates reported near expiry",
+        || near_expiry(&cluster).len() >= 2,
+    );
+    for (identity, serial) in &held {
+        assert!(
+            near_expiry(&cluster)
+                .iter()
+                .any(|line| line.contains(identity.as_str()) && line.contains(serial.as_str())),
+            "no near-expiry event for {identity} ({serial}): {:?}",
+            near_expiry(&cluster)
+        );
+    }
+    // ... and withdrawn at expiry: the node is no longer ready, and says why.
+    within(Duration::from_secs(6), "node1 turns not ready", || {
+        admin(&cluster, "node1", "/healthz/ready", &[]).contains("no certificate yet")
+    });
+    assert_eq!(
+        near_expiry(&cluster).len(),
+        2,
+        "{:?}",
+        near_expiry(&cluster)
+    );
+}

@@ -255,6 +255,9 @@ impl AdminState for NodeState {
     }
 }
 
+/// Longest sleep between two looks at the certificates' remaining lifetime.
+const MAX_EXPIRY_CHECK: Duration = Duration::from_secs(60);
+
 /// Keeps the certificate metrics in step with the certificates held: the
 /// expiry of each, and a count of each new one taken into use. A certificate
 /// in the last fifth of its life (renewal is due at half) is reported once as
@@ -265,27 +268,37 @@ async fn count_certificates(
 ) {
     let mut serials: std::collections::BTreeMap<Identity, String> = Default::default();
     let mut warned: BTreeSet<String> = BTreeSet::new();
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         let now = SystemTime::now();
+        // The next moment an unwarned certificate enters its last fifth: the
+        // task sleeps until then, so the event is on time for any lifetime.
+        let mut next_warning: Option<Duration> = None;
         for cert in certificates.borrow().values() {
             let lifetime = cert
                 .not_after()
                 .duration_since(cert.not_before())
                 .unwrap_or_default();
-            let left = cert.not_after().duration_since(now).unwrap_or_default();
-            if left < lifetime / 5 && warned.insert(cert.serial().to_owned()) {
-                tracing::warn!(
-                    target: "audit",
-                    event = "certificate_near_expiry",
-                    identity = %cert.identity(),
-                    serial = cert.serial(),
-                    seconds_left = left.as_secs(),
-                    "certificate near expiry: its renewal has not succeeded"
-                );
+            let warn_at = cert.not_after() - lifetime / 5;
+            match warn_at.duration_since(now) {
+                Ok(wait) => {
+                    next_warning = Some(next_warning.map_or(wait, |next| next.min(wait)));
+                }
+                Err(_) if warned.insert(cert.serial().to_owned()) => {
+                    let left = cert.not_after().duration_since(now).unwrap_or_default();
+                    tracing::warn!(
+                        target: "audit",
+                        event = "certificate_near_expiry",
+                        identity = %cert.identity(),
+                        serial = cert.serial(),
+                        seconds_left = left.as_secs(),
+                        "certificate near expiry: its renewal has not succeeded"
+                    );
+                }
+                Err(_) => {}
             }
         }
         let held = certificates.borrow_and_update().clone();
+        warned.retain(|serial| held.values().any(|cert| cert.serial() == serial));
         for (identity, cert) in held.iter() {
             let labels = IdentityLabels {
                 identity: identity.to_string(),
@@ -312,9 +325,11 @@ async fn count_certificates(
             }
             keep
         });
+        // Woken at least every minute as well: the wall clock may jump.
+        let wake = next_warning.map_or(MAX_EXPIRY_CHECK, |wait| wait.min(MAX_EXPIRY_CHECK));
         tokio::select! {
             changed = certificates.changed() => if changed.is_err() { return },
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wake) => {}
         }
     }
 }

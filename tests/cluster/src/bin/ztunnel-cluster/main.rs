@@ -38,6 +38,10 @@ enum Command {
         /// Only the network: no CA, no node daemons.
         #[arg(long)]
         no_mesh: bool,
+        /// An argument for every node daemon (repeat for several), for example
+        /// `--daemon-arg=--cert-validity-secs --daemon-arg=60`.
+        #[arg(long = "daemon-arg", allow_hyphen_values = true)]
+        daemon_args: Vec<String>,
     },
     /// Set or remove a label, like kubectl: `namespace legacy istio.io/dataplane-mode=ambient`,
     /// `namespace legacy istio.io/dataplane-mode-`, `pod web-1 istio.io/dataplane-mode=none`.
@@ -92,8 +96,9 @@ fn main() -> Result<()> {
             nodes,
             replicas,
             no_mesh,
+            daemon_args,
         } => {
-            let mut spec = ClusterSpec::new(&name, nodes, replicas);
+            let mut spec = ClusterSpec::new(&name, nodes, replicas).with_daemon_args(daemon_args);
             if !no_mesh {
                 spec = spec.with_mesh(bin_dir()?);
             }
