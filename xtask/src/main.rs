@@ -36,6 +36,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark the mesh against a direct path and a plain relay on a local
+    /// cluster; writes bench/results/ (see `bench/README.md`; needs root).
+    Bench {
+        /// Arguments for the harness, for example `--quick` or `--rounds 5`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Manage the long-lived local cluster: up | down | status | exec (see `cluster --help`).
     #[command(disable_help_flag = true)]
     Cluster {
@@ -56,6 +63,14 @@ fn main() -> Result<()> {
             run_tool("ztunnel-cluster", &["demo".to_owned()])
         }
         Task::Test { args } => test(&args),
+        Task::Bench { args } => {
+            setup::require_root("the benchmark creates network namespaces")?;
+            build::all()?;
+            let out = build::workspace().join("bench/results");
+            let mut all = vec!["--out".to_owned(), out.to_string_lossy().into_owned()];
+            all.extend(args);
+            run_tool("ztunnel-bench", &all)
+        }
         Task::Cluster { args } => {
             build::all_quietly()?;
             run_tool("ztunnel-cluster", &args)

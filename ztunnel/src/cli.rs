@@ -16,7 +16,8 @@ use ztunnel::{
     identity::{CaClientConfig, ManagerConfig, TrustDomain},
     node::{self, NodeConfig},
     registry::{Enrolment, LabelSelector},
-    tls::CipherSuites,
+    tls::{CipherSuites, TunnelTls},
+    tunnel::plaintext::Transport,
 };
 
 /// Node-level ambient zero-trust proxy for Kubernetes.
@@ -109,6 +110,15 @@ struct NodeArgs {
     /// without AES hardware). Off by default: AES-GCM only.
     #[arg(long)]
     tls_chacha20_fallback: bool,
+    /// Never resume tunnel TLS sessions: every connection does a full
+    /// handshake (for benchmarks and troubleshooting; slower).
+    #[arg(long)]
+    no_tls_resumption: bool,
+    /// INSECURE, for benchmarks only: carry tunnels as plain TCP (no TLS, no
+    /// identity proof) to measure the proxy hops apart from cryptography.
+    /// Both nodes' daemons must run with it.
+    #[arg(long)]
+    benchmark_plaintext_tunnel: bool,
 }
 
 #[derive(clap::Args)]
@@ -342,10 +352,18 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         root_namespace: args.root_namespace,
-        cipher_suites: if args.tls_chacha20_fallback {
-            CipherSuites::AesGcmThenChaCha20
+        tunnel_tls: TunnelTls {
+            suites: if args.tls_chacha20_fallback {
+                CipherSuites::AesGcmThenChaCha20
+            } else {
+                CipherSuites::AesGcm
+            },
+            resumption: !args.no_tls_resumption,
+        },
+        transport: if args.benchmark_plaintext_tunnel {
+            Transport::PlaintextForBenchmarks
         } else {
-            CipherSuites::AesGcm
+            Transport::MutualTls
         },
     };
     node::run(config, log, shutdown_signal()).await?;

@@ -10,6 +10,7 @@
 //!
 //! - [`redirect`]: the eBPF programs that capture enrolled pods' connections.
 //! - [`proxy`]: what happens to a captured connection.
+//! - [`buffers`]: the copy buffers connections borrow while bytes move.
 //! - [`identity`]: SPIFFE workload identities and their certificates.
 //! - [`ca`]: the certificate authority (`ztunnel ca`), speaking Istio's CA API.
 //! - [`tls`]: every rustls configuration, in one place.
@@ -30,6 +31,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod buffers;
 pub mod ca;
 pub mod ctl;
 pub mod identity;

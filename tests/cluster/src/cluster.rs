@@ -225,6 +225,18 @@ impl Cluster {
         mesh::wait_daemon_ready(&self.status, node)
     }
 
+    /// Restarts every node daemon with `args` appended to its command line
+    /// (replacing the extra arguments it had), and waits until all are ready.
+    pub fn restart_daemons(&mut self, args: &[String]) -> Result<(), ClusterError> {
+        self.status.config.daemon_args = args.to_vec();
+        let nodes: Vec<String> = self.status.nodes.iter().map(|n| n.name.clone()).collect();
+        for node in &nodes {
+            self.kill_daemon(node)?;
+            self.start_daemon(node)?;
+        }
+        Ok(())
+    }
+
     fn node_daemon(&self, node: &str) -> Result<u32, ClusterError> {
         self.status
             .node(node)

@@ -576,3 +576,36 @@ fn applications_see_the_original_client_address() {
         );
     }
 }
+
+#[test]
+fn the_benchmark_relay_carries_tunnels_as_plain_tcp_and_says_so() {
+    let spec = ztunnel_cluster::ClusterSpec::ephemeral(2, 1)
+        .with_mesh(ztunnel_e2e::bin_dir())
+        .with_daemon_args(["--benchmark-plaintext-tunnel"]);
+    let cluster = Cluster::create(&spec).expect("the cluster comes up");
+    let _server = http_server(&cluster, "web-2");
+    let body = get(&cluster, "client-1", "10.244.2.2:8080").unwrap();
+    assert!(body.starts_with("hello from web-2"), "{body}");
+    for node in ["node1", "node2"] {
+        assert_eq!(
+            log_lines(
+                &cluster,
+                node,
+                0,
+                &["WARN", "INSECURE", "--benchmark-plaintext-tunnel"]
+            )
+            .len(),
+            1,
+            "{node} warns that it runs insecurely"
+        );
+    }
+    // The destination took the source's identity from its address, and no
+    // TLS was involved.
+    let inbound = log_lines(&cluster, "node2", 0, &["inbound connection closed"]);
+    assert_eq!(inbound.len(), 1, "{inbound:?}");
+    assert!(
+        inbound[0].contains(&format!("src.identity={CLIENT}")),
+        "{inbound:?}"
+    );
+    assert!(inbound[0].contains("tls=false"), "{inbound:?}");
+}

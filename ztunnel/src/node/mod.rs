@@ -32,8 +32,8 @@ use crate::{
     redirect::RedirectError,
     registry::{Enrolment, Pod, Registry, RegistryError},
     reload::Watched,
-    tls::CipherSuites,
-    tunnel::configs::TunnelConfigs,
+    tls::TunnelTls,
+    tunnel::{configs::TunnelConfigs, plaintext::Transport},
 };
 
 /// Everything `ztunnel node` needs to run.
@@ -60,8 +60,10 @@ pub struct NodeConfig {
     pub bpf_pin_dir: PathBuf,
     /// A proxied connection on which nothing moves this long is closed.
     pub idle_timeout: Duration,
-    /// The cipher suites the tunnel offers.
-    pub cipher_suites: CipherSuites,
+    /// How tunnel TLS sessions are set up (cipher suites, resumption).
+    pub tunnel_tls: TunnelTls,
+    /// How tunnels are carried: mutual TLS, or plain TCP in benchmarks.
+    pub transport: Transport,
     /// The directory of Istio policy YAML (reloaded on change); none: no policy.
     pub policies: Option<PathBuf>,
     /// The namespace whose policies apply mesh-wide.
@@ -399,6 +401,12 @@ pub async fn run(
             })?;
     let metrics_server = tokio::spawn(admin::serve_metrics(metrics_listener, metrics.clone()));
     tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
+    if config.transport == Transport::PlaintextForBenchmarks {
+        tracing::warn!(
+            "INSECURE: tunnels carry plain TCP and trust source addresses \
+             (--benchmark-plaintext-tunnel); for benchmarks only"
+        );
+    }
 
     let context = Arc::new(ProxyContext {
         node: config.node.clone(),
@@ -409,8 +417,9 @@ pub async fn run(
             manager.subscribe(),
             trust_bundle.subscribe(),
             config.trust_domain.clone(),
-            config.cipher_suites,
+            config.tunnel_tls,
         ),
+        transport: config.transport,
         policies: policies.1,
         pods: Default::default(),
         connections: Default::default(),

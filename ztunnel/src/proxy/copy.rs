@@ -1,7 +1,9 @@
 //! The byte copy between the two sides of a proxied connection.
 //!
-//! Both directions run in the connection's task, each with one buffer
-//! allocated when the connection starts (none per chunk). A direction that
+//! Both directions run in the connection's task. A direction holds a buffer
+//! only while a chunk is in flight: buffers come from a per-thread pool and
+//! go back to it whenever a read would wait, so idle connections (the many)
+//! cost no buffer memory and busy ones allocate none per chunk. A direction that
 //! reads end-of-stream shuts down writing on the other side (half-close: the
 //! FIN travels on, the other direction keeps flowing). Backpressure is the
 //! write: a direction reads again only once the other side took the last
@@ -11,18 +13,21 @@
 
 use std::{
     io,
+    pin::Pin,
     sync::atomic::{AtomicU64, Ordering},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
-/// Bytes read at once in each direction: large enough for full TLS records
-/// (16 KiB) several times over, so throughput is not bound by syscalls.
-const BUFFER: usize = 64 * 1024;
+use crate::{
+    buffers::{self, Buffer},
+    tunnel::read_ahead::ReadAhead,
+};
 
 /// How a relayed connection ended.
 #[derive(Debug)]
@@ -89,15 +94,15 @@ impl Resettable for TcpStream {
     }
 }
 
-impl Resettable for tokio_rustls::client::TlsStream<TcpStream> {
+impl Resettable for tokio_rustls::client::TlsStream<ReadAhead<TcpStream>> {
     fn reset_on_close(&self) {
-        self.get_ref().0.reset_on_close();
+        self.get_ref().0.get_ref().reset_on_close();
     }
 }
 
-impl Resettable for tokio_rustls::server::TlsStream<TcpStream> {
+impl Resettable for tokio_rustls::server::TlsStream<ReadAhead<TcpStream>> {
     fn reset_on_close(&self) {
-        self.get_ref().0.reset_on_close();
+        self.get_ref().0.get_ref().reset_on_close();
     }
 }
 
@@ -159,28 +164,110 @@ where
 
 /// Copies `from` into `to` until end-of-stream, then shuts `to` down. A
 /// failure is named by `read` or `write`, by which side it happened on.
-async fn one_way<R, W>(
-    from: &mut R,
-    to: &mut W,
-    count: &AtomicU64,
+fn one_way<'a, R, W>(
+    from: &'a mut R,
+    to: &'a mut W,
+    count: &'a AtomicU64,
     read: fn(io::Error) -> Failure,
     write: fn(io::Error) -> Failure,
-) -> Result<(), Failure>
+) -> OneWay<'a, R, W> {
+    OneWay {
+        from,
+        to,
+        count,
+        read,
+        write,
+        chunk: None,
+        state: State::Reading,
+    }
+}
+
+/// The copy of one direction, written as a state machine so that its
+/// buffer is held only while a chunk is in flight: a read that would wait
+/// hands the buffer back to the thread's pool. An idle connection holds no
+/// buffer at all.
+struct OneWay<'a, R, W> {
+    from: &'a mut R,
+    to: &'a mut W,
+    count: &'a AtomicU64,
+    read: fn(io::Error) -> Failure,
+    write: fn(io::Error) -> Failure,
+    /// The chunk being written: the buffer, and the range still to write.
+    chunk: Option<(Buffer, std::ops::Range<usize>)>,
+    state: State,
+}
+
+enum State {
+    Reading,
+    Writing,
+    Flushing,
+    ShuttingDown,
+}
+
+impl<R, W> Future for OneWay<'_, R, W>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; BUFFER];
-    loop {
-        let n = from.read(&mut buffer).await.map_err(read)?;
-        if n == 0 {
-            return to.shutdown().await.map_err(write);
+    type Output = Result<(), Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match this.state {
+                State::Reading => {
+                    let mut buffer = buffers::take();
+                    let mut read = ReadBuf::new(&mut buffer[..]);
+                    match Pin::new(&mut *this.from).poll_read(cx, &mut read) {
+                        Poll::Pending => {
+                            buffers::give(buffer);
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Err(err)) => {
+                            buffers::give(buffer);
+                            return Poll::Ready(Err((this.read)(err)));
+                        }
+                        Poll::Ready(Ok(())) => {
+                            let n = read.filled().len();
+                            if n == 0 {
+                                buffers::give(buffer);
+                                this.state = State::ShuttingDown;
+                            } else {
+                                this.chunk = Some((buffer, 0..n));
+                                this.state = State::Writing;
+                            }
+                        }
+                    }
+                }
+                State::Writing => {
+                    let (buffer, range) = this.chunk.as_mut().expect("a chunk is in flight");
+                    while range.start < range.end {
+                        let written =
+                            ready!(Pin::new(&mut *this.to).poll_write(cx, &buffer[range.clone()]))
+                                .map_err(this.write)?;
+                        if written == 0 {
+                            return Poll::Ready(Err((this.write)(io::ErrorKind::WriteZero.into())));
+                        }
+                        range.start += written;
+                    }
+                    this.state = State::Flushing;
+                }
+                State::Flushing => {
+                    // A TLS writer may hold encrypted bytes back until
+                    // flushed; a plain socket's flush does nothing.
+                    ready!(Pin::new(&mut *this.to).poll_flush(cx)).map_err(this.write)?;
+                    let (buffer, range) = this.chunk.take().expect("a chunk is in flight");
+                    this.count.fetch_add(range.end as u64, Ordering::Relaxed);
+                    buffers::give(buffer);
+                    this.state = State::Reading;
+                }
+                State::ShuttingDown => {
+                    return Poll::Ready(
+                        ready!(Pin::new(&mut *this.to).poll_shutdown(cx)).map_err(this.write),
+                    );
+                }
+            }
         }
-        to.write_all(&buffer[..n]).await.map_err(write)?;
-        // A TLS writer may hold encrypted bytes back until flushed; a plain
-        // socket's flush does nothing.
-        to.flush().await.map_err(write)?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -210,7 +297,10 @@ async fn idle_for(idle: Duration, sent: &AtomicU64, received: &AtomicU64) {
 
 #[cfg(test)]
 mod tests {
-    use tokio::net::TcpListener;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
 
     use super::*;
 

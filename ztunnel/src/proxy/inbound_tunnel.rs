@@ -8,18 +8,27 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
 
 use super::{
     ProxyContext, accept_each,
     authorize::{self, Denied},
-    copy::{self, Relayed},
+    copy::{self, Relayed, Resettable},
     deliver::{self, DeliverError},
     pod::LocalPod,
     record,
 };
-use crate::tunnel::{self, Session, TunnelError};
 use crate::{access_log::Addresses, metrics::TcpRecord};
+use crate::{
+    identity::Identity,
+    tunnel::{
+        self, Session, TunnelError,
+        plaintext::{self, Transport},
+    },
+};
 
 /// Why one tunnelled connection was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +42,9 @@ pub enum InboundTunnelError {
     /// Policy refused it.
     #[error("denied: {0}")]
     Denied(#[from] Denied),
+    /// Benchmark relay only: no pod of the registry has the source address.
+    #[error("no pod has source address {0} (benchmark plaintext tunnel)")]
+    UnknownSource(SocketAddr),
 }
 
 /// Accepts tunnels on `listener` for `pod` until the task is dropped.
@@ -44,16 +56,16 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
         async move {
             let started = Instant::now();
             match handle(stream, peer, &pod, &context).await {
-                Ok((destination, session, relayed)) => tracing::info!(
+                Ok((destination, source, session, relayed)) => tracing::info!(
                     dst.pod = %pod.name,
                     dst.namespace = %pod.namespace,
                     dst.service_account = %pod.service_account,
                     src.addr = %peer,
-                    src.identity = %session.peer,
+                    src.identity = %source,
                     dst.addr = %destination,
-                    tls = true,
-                    tls.cipher = %session.cipher,
-                    tls.resumed = session.resumed,
+                    tls = session.is_some(),
+                    tls.cipher = session.as_ref().map(|s| s.cipher.as_str()),
+                    tls.resumed = session.as_ref().map(|s| s.resumed),
                     sent = relayed.received,
                     received = relayed.sent,
                     duration_ms = started.elapsed().as_millis() as u64,
@@ -76,31 +88,100 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
     .await;
 }
 
-/// One tunnel: handshake, preamble, deliver, copy.
+/// What a finished tunnel did: its destination, the source identity, the
+/// TLS session (none in the benchmark relay) and the copy.
+type Finished = (SocketAddr, Identity, Option<Session>, Relayed);
+
+/// One tunnel: handshake and preamble, then [`deliver_and_copy`].
 async fn handle(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     pod: &Arc<LocalPod>,
     context: &ProxyContext,
-) -> Result<(SocketAddr, Session, Relayed), InboundTunnelError> {
+) -> Result<Finished, InboundTunnelError> {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
-    let config = context
-        .tunnel
-        .server(&pod.identity)
-        .map_err(TunnelError::from)?;
-    let (mut tls, session, preamble) = tunnel::server::accept(tcp, config).await?;
-    let destination = preamble.destination;
-    let mut admission =
-        authorize::admit(context, pod, peer.ip(), Some(&session.peer), destination)?;
+    match context.transport {
+        Transport::MutualTls => {
+            let config = context
+                .tunnel
+                .server(&pod.identity)
+                .map_err(TunnelError::from)?;
+            let (tls, session, preamble) = tunnel::server::accept(tcp, config).await?;
+            let source = session.peer.clone();
+            let tunnel = Accepted {
+                stream: tls,
+                peer,
+                source,
+                session: Some(session),
+            };
+            deliver_and_copy(tunnel, preamble.destination, pod, context, started).await
+        }
+        Transport::PlaintextForBenchmarks => {
+            let preamble = plaintext::accept(&mut tcp).await?;
+            // Benchmarks only: the source is whoever the registry says has
+            // the address the connection comes from.
+            let registry = context.registry.borrow().clone();
+            let source = registry
+                .pod_at(peer.ip())
+                .and_then(|source| {
+                    Identity::new(
+                        context.trust_domain.clone(),
+                        &source.namespace,
+                        &source.service_account,
+                    )
+                    .ok()
+                })
+                .ok_or(InboundTunnelError::UnknownSource(peer))?;
+            let tunnel = Accepted {
+                stream: tcp,
+                peer,
+                source,
+                session: None,
+            };
+            deliver_and_copy(tunnel, preamble.destination, pod, context, started).await
+        }
+    }
+}
+
+/// A tunnel past its handshake and preamble.
+struct Accepted<S> {
+    stream: S,
+    /// The source daemon's address (the source pod's).
+    peer: SocketAddr,
+    /// The source workload.
+    source: Identity,
+    /// The TLS session; none in the benchmark relay.
+    session: Option<Session>,
+}
+
+/// Decide, deliver, copy and record `tunnel`, whose preamble named
+/// `destination`.
+async fn deliver_and_copy<S>(
+    tunnel: Accepted<S>,
+    destination: SocketAddr,
+    pod: &Arc<LocalPod>,
+    context: &ProxyContext,
+    started: Instant,
+) -> Result<Finished, InboundTunnelError>
+where
+    S: AsyncRead + AsyncWrite + Resettable + Unpin,
+{
+    let Accepted {
+        mut stream,
+        peer,
+        source,
+        session,
+    } = tunnel;
+    let mut admission = authorize::admit(context, pod, peer.ip(), Some(&source), destination)?;
     // The tunnel comes from the source pod's address (its daemon connects
     // from inside the source pod): the application sees that address.
     let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
     let registry = context.registry.borrow().clone();
-    let labels = record::destination_reporter(&registry, pod, peer.ip(), Some(&session.peer));
+    let labels = record::destination_reporter(&registry, pod, peer.ip(), Some(&source));
     let mut tcp = TcpRecord::open(&context.metrics, labels);
     let relayed = copy::relay(
-        &mut tls,
+        &mut stream,
         &mut app,
         context.idle_timeout,
         admission.revoked(),
@@ -113,7 +194,6 @@ async fn handle(
         endpoint: destination,
     };
     let (labels, duration) = (tcp.labels(), started.elapsed());
-    let tls = Some(&session);
     record::access_log(
         context,
         labels,
@@ -121,7 +201,7 @@ async fn handle(
         addresses,
         &relayed,
         duration,
-        tls,
+        session.as_ref(),
     );
-    Ok((destination, session, relayed))
+    Ok((destination, source, session, relayed))
 }

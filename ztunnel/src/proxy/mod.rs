@@ -42,7 +42,7 @@ use crate::{
     metrics::Metrics,
     policy::PolicySet,
     registry::{Enrolment, Registry},
-    tunnel::configs::TunnelConfigs,
+    tunnel::{configs::TunnelConfigs, plaintext::Transport},
 };
 
 /// What every connection of the node needs, shared by all of them.
@@ -57,6 +57,8 @@ pub struct ProxyContext {
     pub registry: watch::Receiver<Arc<Registry>>,
     /// The tunnel's TLS configurations.
     pub tunnel: TunnelConfigs,
+    /// How tunnels are carried: mutual TLS, except in benchmarks.
+    pub transport: Transport,
     /// The policies in force.
     pub policies: watch::Receiver<Arc<PolicySet>>,
     /// The captured pods of this node.

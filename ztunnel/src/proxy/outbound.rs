@@ -16,13 +16,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
 
 use super::{
     ProxyContext, accept_each,
     authorize::{self, Denied},
     connect,
-    copy::{self, Relayed},
+    copy::{self, Relayed, Resettable},
     deliver::{self, DeliverError},
     pod::LocalPod,
     record::{self, Peer},
@@ -34,7 +37,10 @@ use crate::{
     metrics::{TcpLabels, TcpRecord},
     redirect::{abi::INBOUND_MTLS_PORT, programs::OrigDstTable},
     registry::{Pod, Service},
-    tunnel::{self, Session, TunnelError},
+    tunnel::{
+        self, Session, TunnelError,
+        plaintext::{self, Transport},
+    },
 };
 
 /// Why one outbound connection failed.
@@ -159,39 +165,51 @@ async fn handle(
     let idle = context.idle_timeout;
     match upstream {
         Upstream::Tunnel { endpoint, identity } => {
-            let config = context
-                .tunnel
-                .client(&pod.identity, &identity)
-                .map_err(|source| OutboundError::Tunnel {
-                    endpoint,
-                    source: source.into(),
-                })?;
             let daemon = SocketAddr::new(endpoint.ip(), INBOUND_MTLS_PORT);
-            let tcp = connect::from_pod(&pod.netns, daemon)
+            let failed = |source| OutboundError::Tunnel {
+                endpoint: daemon,
+                source,
+            };
+            let config = match context.transport {
+                Transport::MutualTls => Some(
+                    context
+                        .tunnel
+                        .client(&pod.identity, &identity)
+                        .map_err(|source| failed(source.into()))?,
+                ),
+                Transport::PlaintextForBenchmarks => None,
+            };
+            let mut tcp = connect::from_pod(&pod.netns, daemon)
                 .await
                 .map_err(|source| OutboundError::Connect {
                     destination: daemon,
                     source,
                 })?;
-            let (mut tls, session) =
-                tunnel::client::open(tcp, config, endpoint)
-                    .await
-                    .map_err(|source| OutboundError::Tunnel {
-                        endpoint: daemon,
-                        source,
-                    })?;
-            let mut tcp = TcpRecord::open(&context.metrics, labels);
             // The destination's daemon decides policy for tunnelled connections.
-            let relayed = copy::relay(&mut client, &mut tls, idle, std::future::pending()).await;
-            (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
+            let (relayed, labels, session) = match config {
+                Some(config) => {
+                    let (mut tls, session) = tunnel::client::open(tcp, config, endpoint)
+                        .await
+                        .map_err(failed)?;
+                    let (relayed, labels) =
+                        relay_counted(&mut client, &mut tls, context, labels).await;
+                    (relayed, labels, Some(session))
+                }
+                None => {
+                    plaintext::open(&mut tcp, endpoint).await.map_err(failed)?;
+                    let (relayed, labels) =
+                        relay_counted(&mut client, &mut tcp, context, labels).await;
+                    (relayed, labels, None)
+                }
+            };
             Ok(Closed {
                 source,
-                labels: tcp.labels().clone(),
+                labels,
                 original,
                 route: "tunnel",
                 endpoint,
-                peer: Some(session.peer.clone()),
-                session: Some(session),
+                peer: Some(identity),
+                session,
                 relayed,
             })
         }
@@ -242,13 +260,11 @@ async fn handle(
                     destination: endpoint,
                     source,
                 })?;
-            let mut tcp = TcpRecord::open(&context.metrics, labels);
-            let relayed =
-                copy::relay(&mut client, &mut upstream, idle, std::future::pending()).await;
-            (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
+            let (relayed, labels) =
+                relay_counted(&mut client, &mut upstream, context, labels).await;
             Ok(Closed {
                 source,
-                labels: tcp.labels().clone(),
+                labels,
                 original,
                 route: "passthrough",
                 endpoint,
@@ -258,6 +274,24 @@ async fn handle(
             })
         }
     }
+}
+
+/// Copies between `client` and `upstream` until both sides are done,
+/// counted under `labels` as the source side's report.
+async fn relay_counted<S>(
+    client: &mut TcpStream,
+    upstream: &mut S,
+    context: &ProxyContext,
+    labels: TcpLabels,
+) -> (Relayed, TcpLabels)
+where
+    S: AsyncRead + AsyncWrite + Resettable + Unpin,
+{
+    let mut tcp = TcpRecord::open(&context.metrics, labels);
+    let idle = context.idle_timeout;
+    let relayed = copy::relay(client, upstream, idle, std::future::pending()).await;
+    (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
+    (relayed, tcp.labels().clone())
 }
 
 /// Decide: where a connection from `pod` to `original` goes, and the labels
@@ -299,7 +333,8 @@ fn decide(
             service,
         } => {
             let identity = identity_of(dst)?;
-            let labels = labels(dst, &identity, service, true);
+            let mutual_tls = context.transport == Transport::MutualTls;
+            let labels = labels(dst, &identity, service, mutual_tls);
             let upstream = Upstream::Tunnel {
                 endpoint: destination,
                 identity,

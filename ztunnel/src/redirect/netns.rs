@@ -65,10 +65,19 @@ impl PodNetns {
 /// Runs `f` with the current thread in the namespace `target`, then restores
 /// the thread's own namespace.
 fn in_netns<T>(target: &File, f: impl FnOnce() -> T) -> io::Result<T> {
-    let home = File::open("/proc/thread-self/ns/net")?;
+    // Opened once: every thread is in the process's own namespace whenever
+    // it is outside this function, so the first caller's is everyone's.
+    static HOME: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+    let home = match HOME.get() {
+        Some(home) => home,
+        None => {
+            let home = File::open("/proc/thread-self/ns/net")?;
+            HOME.get_or_init(|| home)
+        }
+    };
     setns(target)?;
     let result = f();
-    if let Err(err) = setns(&home) {
+    if let Err(err) = setns(home) {
         // A thread left in a pod's namespace would make every later socket of
         // this process on it a pod socket: never continue from there.
         eprintln!("fatal: cannot return to the daemon's network namespace: {err}");

@@ -45,6 +45,25 @@ pub enum CipherSuites {
     AesGcmThenChaCha20,
 }
 
+/// How the tunnel's TLS sessions are set up, beyond the identities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelTls {
+    /// The cipher suites offered.
+    pub suites: CipherSuites,
+    /// Whether sessions are resumed from tickets (the default). Off, every
+    /// connection does a full handshake: for benchmarks and troubleshooting.
+    pub resumption: bool,
+}
+
+impl Default for TunnelTls {
+    fn default() -> Self {
+        Self {
+            suites: CipherSuites::default(),
+            resumption: true,
+        }
+    }
+}
+
 impl CipherSuites {
     fn provider(self) -> Arc<CryptoProvider> {
         let mut provider = ring::default_provider();
@@ -70,9 +89,9 @@ pub fn tunnel_client_config(
     key: PrivateKeyDer<'static>,
     roots: &[CertificateDer<'static>],
     expected: crate::identity::Identity,
-    suites: CipherSuites,
+    options: TunnelTls,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = suites.provider();
+    let provider = options.suites.provider();
     let verifier = verifier::ServerIdentityVerifier::new(
         root_store(roots)?,
         expected,
@@ -85,6 +104,9 @@ pub fn tunnel_client_config(
         .with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
     config.enable_early_data = false;
+    if !options.resumption {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 
@@ -97,9 +119,9 @@ pub fn tunnel_server_config(
     key: PrivateKeyDer<'static>,
     roots: &[CertificateDer<'static>],
     trust_domain: crate::identity::TrustDomain,
-    suites: CipherSuites,
+    options: TunnelTls,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = suites.provider();
+    let provider = options.suites.provider();
     let verifier =
         verifier::ClientIdentityVerifier::new(root_store(roots)?, trust_domain, provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -107,7 +129,12 @@ pub fn tunnel_server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
-    config.ticketer = ring::Ticketer::new()?;
+    if options.resumption {
+        config.ticketer = ring::Ticketer::new()?;
+    } else {
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    }
     config.max_early_data_size = 0;
     Ok(Arc::new(config))
 }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::{
-    CipherSuites, TUNNEL_ALPN, explain_io, tunnel_client_config, tunnel_server_config,
+    CipherSuites, TUNNEL_ALPN, TunnelTls, explain_io, tunnel_client_config, tunnel_server_config,
     verifier::identity_of,
 };
 use crate::identity::{Identity, TrustDomain};
@@ -127,27 +127,28 @@ async fn connect(
 }
 
 fn server(ca: &TestCa, identity: &str) -> Arc<ServerConfig> {
+    server_with_options(ca, identity, TunnelTls::default())
+}
+
+fn server_with_options(ca: &TestCa, identity: &str, options: TunnelTls) -> Arc<ServerConfig> {
     let (chain, key) = valid(ca, identity);
-    tunnel_server_config(
-        chain,
-        key,
-        std::slice::from_ref(&ca.root),
-        td(),
-        CipherSuites::AesGcm,
-    )
-    .unwrap()
+    tunnel_server_config(chain, key, std::slice::from_ref(&ca.root), td(), options).unwrap()
 }
 
 fn client(ca: &TestCa, identity: &str, trusted: &TestCa, expected: &str) -> Arc<ClientConfig> {
+    client_with_options(ca, identity, trusted, expected, TunnelTls::default())
+}
+
+fn client_with_options(
+    ca: &TestCa,
+    identity: &str,
+    trusted: &TestCa,
+    expected: &str,
+    options: TunnelTls,
+) -> Arc<ClientConfig> {
     let (chain, key) = valid(ca, identity);
-    tunnel_client_config(
-        chain,
-        key,
-        std::slice::from_ref(&trusted.root),
-        id(expected),
-        CipherSuites::AesGcm,
-    )
-    .unwrap()
+    let roots = std::slice::from_ref(&trusted.root);
+    tunnel_client_config(chain, key, roots, id(expected), options).unwrap()
 }
 
 #[tokio::test]
@@ -222,7 +223,7 @@ async fn a_server_refuses_clients_without_a_certificate_or_with_a_foreign_one() 
             key,
             std::slice::from_ref(&ca.root),
             id(WEB),
-            CipherSuites::AesGcm,
+            TunnelTls::default(),
         )
         .unwrap()
     };
@@ -286,6 +287,35 @@ async fn repeat_connections_resume_and_a_new_trust_bundle_forces_full_verificati
 }
 
 #[tokio::test]
+async fn without_resumption_every_connection_does_a_full_handshake() {
+    let ca = ca();
+    let off = TunnelTls {
+        resumption: false,
+        ..TunnelTls::default()
+    };
+    let server_config = server_with_options(&ca, WEB, off);
+    let client_config = client_with_options(&ca, CLIENT, &ca, WEB, off);
+    for _ in 0..2 {
+        let (client_result, server_result) =
+            connect(client_config.clone(), server_config.clone()).await;
+        assert_eq!(server_result.unwrap(), id(CLIENT));
+        assert_eq!(
+            client_result.unwrap().get_ref().1.handshake_kind(),
+            Some(HandshakeKind::Full)
+        );
+    }
+    // Either side alone turning it off is enough.
+    let resuming_client = client(&ca, CLIENT, &ca, WEB);
+    for _ in 0..2 {
+        let (client_result, _) = connect(resuming_client.clone(), server_config.clone()).await;
+        assert_eq!(
+            client_result.unwrap().get_ref().1.handshake_kind(),
+            Some(HandshakeKind::Full)
+        );
+    }
+}
+
+#[tokio::test]
 async fn chacha20_is_only_accepted_when_configured_as_the_fallback() {
     let ca = ca();
     // A peer without AES hardware that offers only ChaCha20-Poly1305.
@@ -314,10 +344,11 @@ async fn chacha20_is_only_accepted_when_configured_as_the_fallback() {
         config.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
         Arc::new(config)
     };
-    let server_with = |suites| {
-        let (chain, key) = valid(&ca, WEB);
-        tunnel_server_config(chain, key, std::slice::from_ref(&ca.root), td(), suites).unwrap()
+    let with = |suites| TunnelTls {
+        suites,
+        ..TunnelTls::default()
     };
+    let server_with = |suites| server_with_options(&ca, WEB, with(suites));
     let (refused, _) = connect(chacha_only.clone(), server_with(CipherSuites::AesGcm)).await;
     assert!(refused.is_err(), "AES-GCM only by default");
     let (accepted, _) = connect(chacha_only, server_with(CipherSuites::AesGcmThenChaCha20)).await;
@@ -330,15 +361,13 @@ async fn chacha20_is_only_accepted_when_configured_as_the_fallback() {
         .suite();
     assert_eq!(suite, rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
     // With the fallback configured, AES-GCM still wins between two daemons.
-    let (chain, key) = valid(&ca, CLIENT);
-    let daemon = tunnel_client_config(
-        chain,
-        key,
-        std::slice::from_ref(&ca.root),
-        id(WEB),
-        CipherSuites::AesGcmThenChaCha20,
-    )
-    .unwrap();
+    let daemon = client_with_options(
+        &ca,
+        CLIENT,
+        &ca,
+        WEB,
+        with(CipherSuites::AesGcmThenChaCha20),
+    );
     let (both, _) = connect(daemon, server_with(CipherSuites::AesGcmThenChaCha20)).await;
     let suite = both
         .unwrap()

@@ -7,7 +7,7 @@ use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
-use super::{HANDSHAKE_TIMEOUT, Session, TunnelError, preamble::Preamble};
+use super::{HANDSHAKE_TIMEOUT, Session, TunnelError, preamble::Preamble, read_ahead::ReadAhead};
 
 /// Opens the tunnel over `tcp` (connected to the destination's daemon) with
 /// `config` (which names the identity the server must prove), and announces
@@ -16,13 +16,13 @@ pub async fn open(
     tcp: TcpStream,
     config: Arc<ClientConfig>,
     destination: SocketAddr,
-) -> Result<(TlsStream<TcpStream>, Session), TunnelError> {
+) -> Result<(TlsStream<ReadAhead<TcpStream>>, Session), TunnelError> {
     // The verifier checks the SPIFFE identity, not this name; an IP name
     // also keeps SNI out of the ClientHello.
     let name = ServerName::IpAddress(destination.ip().into());
     let mut tls = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        TlsConnector::from(config).connect(name, tcp),
+        TlsConnector::from(config).connect(name, ReadAhead::new(tcp)),
     )
     .await
     .map_err(|_| TunnelError::Timeout("TLS handshake"))?

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::{
     identity::{Identity, TrustBundle, TrustDomain, WorkloadCertificate, manager::Certificates},
-    tls::{self, CipherSuites, TlsError},
+    tls::{self, TlsError, TunnelTls},
 };
 
 /// Why no TLS configuration is available for a connection.
@@ -58,7 +58,7 @@ pub struct TunnelConfigs {
     certificates: watch::Receiver<Certificates>,
     bundle: watch::Receiver<Arc<TrustBundle>>,
     trust_domain: TrustDomain,
-    suites: CipherSuites,
+    options: TunnelTls,
     clients: Mutex<BTreeMap<(Identity, Identity), Built<ClientConfig>>>,
     servers: Mutex<BTreeMap<Identity, Built<ServerConfig>>>,
 }
@@ -69,13 +69,13 @@ impl TunnelConfigs {
         certificates: watch::Receiver<Certificates>,
         bundle: watch::Receiver<Arc<TrustBundle>>,
         trust_domain: TrustDomain,
-        suites: CipherSuites,
+        options: TunnelTls,
     ) -> Self {
         Self {
             certificates,
             bundle,
             trust_domain,
-            suites,
+            options,
             clients: Mutex::default(),
             servers: Mutex::default(),
         }
@@ -101,7 +101,7 @@ impl TunnelConfigs {
             certificate.key(),
             bundle.roots(),
             destination.clone(),
-            self.suites,
+            self.options,
         )?;
         // Forget pairs whose source certificate is gone or replaced.
         let held = self.certificates.borrow().clone();
@@ -135,7 +135,7 @@ impl TunnelConfigs {
             certificate.key(),
             bundle.roots(),
             self.trust_domain.clone(),
-            self.suites,
+            self.options,
         )?;
         let held = self.certificates.borrow().clone();
         servers.retain(|identity, _| held.contains_key(identity));

@@ -8,10 +8,14 @@
 //! - [`configs`]: the TLS configurations per identity, following rotations.
 //! - [`client`]: the source side's handshake and preamble.
 //! - [`server`]: the destination side's handshake and preamble.
+//! - [`plaintext`]: the same without TLS, for benchmarks only.
+//! - [`read_ahead`]: large socket reads under TLS.
 
 pub mod client;
 pub mod configs;
+pub mod plaintext;
 pub mod preamble;
+pub mod read_ahead;
 pub mod server;
 
 use std::time::Duration;

@@ -1,0 +1,78 @@
+//! `ztunnel-bench`: runs the benchmark on a fresh local cluster and writes
+//! its report (`cargo xtask bench` builds everything first and runs this).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ztunnel_bench::harness::{
+    self, Environment,
+    report::{Report, Settings},
+};
+
+/// The mesh against a direct path and a plain relay, in one run.
+#[derive(Parser)]
+#[command(name = "ztunnel-bench")]
+struct Cli {
+    /// Where the report goes.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Directory of the project's release binaries.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Rounds (each scenario is measured once per round).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Short runs (a quick look, not for the README).
+    #[arg(long)]
+    quick: bool,
+    /// On failure, leave the cluster up for inspection.
+    #[arg(long)]
+    keep_on_failure: bool,
+    /// Name of the cluster the benchmark creates.
+    #[arg(long, default_value = "bench")]
+    name: String,
+    /// Write the table and plots again from a `report.json`, without running.
+    #[arg(long, value_name = "REPORT_JSON")]
+    from_json: Option<PathBuf>,
+    /// Idle tunnelled connections held for the memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    held_connections: usize,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(json) = &cli.from_json {
+        let report = Report::read(json)?;
+        report.write(&cli.out)?;
+        print!("{}", report.markdown());
+        return Ok(());
+    }
+    let scale: f64 = if cli.quick { 0.3 } else { 1.0 };
+    let settings = Settings {
+        rounds: cli.rounds,
+        throughput_seconds: (10.0 * scale).round(),
+        latency_seconds: (10.0 * scale).round(),
+        rate: 1000.0,
+        connrate_seconds: (5.0 * scale).round(),
+        connrate_concurrency: 8,
+        held_connections: cli.held_connections,
+    };
+    let bin_dir = match cli.bin_dir {
+        Some(dir) => dir,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the binary has a directory")?
+            .to_owned(),
+    };
+    let environment = Environment {
+        bin_dir,
+        cluster: cli.name,
+        keep_on_failure: cli.keep_on_failure,
+    };
+    let report = harness::run(&settings, &environment)?;
+    report.write(&cli.out)?;
+    print!("{}", report.markdown());
+    eprintln!("report written to {}", cli.out.display());
+    Ok(())
+}
