@@ -20,6 +20,18 @@ pub struct Target<'a> {
     pub loadgen: &'a str,
 }
 
+impl<'a> Target<'a> {
+    /// `client` in `cluster` against `server`, with the load generator at `loadgen`.
+    pub fn new(cluster: &'a Cluster, client: &'a str, server: IpAddr, loadgen: &'a str) -> Self {
+        Self {
+            cluster,
+            client,
+            server,
+            loadgen,
+        }
+    }
+}
+
 /// The load generator's server port.
 pub const LOADGEN_PORT: u16 = 9100;
 
@@ -72,22 +84,20 @@ pub fn latency(
     connections: usize,
     seconds: f64,
 ) -> Result<latency::Run, HarnessError> {
-    let address = format!("{}", std::net::SocketAddr::new(target.server, LOADGEN_PORT));
-    let out = target.cluster.run(
-        target.client,
-        target.loadgen,
-        &[
-            "latency",
-            &address,
-            "--rate",
-            &rate.to_string(),
-            "--connections",
-            &connections.to_string(),
-            "--seconds",
-            &seconds.to_string(),
-        ],
-    )?;
-    serde_json::from_str(&out).map_err(|err| HarnessError::Output(format!("loadgen: {err}")))
+    let (rate, connections, seconds) = (
+        rate.to_string(),
+        connections.to_string(),
+        seconds.to_string(),
+    );
+    let args = [
+        "--rate",
+        &rate,
+        "--connections",
+        &connections,
+        "--seconds",
+        &seconds,
+    ];
+    loadgen(target, "latency", &args)
 }
 
 /// A connection-rate run.
@@ -96,20 +106,24 @@ pub fn connrate(
     concurrency: usize,
     seconds: f64,
 ) -> Result<connrate::Run, HarnessError> {
-    let address = format!("{}", std::net::SocketAddr::new(target.server, LOADGEN_PORT));
-    let out = target.cluster.run(
-        target.client,
-        target.loadgen,
-        &[
-            "connrate",
-            &address,
-            "--concurrency",
-            &concurrency.to_string(),
-            "--seconds",
-            &seconds.to_string(),
-        ],
-    )?;
-    serde_json::from_str(&out).map_err(|err| HarnessError::Output(format!("loadgen: {err}")))
+    let (concurrency, seconds) = (concurrency.to_string(), seconds.to_string());
+    let args = ["--concurrency", &concurrency, "--seconds", &seconds];
+    loadgen(target, "connrate", &args)
+}
+
+/// Runs the load generator's `command` against the server with `args`;
+/// parses the JSON it prints.
+fn loadgen<T: serde::de::DeserializeOwned>(
+    target: &Target,
+    command: &str,
+    args: &[&str],
+) -> Result<T, HarnessError> {
+    let address = std::net::SocketAddr::new(target.server, LOADGEN_PORT).to_string();
+    let mut all = vec![command, address.as_str()];
+    all.extend_from_slice(args);
+    let out = target.cluster.run(target.client, target.loadgen, &all)?;
+    serde_json::from_str(&out)
+        .map_err(|err| HarnessError::Output(format!("loadgen {command}: {err}")))
 }
 
 /// CPU seconds (user and system) process `pid` has used so far.

@@ -106,23 +106,13 @@ fn run_on(
         for scenario in Scenario::MAIN {
             eprintln!("round {round}/{rounds}: {}", scenario.name());
             scenario::apply(cluster, scenario)?;
-            let target = Target {
-                cluster,
-                client: CLIENT,
-                server,
-                loadgen: &loadgen,
-            };
+            let target = Target::new(cluster, CLIENT, server, &loadgen);
             measure_paths(&target, scenario, settings, &mut report)?;
         }
         eprintln!("round {round}/{rounds}: mtls without resumption");
         let full = Scenario::MtlsFullHandshake;
         scenario::apply(cluster, full)?;
-        let target = Target {
-            cluster,
-            client: CLIENT,
-            server,
-            loadgen: &loadgen,
-        };
+        let target = Target::new(cluster, CLIENT, server, &loadgen);
         measure_connection_rate(&target, full, settings, &mut report)?;
     }
 
@@ -149,12 +139,7 @@ fn run_on(
     }
     let held = *held;
     eprintln!("memory: {held} idle tunnelled connections");
-    let target = Target {
-        cluster,
-        client: CLIENT,
-        server,
-        loadgen: &loadgen,
-    };
+    let target = Target::new(cluster, CLIENT, server, &loadgen);
     measure_memory(&target, held, &mut report)?;
     Ok(report)
 }

@@ -457,6 +457,16 @@ spec:
     assert!(ctl(&cluster, "node1", &["policies"]).contains("web-allow-client"));
 }
 
+/// Kills the cluster's CA and waits until it is gone.
+fn kill_ca(cluster: &Cluster) {
+    let ca = cluster.status().ca.as_ref().unwrap().pid;
+    Command::new("kill")
+        .args(["-KILL", &ca.to_string()])
+        .status()
+        .unwrap();
+    ztunnel_cluster::netns::wait_gone(&[ca], Duration::from_secs(5)).unwrap();
+}
+
 #[test]
 fn readiness_flips_with_its_conditions() {
     let mut cluster = mesh(2);
@@ -465,12 +475,7 @@ fn readiness_flips_with_its_conditions() {
 
     // With the CA gone, a newly enrolled ServiceAccount cannot be certified:
     // the daemon says it is not ready, and why.
-    let ca = cluster.status().ca.as_ref().unwrap().pid;
-    Command::new("kill")
-        .args(["-KILL", &ca.to_string()])
-        .status()
-        .unwrap();
-    ztunnel_cluster::netns::wait_gone(&[ca], Duration::from_secs(5)).unwrap();
+    kill_ca(&cluster);
     cluster
         .label_namespace("legacy", "istio.io/dataplane-mode", Some("ambient"))
         .unwrap();
@@ -524,12 +529,7 @@ fn a_certificate_whose_renewal_fails_is_reported_near_expiry_then_withdrawn() {
     assert_eq!(held.len(), 2, "web and client: {certs}");
 
     // The CA goes away, so no renewal can succeed.
-    let ca = cluster.status().ca.as_ref().unwrap().pid;
-    Command::new("kill")
-        .args(["-KILL", &ca.to_string()])
-        .status()
-        .unwrap();
-    ztunnel_cluster::netns::wait_gone(&[ca], Duration::from_secs(5)).unwrap();
+    kill_ca(&cluster);
 
     // Each certificate is reported once, as an audit event naming it, when
     // it enters its last fifth ...
