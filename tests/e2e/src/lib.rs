@@ -277,3 +277,22 @@ pub fn metric_sum(
         })
         .sum()
 }
+
+/// An AuthorizationPolicy letting only the `client` ServiceAccount reach the
+/// `web` pods (YAML, one document).
+pub const ALLOW_CLIENT: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: web-allow-client
+  namespace: demo
+spec:
+  selector:
+    matchLabels:
+      app: web
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/demo/sa/client"]
+"#;

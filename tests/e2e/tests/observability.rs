@@ -5,7 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use ztunnel_cluster::Cluster;
-use ztunnel_e2e::{daemon_log, http_server, mesh, metric_sum, scrape, within};
+use ztunnel_e2e::{ALLOW_CLIENT, daemon_log, http_server, mesh, metric_sum, scrape, within};
 
 fn get(cluster: &Cluster, from: &str, url: &str) -> bool {
     cluster
@@ -367,20 +367,8 @@ fn ctl_explains_an_allowed_and_a_denied_pair_and_finds_policy_mistakes() {
     let dir = cluster.status().config.policies.clone().unwrap();
     std::fs::write(
         dir.join("policies.yaml"),
-        r#"apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: web-allow-client
-  namespace: demo
-spec:
-  selector:
-    matchLabels:
-      app: web
-  rules:
-  - from:
-    - source:
-        principals: ["cluster.local/ns/demo/sa/client"]
----
+        format!(
+            r#"{ALLOW_CLIENT}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
@@ -391,7 +379,8 @@ spec:
   selector:
     matchLabels:
       app: db
-"#,
+"#
+        ),
     )
     .unwrap();
     within(Duration::from_secs(3), "node1 takes the policies", || {

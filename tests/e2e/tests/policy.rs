@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ztunnel_cluster::Cluster;
-use ztunnel_e2e::{READY, daemon_log, http_server, mesh, testapp_path, within};
+use ztunnel_e2e::{ALLOW_CLIENT, READY, daemon_log, http_server, mesh, testapp_path, within};
 
 /// Writes `yaml` as `<name>.yaml` in the cluster's policy directory and waits
 /// until both daemons have reloaded (or refused) it.
@@ -43,23 +43,6 @@ fn denials(cluster: &Cluster, node: &str, reason: &str) -> usize {
         .filter(|line| line.contains("denied") && line.contains(reason))
         .count()
 }
-
-const ALLOW_CLIENT: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: web-allow-client
-  namespace: demo
-spec:
-  selector:
-    matchLabels:
-      app: web
-  action: ALLOW
-  rules:
-  - from:
-    - source:
-        principals: ["cluster.local/ns/demo/sa/client"]
-"#;
 
 #[test]
 fn principal_allow_and_namespace_deny_across_nodes() {

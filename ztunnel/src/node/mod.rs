@@ -385,20 +385,14 @@ pub async fn run(
         enrolment: config.enrolment.clone(),
         trust_domain: config.trust_domain.clone(),
     });
-    let listener = admin::bind(config.admin)
-        .await
-        .map_err(|source| NodeError::Admin {
-            address: config.admin,
-            source,
-        })?;
-    let admin = tokio::spawn(admin::serve(listener, state.clone()));
-    let metrics_listener =
-        admin::bind(config.metrics)
+    let bind = |address| async move {
+        admin::bind(address)
             .await
-            .map_err(|source| NodeError::Admin {
-                address: config.metrics,
-                source,
-            })?;
+            .map_err(|source| NodeError::Admin { address, source })
+    };
+    let listener = bind(config.admin).await?;
+    let admin = tokio::spawn(admin::serve(listener, state.clone()));
+    let metrics_listener = bind(config.metrics).await?;
     let metrics_server = tokio::spawn(admin::serve_metrics(metrics_listener, metrics.clone()));
     tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
     if config.transport == Transport::PlaintextForBenchmarks {

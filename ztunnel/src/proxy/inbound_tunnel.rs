@@ -6,7 +6,7 @@
 //! domain); the preamble names the destination, which must be this pod; then
 //! the connection is delivered to the application from inside the pod.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -114,54 +114,41 @@ async fn handle(
                 .map_err(TunnelError::from)?;
             let accepted = Box::pin(tunnel::server::accept(tcp, config));
             let (tls, session, preamble) = accepted.await?;
-            let source = session.peer.clone();
             let tunnel = Accepted {
                 stream: tls,
                 peer,
-                source,
+                source: session.peer.clone(),
                 session: Some(session),
             };
-            Box::pin(deliver_and_copy(
-                tunnel,
-                preamble.destination,
-                pod,
-                context,
-                started,
-            ))
-            .await
+            deliver_and_copy(tunnel, preamble.destination, pod, context, started).await
         }
         Transport::PlaintextForBenchmarks => {
             let preamble = plaintext::accept(&mut tcp).await?;
-            // Benchmarks only: the source is whoever the registry says has
-            // the address the connection comes from.
-            let registry = context.registry.borrow().clone();
-            let source = registry
-                .pod_at(peer.ip())
-                .and_then(|source| {
-                    Identity::new(
-                        context.trust_domain.clone(),
-                        &source.namespace,
-                        &source.service_account,
-                    )
-                    .ok()
-                })
-                .ok_or(InboundTunnelError::UnknownSource(peer))?;
             let tunnel = Accepted {
                 stream: tcp,
                 peer,
-                source,
+                source: source_by_address(context, peer)?,
                 session: None,
             };
-            Box::pin(deliver_and_copy(
-                tunnel,
-                preamble.destination,
-                pod,
-                context,
-                started,
-            ))
-            .await
+            deliver_and_copy(tunnel, preamble.destination, pod, context, started).await
         }
     }
+}
+
+/// Benchmark relay only: the source is whoever the registry says has the
+/// address the connection comes from (nothing proves it).
+fn source_by_address(
+    context: &ProxyContext,
+    peer: SocketAddr,
+) -> Result<Identity, InboundTunnelError> {
+    let registry = context.registry.borrow().clone();
+    registry
+        .pod_at(peer.ip())
+        .and_then(|source| {
+            let trust_domain = context.trust_domain.clone();
+            Identity::new(trust_domain, &source.namespace, &source.service_account).ok()
+        })
+        .ok_or(InboundTunnelError::UnknownSource(peer))
 }
 
 /// A tunnel past its handshake and preamble.
@@ -176,52 +163,54 @@ struct Accepted<S> {
 }
 
 /// Decide, deliver, copy and record `tunnel`, whose preamble named
-/// `destination`.
-async fn deliver_and_copy<S>(
+/// `destination` (boxed, see [`handle`]).
+fn deliver_and_copy<'a, S>(
     tunnel: Accepted<S>,
     destination: SocketAddr,
-    pod: &Arc<LocalPod>,
-    context: &ProxyContext,
+    pod: &'a Arc<LocalPod>,
+    context: &'a ProxyContext,
     started: Instant,
-) -> Result<Finished, InboundTunnelError>
+) -> Pin<Box<impl Future<Output = Result<Finished, InboundTunnelError>> + 'a>>
 where
-    S: AsyncRead + AsyncWrite + Resettable + Unpin,
+    S: AsyncRead + AsyncWrite + Resettable + Unpin + 'a,
 {
-    let Accepted {
-        mut stream,
-        peer,
-        source,
-        session,
-    } = tunnel;
-    let mut admission = authorize::admit(context, pod, peer.ip(), Some(&source), destination)?;
-    // The tunnel comes from the source pod's address (its daemon connects
-    // from inside the source pod): the application sees that address.
-    let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
-    let registry = context.registry.borrow().clone();
-    let labels = record::destination_reporter(&registry, pod, peer.ip(), Some(&source));
-    let mut tcp = TcpRecord::open(&context.metrics, labels);
-    let relayed = copy::relay(
-        &mut stream,
-        &mut app,
-        context.idle_timeout,
-        admission.revoked(),
-    )
-    .await;
-    (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
-    let addresses = Addresses {
-        src: peer,
-        dst: destination,
-        endpoint: destination,
-    };
-    let (labels, duration) = (tcp.labels(), started.elapsed());
-    record::access_log(
-        context,
-        labels,
-        "inbound_tunnel",
-        addresses,
-        &relayed,
-        duration,
-        session.as_ref(),
-    );
-    Ok((destination, source, session, relayed))
+    Box::pin(async move {
+        let Accepted {
+            mut stream,
+            peer,
+            source,
+            session,
+        } = tunnel;
+        let mut admission = authorize::admit(context, pod, peer.ip(), Some(&source), destination)?;
+        // The tunnel comes from the source pod's address (its daemon connects
+        // from inside the source pod): the application sees that address.
+        let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
+        let registry = context.registry.borrow().clone();
+        let labels = record::destination_reporter(&registry, pod, peer.ip(), Some(&source));
+        let mut tcp = TcpRecord::open(&context.metrics, labels);
+        let relayed = copy::relay(
+            &mut stream,
+            &mut app,
+            context.idle_timeout,
+            admission.revoked(),
+        )
+        .await;
+        (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
+        let addresses = Addresses {
+            src: peer,
+            dst: destination,
+            endpoint: destination,
+        };
+        let (labels, duration) = (tcp.labels(), started.elapsed());
+        record::access_log(
+            context,
+            labels,
+            "inbound_tunnel",
+            addresses,
+            &relayed,
+            duration,
+            session.as_ref(),
+        );
+        Ok((destination, source, session, relayed))
+    })
 }

@@ -304,7 +304,7 @@ async fn without_resumption_every_connection_does_a_full_handshake() {
             Some(HandshakeKind::Full)
         );
     }
-    // Either side alone turning it off is enough.
+    // The server alone turning it off is enough: it issues no tickets.
     let resuming_client = client(&ca, CLIENT, &ca, WEB);
     for _ in 0..2 {
         let (client_result, _) = connect(resuming_client.clone(), server_config.clone()).await;
