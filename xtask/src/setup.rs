@@ -14,7 +14,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::build;
 
-/// Debian packages, each with a file that shows it is installed.
+/// Debian packages, each with a file that shows it is installed: a command
+/// found in `PATH`, or an absolute path.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),              // network namespaces, veths, routes
     ("iperf3", "iperf3"),            // throughput tests and benchmarks
@@ -23,10 +24,15 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),          // captures on the fabric between nodes
     ("bpftool", "bpftool"),          // inspecting eBPF programs, links and pins
     ("protobuf-compiler", "protoc"), // gRPC code generation for the CA API
-    ("openssl", "openssl"),          // certificate checks in tests
-    ("procps", "pkill"),             // process handling in scripts
-    ("nftables", "nft"),             // proving capture adds no nftables rule
-    ("iptables", "iptables-save"),   // ... and no iptables rule
+    // ... and the well-known types it imports (some images carry protoc alone)
+    (
+        "libprotobuf-dev",
+        "/usr/include/google/protobuf/struct.proto",
+    ),
+    ("openssl", "openssl"),        // certificate checks in tests
+    ("procps", "pkill"),           // process handling in scripts
+    ("nftables", "nft"),           // proving capture adds no nftables rule
+    ("iptables", "iptables-save"), // ... and no iptables rule
 ];
 
 /// bpf-linker links the eBPF programs. 0.10.0 carries its own LLVM (that of
@@ -55,7 +61,13 @@ pub fn require_root(why: &str) -> Result<()> {
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(_, probe)| find_in_path(probe).is_none())
+        .filter(|(_, probe)| {
+            if probe.starts_with('/') {
+                !Path::new(probe).exists()
+            } else {
+                find_in_path(probe).is_none()
+            }
+        })
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {

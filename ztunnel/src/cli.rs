@@ -14,7 +14,8 @@ use ztunnel::{
     admin::LogControl,
     ca::{Ca, CaConfig},
     identity::{CaClientConfig, ManagerConfig, TrustDomain},
-    node::{self, NodeConfig},
+    kubernetes::KubeConfig,
+    node::{self, NodeConfig, Source},
     registry::{Enrolment, LabelSelector},
     tls::{CipherSuites, TunnelTls},
     tunnel::plaintext::Transport,
@@ -49,9 +50,25 @@ struct NodeArgs {
     /// This node's name (pods name their node with it).
     #[arg(long)]
     node: String,
-    /// The workload registry file.
+    /// The workload registry file (standalone mode), reloaded on change.
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    registry: Option<PathBuf>,
+    /// Read namespaces, pods, services and policies from the Kubernetes API
+    /// server (in-cluster configuration, or --kubeconfig) instead of
+    /// --registry and --policies.
     #[arg(long)]
-    registry: PathBuf,
+    kubernetes: bool,
+    /// kubeconfig file for --kubernetes outside a cluster.
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the host directory where the container runtime
+    /// creates pod network namespaces (pods are found there by address).
+    #[arg(long, default_value = "/var/run/netns")]
+    netns_dir: PathBuf,
     /// Namespace label that enrols a namespace's pods.
     #[arg(long, default_value = "istio.io/dataplane-mode=ambient")]
     enrol_label: LabelSelector,
@@ -101,7 +118,7 @@ struct NodeArgs {
     idle_timeout_secs: u64,
     /// Directory of Istio policy YAML (PeerAuthentication, AuthorizationPolicy),
     /// reloaded on change.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubernetes")]
     policies: Option<PathBuf>,
     /// The namespace whose policies apply to the whole mesh.
     #[arg(long, default_value = ztunnel::policy::DEFAULT_ROOT_NAMESPACE)]
@@ -326,7 +343,16 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()
     };
     let config = NodeConfig {
         node: args.node,
-        registry: args.registry,
+        source: match args.registry {
+            Some(registry) => Source::Files {
+                registry,
+                policies: args.policies,
+            },
+            None => Source::Kubernetes(KubeConfig {
+                kubeconfig: args.kubeconfig,
+                netns_dir: args.netns_dir,
+            }),
+        },
         enrolment: Enrolment {
             namespace_label: args.enrol_label,
             ..Enrolment::default()
@@ -347,7 +373,6 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()
         admin: args.admin,
         bpf_pin_dir: args.bpf_pin_dir,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
-        policies: args.policies,
         metrics: args.metrics,
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),

@@ -23,6 +23,7 @@
 //! - [`metrics`]: Prometheus metrics with Istio's names.
 //! - [`access_log`]: one JSON line per connection.
 //! - [`registry`]: the workloads, namespaces and services the daemon acts on.
+//! - [`kubernetes`]: the registry and the policies from the Kubernetes API.
 
 // The daemon never unwraps: bad input gets a typed error, never a panic.
 // `unsafe` only at the kernel boundary (`redirect::netns`), where it is allowed explicitly.
@@ -35,6 +36,7 @@ pub mod buffers;
 pub mod ca;
 pub mod ctl;
 pub mod identity;
+pub mod kubernetes;
 pub mod metrics;
 pub mod node;
 pub mod policy;

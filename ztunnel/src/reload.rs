@@ -96,6 +96,13 @@ impl<T: Send + Sync + 'static> Watched<T> {
         Ok(Self { receiver, task })
     }
 
+    /// A value kept current by `task` (another source, such as the
+    /// Kubernetes API), which sends its versions to `receiver`'s channel.
+    /// The task stops when this is dropped.
+    pub fn fed_by(receiver: watch::Receiver<Arc<T>>, task: JoinHandle<()>) -> Self {
+        Self { receiver, task }
+    }
+
     /// The current value.
     pub fn current(&self) -> Arc<T> {
         self.receiver.borrow().clone()

@@ -22,6 +22,7 @@
 
 pub mod addressing;
 mod cluster;
+pub mod kube_api;
 pub mod mesh;
 pub mod netns;
 pub mod payload;

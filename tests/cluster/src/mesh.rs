@@ -182,8 +182,6 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
         "node".as_ref(),
         "--node".as_ref(),
         node.as_ref(),
-        "--registry".as_ref(),
-        registry.as_os_str(),
         "--ca-address".as_ref(),
         ca.address.as_ref(),
         "--ca-token-file".as_ref(),
@@ -200,9 +198,22 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
         "3".as_ref(),
         "--bpf-pin-dir".as_ref(),
         pin_dir.as_os_str(),
-        "--policies".as_ref(),
-        policies.as_os_str(),
     ];
+    // A daemon reading the Kubernetes API (`--kubernetes` among the extra
+    // arguments) takes neither the registry file nor the policy directory.
+    if !status
+        .config
+        .daemon_args
+        .iter()
+        .any(|arg| arg == "--kubernetes")
+    {
+        args.extend([
+            "--registry".as_ref(),
+            registry.as_os_str(),
+            "--policies".as_ref(),
+            policies.as_os_str(),
+        ]);
+    }
     args.extend(status.config.daemon_args.iter().map(std::ffi::OsStr::new));
     // Appended to, so a restarted daemon's log follows its predecessor's.
     netns::spawn_detached(netns, ztunnel, &args, &daemon_log(status, node))

@@ -160,7 +160,7 @@ pub(crate) fn registry(status: &Status) -> Registry {
                 service_account: pod.service_account.clone(),
                 node: pod.node.clone(),
                 ips: vec![pod.ipv4.into(), pod.ipv6.into()],
-                netns: Path::new(netns::NETNS_DIR).join(&pod.netns),
+                netns: Some(Path::new(netns::NETNS_DIR).join(&pod.netns)),
                 labels: pod.labels.clone(),
             })
             .collect(),

@@ -36,6 +36,9 @@ enum CaptureError {
     /// Its namespace and ServiceAccount make no valid SPIFFE identity.
     #[error("the pod has no valid workload identity: {0}")]
     Identity(#[from] crate::identity::SpiffeError),
+    /// Its network namespace is not known (yet).
+    #[error("its network namespace is not known yet")]
+    NoNetns,
     /// Its namespace could not be entered, or the programs refused it.
     #[error(transparent)]
     Redirect(#[from] RedirectError),
@@ -157,12 +160,13 @@ impl Capture {
     }
 
     fn enrol(&mut self, pod: &Pod) -> Result<CapturedPod, CaptureError> {
+        let netns_path = pod.netns.as_ref().ok_or(CaptureError::NoNetns)?;
         let io = |context: &str| {
             let context = format!(
                 "{context} of pod {}/{} ({})",
                 pod.namespace,
                 pod.name,
-                pod.netns.display()
+                netns_path.display()
             );
             move |source| RedirectError::Io { context, source }
         };
@@ -171,7 +175,7 @@ impl Capture {
             &pod.namespace,
             &pod.service_account,
         )?;
-        let netns = PodNetns::open(&pod.netns).map_err(io("opening the network namespace"))?;
+        let netns = PodNetns::open(netns_path).map_err(io("opening the network namespace"))?;
         // Without it, applications see the pod's own address as every peer's.
         let transparent = match transparent::install(&netns) {
             Ok(()) => Some(self.deliveries.clone()),

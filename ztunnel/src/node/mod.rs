@@ -26,6 +26,7 @@ use crate::{
         CaClient, CaClientConfig, CertManager, Identity, ManagerConfig, TrustBundle,
         WorkloadCertificate, bundle::BundleError, ca_client::CaClientError, manager::Certificates,
     },
+    kubernetes::{self, KubeConfig, KubeError},
     metrics::{IdentityLabels, Metrics},
     policy::{LoadError, PolicySet},
     proxy::ProxyContext,
@@ -41,8 +42,8 @@ use crate::{
 pub struct NodeConfig {
     /// This node's name, as pods name it.
     pub node: String,
-    /// The workload registry file.
-    pub registry: PathBuf,
+    /// Where the registry and the policies come from.
+    pub source: Source,
     /// Which pods are in the mesh.
     pub enrolment: Enrolment,
     /// Trust domain of the workload identities.
@@ -64,8 +65,6 @@ pub struct NodeConfig {
     pub tunnel_tls: TunnelTls,
     /// How tunnels are carried: mutual TLS, or plain TCP in benchmarks.
     pub transport: Transport,
-    /// The directory of Istio policy YAML (reloaded on change); none: no policy.
-    pub policies: Option<PathBuf>,
     /// The namespace whose policies apply mesh-wide.
     pub root_namespace: String,
     /// Address of the Prometheus metrics endpoint (`/metrics`).
@@ -74,6 +73,20 @@ pub struct NodeConfig {
     pub access_log: String,
     /// On SIGTERM, how long open connections may take to finish.
     pub drain_timeout: Duration,
+}
+
+/// Where the daemon learns about the cluster and its policies.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Files, reloaded when they change (standalone mode).
+    Files {
+        /// The workload registry file.
+        registry: PathBuf,
+        /// The directory of Istio policy YAML; none: no policy.
+        policies: Option<PathBuf>,
+    },
+    /// The Kubernetes API server.
+    Kubernetes(KubeConfig),
 }
 
 /// Why the daemon could not start.
@@ -93,6 +106,9 @@ pub enum NodeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The Kubernetes source could not start.
+    #[error(transparent)]
+    Kubernetes(#[from] KubeError),
     /// The policies are unusable.
     #[error(transparent)]
     Policy(#[from] LoadError),
@@ -336,13 +352,44 @@ async fn count_certificates(
     }
 }
 
+/// The policy directory, watched: the watcher (kept alive by its holder) and
+/// its receiver. Without a directory, no policy.
+type PolicyFiles = (Option<Watched<PolicySet>>, watch::Receiver<Arc<PolicySet>>);
+
+fn watch_policy_files(dir: Option<&PathBuf>, root: &str) -> Result<PolicyFiles, NodeError> {
+    let Some(dir) = dir else {
+        return Ok((None, watch::channel(Arc::new(PolicySet::default())).1));
+    };
+    let root = root.to_owned();
+    let watched = Watched::start(dir.clone(), "policies", move |dir: &std::path::Path| {
+        PolicySet::load_dir(dir, &root)
+    })?;
+    let set = watched.current();
+    tracing::info!(
+        authorization = set.authorization.len(),
+        peer_authentication = set.peer_authentication.len(),
+        "policies loaded"
+    );
+    let receiver = watched.subscribe();
+    Ok((Some(watched), receiver))
+}
+
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(
     config: NodeConfig,
     log: Arc<dyn LogControl>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    let registry = Watched::start(config.registry.clone(), "registry", Registry::load)?;
+    let (registry, policies) = match &config.source {
+        Source::Files { registry, policies } => (
+            Watched::start(registry.clone(), "registry", Registry::load)?,
+            watch_policy_files(policies.as_ref(), &config.root_namespace)?,
+        ),
+        Source::Kubernetes(kube) => {
+            let source = kubernetes::start(kube, &config.node, &config.root_namespace).await?;
+            (source.registry, (None, source.policies))
+        }
+    };
     let trust_bundle = Watched::start(
         config.trust_bundle.clone(),
         "trust bundle",
@@ -356,25 +403,6 @@ pub async fn run(
     let mut manager = CertManager::new(CaClient::new(&config.ca)?, config.certificates.clone())
         .observed_by(metrics.clone());
     let applied = watch::Sender::new(None);
-    let policies = match &config.policies {
-        Some(dir) => {
-            let root = config.root_namespace.clone();
-            let watched = Watched::start(dir.clone(), "policies", move |dir: &std::path::Path| {
-                PolicySet::load_dir(dir, &root)
-            })?;
-            let receiver = watched.subscribe();
-            (Some(watched), receiver)
-        }
-        None => (None, watch::channel(Arc::new(PolicySet::default())).1),
-    };
-    if let Some(watched) = &policies.0 {
-        let set = watched.current();
-        tracing::info!(
-            authorization = set.authorization.len(),
-            peer_authentication = set.peer_authentication.len(),
-            "policies loaded"
-        );
-    }
     let state = Arc::new(NodeState {
         certificates: manager.subscribe(),
         applied: applied.subscribe(),

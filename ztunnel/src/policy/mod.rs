@@ -129,8 +129,7 @@ impl PolicySet {
                 problems.push(format!("{}: {problem}", file.display()));
             }
         }
-        set.authorization.sort_by(|a, b| a.id.cmp(&b.id));
-        set.peer_authentication.sort_by(|a, b| a.id.cmp(&b.id));
+        set.sort();
         // One object per kind, namespace and name, as in Kubernetes: a second
         // definition would silently add to the first here.
         let twice = |ids: Vec<&String>| -> Vec<String> {
@@ -147,6 +146,13 @@ impl PolicySet {
             return Err(LoadError::Invalid(problems));
         }
         Ok(set)
+    }
+
+    /// Puts the policies in the order evaluation and output rely on: by
+    /// namespace and name.
+    pub fn sort(&mut self) {
+        self.authorization.sort_by(|a, b| a.id.cmp(&b.id));
+        self.peer_authentication.sort_by(|a, b| a.id.cmp(&b.id));
     }
 
     /// Parses the YAML documents of `text` into the set; returns a problem

@@ -10,6 +10,7 @@
 use std::{
     fs::File,
     io,
+    net::IpAddr,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
@@ -55,6 +56,11 @@ impl PodNetns {
         &self.path
     }
 
+    /// The IP addresses of every interface inside this namespace.
+    pub fn addresses(&self) -> io::Result<Vec<IpAddr>> {
+        self.run(interface_addresses)?
+    }
+
     /// Runs `f` inside this namespace, on the current thread, and comes back.
     /// `f` must be short and must not block: it runs on an async worker.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
@@ -95,6 +101,46 @@ fn setns(netns: &File) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// The addresses of the current thread's network namespace (glibc's
+/// `getifaddrs` asks the kernel over netlink, in the caller's namespace).
+fn interface_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is valid for writes; on success getifaddrs stores a list
+    // that stays valid until it is passed to freeifaddrs below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut addresses = Vec::new();
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null `ifa_addr` points to a sockaddr whose
+        // `sa_family` tells which larger structure it is the start of.
+        let address = unsafe {
+            match i32::from((*entry.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*entry.ifa_addr.cast::<libc::sockaddr_in>();
+                    IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes())
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*entry.ifa_addr.cast::<libc::sockaddr_in6>();
+                    IpAddr::from(sin6.sin6_addr.s6_addr)
+                }
+                _ => continue,
+            }
+        };
+        addresses.push(address);
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(addresses)
 }
 
 /// The netns cookie of the namespace `socket` was created in.

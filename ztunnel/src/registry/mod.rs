@@ -66,6 +66,13 @@ impl Registry {
         Ok(registry)
     }
 
+    /// Checks a registry built in code (by the Kubernetes source) as a
+    /// loaded one is checked.
+    pub fn validated(self) -> Result<Self, RegistryError> {
+        validate::validate(&self).map_err(RegistryError::Invalid)?;
+        Ok(self)
+    }
+
     /// Serialises the registry as YAML, in the format [`Registry::from_yaml`] reads.
     pub fn to_yaml(&self) -> String {
         serde_saphyr::to_string(self).expect("the registry model always serialises")

@@ -59,8 +59,11 @@ pub struct Pod {
     pub node: String,
     /// The pod's addresses (IPv4 and/or IPv6).
     pub ips: Vec<IpAddr>,
-    /// Path of the pod's network namespace on its node (for example `/run/netns/<name>`).
-    pub netns: PathBuf,
+    /// Path of the pod's network namespace on its node (for example
+    /// `/run/netns/<name>`). Needed for the pods of the daemon's own node;
+    /// the Kubernetes source leaves it unset until it finds the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
     /// Pod labels (service selection, `istio.io/dataplane-mode=none` opt-out).
     #[serde(default)]
     pub labels: Labels,

@@ -75,10 +75,10 @@ pub(super) fn validate(registry: &Registry) -> Result<(), String> {
         {
             problems.push(format!("{id}: at most one IPv4 and one IPv6 address"));
         }
-        if !pod.netns.is_absolute() {
+        if let Some(netns) = pod.netns.as_ref().filter(|path| !path.is_absolute()) {
             problems.push(format!(
                 "{id}: netns {} must be an absolute path",
-                pod.netns.display()
+                netns.display()
             ));
         }
         for ip in &pod.ips {

@@ -1,0 +1,591 @@
+//! A stand-in Kubernetes API server, for tests: no real one runs on these
+//! machines. It speaks the real wire format, so the code under test is the
+//! code that talks to a real cluster:
+//!
+//! - `GET` of a cluster-wide collection lists it: a `<Kind>List` with the
+//!   store's `resourceVersion`, paged with `limit` and `continue`;
+//! - with `watch=true&resourceVersion=N` it streams newline-delimited watch
+//!   events after N (`ADDED`, `MODIFIED`, `DELETED`), `BOOKMARK`s when asked
+//!   for, and a `410 Gone` `ERROR` event when N is older than the history it
+//!   keeps ([`ApiServer::compact`]);
+//! - `POST` of a `TokenReview` answers from the tokens it was given
+//!   ([`ApiServer::add_token`]): authenticated with the token's user and pod
+//!   claims, or not, with the `audiences` checked as the real server does.
+//!
+//! Tests change objects directly ([`ApiServer::apply`], [`ApiServer::delete`])
+//! and break things on purpose ([`ApiServer::compact`],
+//! [`ApiServer::close_watches`]). Serving is plain HTTP: the tests reach it
+//! on addresses inside their own network namespaces.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    convert::Infallible,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{Method, Request, Response, StatusCode, body::Frame, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+
+/// How often an open watch that asked for them gets a `BOOKMARK`.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One collection the stand-in serves: its URL path and kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Resource {
+    /// Path of the cluster-wide collection, such as `/api/v1/pods`.
+    pub path: &'static str,
+    /// `apiVersion` of its objects.
+    pub api_version: &'static str,
+    /// `kind` of its objects.
+    pub kind: &'static str,
+}
+
+/// Namespaces.
+pub const NAMESPACES: Resource = Resource {
+    path: "/api/v1/namespaces",
+    api_version: "v1",
+    kind: "Namespace",
+};
+/// Pods.
+pub const PODS: Resource = Resource {
+    path: "/api/v1/pods",
+    api_version: "v1",
+    kind: "Pod",
+};
+/// Services.
+pub const SERVICES: Resource = Resource {
+    path: "/api/v1/services",
+    api_version: "v1",
+    kind: "Service",
+};
+/// EndpointSlices.
+pub const ENDPOINT_SLICES: Resource = Resource {
+    path: "/apis/discovery.k8s.io/v1/endpointslices",
+    api_version: "discovery.k8s.io/v1",
+    kind: "EndpointSlice",
+};
+/// Istio PeerAuthentications.
+pub const PEER_AUTHENTICATIONS: Resource = Resource {
+    path: "/apis/security.istio.io/v1/peerauthentications",
+    api_version: "security.istio.io/v1",
+    kind: "PeerAuthentication",
+};
+/// Istio AuthorizationPolicies.
+pub const AUTHORIZATION_POLICIES: Resource = Resource {
+    path: "/apis/security.istio.io/v1/authorizationpolicies",
+    api_version: "security.istio.io/v1",
+    kind: "AuthorizationPolicy",
+};
+/// Every collection served.
+pub const RESOURCES: [Resource; 6] = [
+    NAMESPACES,
+    PODS,
+    SERVICES,
+    ENDPOINT_SLICES,
+    PEER_AUTHENTICATIONS,
+    AUTHORIZATION_POLICIES,
+];
+
+/// A token the TokenReview endpoint knows.
+#[derive(Clone, Debug)]
+pub struct TokenInfo {
+    /// `system:serviceaccount:<ns>:<sa>`.
+    pub username: String,
+    /// Audiences the token was issued for.
+    pub audiences: Vec<String>,
+    /// The pod it is bound to: name and uid.
+    pub pod: Option<(String, String)>,
+    /// The node named in the token's claims.
+    pub node: Option<String>,
+    /// When it stops being valid.
+    pub expires: Instant,
+}
+
+/// The stand-in's state, shared with its connections.
+struct Store {
+    /// Last resourceVersion handed out.
+    revision: u64,
+    /// Objects by resource, then `namespace/name`.
+    objects: BTreeMap<Resource, BTreeMap<String, Value>>,
+    /// Every change since `history_start`, in order.
+    history: Vec<(u64, Resource, &'static str, Value)>,
+    /// Watches from before this revision get `410 Gone`.
+    history_start: u64,
+    tokens: HashMap<String, TokenInfo>,
+    /// Bumped to end every open watch.
+    watch_generation: u64,
+    requests: Vec<String>,
+}
+
+/// A running stand-in API server.
+pub struct ApiServer {
+    store: Arc<Mutex<Store>>,
+    changes: broadcast::Sender<()>,
+    address: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Serves on `listener` (bound by the caller, in whichever network
+    /// namespace the test needs) from the current tokio runtime.
+    pub fn serve(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let store = Arc::new(Mutex::new(Store {
+            revision: 1,
+            objects: BTreeMap::new(),
+            history: Vec::new(),
+            history_start: 1,
+            tokens: HashMap::new(),
+            watch_generation: 0,
+            requests: Vec::new(),
+        }));
+        let (changes, _) = broadcast::channel(1024);
+        let (shared, notify) = (store.clone(), changes.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (store, changes) = (shared.clone(), notify.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let (store, changes) = (store.clone(), changes.clone());
+                        async move { Ok::<_, Infallible>(handle(request, store, changes).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            store,
+            changes,
+            address,
+            task,
+        })
+    }
+
+    /// The address it serves on.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
+    }
+
+    /// Creates or replaces an object (by `metadata.namespace` and `name`), as
+    /// `kubectl apply` would: a new resourceVersion, an `ADDED` or
+    /// `MODIFIED` event.
+    pub fn apply(&self, resource: Resource, mut object: Value) {
+        let mut store = lock(&self.store);
+        store.revision += 1;
+        let revision = store.revision;
+        object["apiVersion"] = resource.api_version.into();
+        object["kind"] = resource.kind.into();
+        object["metadata"]["resourceVersion"] = revision.to_string().into();
+        let key = key(&object);
+        if object["metadata"]["uid"].is_null() {
+            object["metadata"]["uid"] = format!("uid-{revision}").into();
+        }
+        let objects = store.objects.entry(resource).or_default();
+        let kind = if objects.insert(key, object.clone()).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        store.history.push((revision, resource, kind, object));
+        drop(store);
+        let _ = self.changes.send(());
+    }
+
+    /// Deletes an object; a `DELETED` event if it existed.
+    pub fn delete(&self, resource: Resource, namespace: &str, name: &str) {
+        let mut store = lock(&self.store);
+        let Some(mut object) = store
+            .objects
+            .entry(resource)
+            .or_default()
+            .remove(&format!("{namespace}/{name}"))
+        else {
+            return;
+        };
+        store.revision += 1;
+        let revision = store.revision;
+        object["metadata"]["resourceVersion"] = revision.to_string().into();
+        store.history.push((revision, resource, "DELETED", object));
+        drop(store);
+        let _ = self.changes.send(());
+    }
+
+    /// Creates the namespaces, pods and services of `registry` as the API
+    /// objects Kubernetes would hold for them (running pods with their
+    /// addresses, services with cluster IPs).
+    pub fn seed(&self, registry: &ztunnel::registry::Registry) {
+        for ns in &registry.namespaces {
+            self.apply(
+                NAMESPACES,
+                json!({"metadata": {"name": ns.name, "labels": ns.labels}, "status": {"phase": "Active"}}),
+            );
+        }
+        for pod in &registry.pods {
+            let ips: Vec<Value> = pod
+                .ips
+                .iter()
+                .map(|ip| json!({"ip": ip.to_string()}))
+                .collect();
+            self.apply(
+                PODS,
+                json!({
+                    "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels},
+                    "spec": {
+                        "nodeName": pod.node, "serviceAccountName": pod.service_account,
+                        "containers": [{"name": "app", "image": "ztunnel-testapp"}]
+                    },
+                    "status": {"phase": "Running", "podIP": ips[0]["ip"], "podIPs": ips}
+                }),
+            );
+        }
+        for svc in &registry.services {
+            let vips: Vec<String> = svc.vips.iter().map(ToString::to_string).collect();
+            let ports: Vec<Value> = svc
+                .ports
+                .iter()
+                .map(|p| json!({"name": format!("tcp-{}", p.port), "port": p.port, "targetPort": p.target_port, "protocol": "TCP"}))
+                .collect();
+            self.apply(
+                SERVICES,
+                json!({
+                    "metadata": {"name": svc.name, "namespace": svc.namespace},
+                    "spec": {"type": "ClusterIP", "clusterIP": vips[0], "clusterIPs": vips,
+                             "selector": svc.selector, "ports": ports}
+                }),
+            );
+        }
+    }
+
+    /// An object as stored, if it exists.
+    pub fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
+        lock(&self.store)
+            .objects
+            .get(&resource)?
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+
+    /// Forgets the event history, as etcd compaction does: every watch that
+    /// resumes from an earlier resourceVersion gets `410 Gone`.
+    pub fn compact(&self) {
+        let mut store = lock(&self.store);
+        store.history.clear();
+        store.history_start = store.revision + 1;
+    }
+
+    /// Ends every open watch, as an API server restart does.
+    pub fn close_watches(&self) {
+        lock(&self.store).watch_generation += 1;
+        let _ = self.changes.send(());
+    }
+
+    /// Makes `token` known to TokenReview.
+    pub fn add_token(&self, token: &str, info: TokenInfo) {
+        lock(&self.store).tokens.insert(token.to_owned(), info);
+    }
+
+    /// Every request line served so far (`GET /api/v1/pods?watch=true...`).
+    pub fn requests(&self) -> Vec<String> {
+        lock(&self.store).requests.clone()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn key(object: &Value) -> String {
+    format!(
+        "{}/{}",
+        object["metadata"]["namespace"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())).boxed())
+        .expect("a valid response")
+}
+
+/// A `Status` object, as the API server returns errors.
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code
+    })
+}
+
+async fn handle(
+    request: Request<hyper::body::Incoming>,
+    store: Arc<Mutex<Store>>,
+    changes: broadcast::Sender<()>,
+) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let query: HashMap<String, String> = request
+        .uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.replace("%2F", "/").replace("%3D", "=")))
+                .collect()
+        })
+        .unwrap_or_default();
+    lock(&store)
+        .requests
+        .push(format!("{} {}", request.method(), request.uri()));
+    if request.method() == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return match serde_json::from_slice::<Value>(&body) {
+            Ok(review) => json_response(StatusCode::CREATED, &token_review(&store, review)),
+            Err(err) => json_response(
+                StatusCode::BAD_REQUEST,
+                &status(400, "BadRequest", &err.to_string()),
+            ),
+        };
+    }
+    let Some(resource) = RESOURCES.into_iter().find(|r| r.path == path) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        );
+    };
+    if request.method() != Method::GET {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status(
+                405,
+                "MethodNotAllowed",
+                "the stand-in only lists and watches",
+            ),
+        );
+    }
+    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        let since = query
+            .get("resourceVersion")
+            .and_then(|rv| rv.parse().ok())
+            .unwrap_or(0);
+        let bookmarks = query
+            .get("allowWatchBookmarks")
+            .is_some_and(|b| b == "true");
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .map_or(Duration::from_secs(1800), Duration::from_secs);
+        return watch(store, changes, resource, since, bookmarks, timeout);
+    }
+    list(&store, resource, &query)
+}
+
+fn list(
+    store: &Mutex<Store>,
+    resource: Resource,
+    query: &HashMap<String, String>,
+) -> Response<Body> {
+    let store = lock(store);
+    let all: Vec<&Value> = store
+        .objects
+        .get(&resource)
+        .map(|objects| objects.values().collect())
+        .unwrap_or_default();
+    // `continue` is the offset of the next page, after the revision listed.
+    let (revision, offset) = match query.get("continue").and_then(|c| c.split_once('-')) {
+        Some((revision, offset)) => (
+            revision.parse().unwrap_or(store.revision),
+            offset.parse().unwrap_or(0),
+        ),
+        None => (store.revision, 0),
+    };
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(usize::MAX);
+    let page: Vec<&Value> = all.iter().skip(offset).take(limit).copied().collect();
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if offset + page.len() < all.len() {
+        metadata["continue"] = format!("{revision}-{}", offset + page.len()).into();
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", resource.kind),
+            "apiVersion": resource.api_version,
+            "metadata": metadata,
+            "items": page,
+        }),
+    )
+}
+
+fn watch(
+    store: Arc<Mutex<Store>>,
+    changes: broadcast::Sender<()>,
+    resource: Resource,
+    since: u64,
+    bookmarks: bool,
+    timeout: Duration,
+) -> Response<Body> {
+    let (lines, body) = mpsc::channel::<Bytes>(64);
+    let mut woken = changes.subscribe();
+    tokio::spawn(async move {
+        let line = |value: Value| Bytes::from(format!("{value}\n"));
+        let (mut sent, generation) = {
+            let store = lock(&store);
+            if since + 1 < store.history_start {
+                let gone = status(
+                    410,
+                    "Expired",
+                    &format!(
+                        "too old resource version: {since} ({})",
+                        store.history_start
+                    ),
+                );
+                let _ = lines.try_send(line(json!({"type": "ERROR", "object": gone})));
+                return;
+            }
+            (since, store.watch_generation)
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut bookmark = tokio::time::interval(BOOKMARK_INTERVAL);
+        loop {
+            let (events, revision, closed) = {
+                let store = lock(&store);
+                let events: Vec<Value> = store
+                    .history
+                    .iter()
+                    .filter(|(rv, r, _, _)| *rv > sent && *r == resource)
+                    .map(|(_, _, kind, object)| json!({"type": kind, "object": object}))
+                    .collect();
+                (events, store.revision, store.watch_generation != generation)
+            };
+            if closed {
+                return;
+            }
+            for event in events {
+                if lines.send(line(event)).await.is_err() {
+                    return;
+                }
+            }
+            sent = revision;
+            tokio::select! {
+                woke = woken.recv() => {
+                    if matches!(woke, Err(broadcast::error::RecvError::Closed)) {
+                        return;
+                    }
+                }
+                _ = bookmark.tick(), if bookmarks => {
+                    let mark = json!({"type": "BOOKMARK", "object": {
+                        "kind": resource.kind, "apiVersion": resource.api_version,
+                        "metadata": {"resourceVersion": sent.to_string()}
+                    }});
+                    if lines.send(line(mark)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    });
+    let frames = ReceiverStream::new(body).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("transfer-encoding", "chunked")
+        .body(StreamBody::new(frames).boxed())
+        .expect("a valid response")
+}
+
+/// Answers a TokenReview as the real server does: `status.authenticated`,
+/// the user, the pod claims as `extra`, and the audiences that matched.
+fn token_review(store: &Mutex<Store>, review: Value) -> Value {
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let wanted: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let store = lock(store);
+    let status = match store.tokens.get(token) {
+        Some(info) if info.expires <= Instant::now() => {
+            json!({"authenticated": false, "error": "[invalid bearer token, service account token has expired]"})
+        }
+        Some(info) => {
+            let matched: Vec<&String> = if wanted.is_empty() {
+                info.audiences.iter().collect()
+            } else {
+                wanted
+                    .iter()
+                    .filter(|a| info.audiences.contains(a))
+                    .collect()
+            };
+            if matched.is_empty() {
+                json!({"authenticated": false, "error": "[invalid bearer token, token audiences don't match the requested audiences]"})
+            } else {
+                let mut extra = serde_json::Map::new();
+                if let Some((name, uid)) = &info.pod {
+                    extra.insert(
+                        "authentication.kubernetes.io/pod-name".into(),
+                        json!([name]),
+                    );
+                    extra.insert("authentication.kubernetes.io/pod-uid".into(), json!([uid]));
+                }
+                if let Some(node) = &info.node {
+                    extra.insert(
+                        "authentication.kubernetes.io/node-name".into(),
+                        json!([node]),
+                    );
+                }
+                json!({
+                    "authenticated": true,
+                    "user": {"username": info.username, "uid": "u", "groups": ["system:serviceaccounts", "system:authenticated"], "extra": extra},
+                    "audiences": matched,
+                })
+            }
+        }
+        None => json!({"authenticated": false, "error": "[invalid bearer token]"}),
+    };
+    json!({
+        "kind": "TokenReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "spec": review["spec"],
+        "status": status,
+    })
+}

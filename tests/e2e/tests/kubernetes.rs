@@ -1,0 +1,290 @@
+//! The node daemons reading the Kubernetes API (`--kubernetes`) from the
+//! stand-in API server: enrolment by label within a second and only of the
+//! node's own pods, release on unlabel and pod opt-out, recovery from
+//! `410 Gone` and broken watches without dropping enrolment, and policy
+//! objects created through the API enforced like policy files.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use ztunnel::registry::Registry;
+use ztunnel_cluster::{
+    Cluster,
+    kube_api::{AUTHORIZATION_POLICIES, ApiServer, NAMESPACES, PODS},
+    mesh::ADMIN_ADDRESS,
+    netns,
+};
+use ztunnel_e2e::{daemon_log, http_server, mesh, within};
+
+/// Where the stand-in listens: on the fabric bridge, which every node reaches.
+const API_ADDRESS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(10, 10, 0, 253)), 6443);
+
+/// How fast a change made through the API must take effect (the issue's bound).
+const TAKES_EFFECT: Duration = Duration::from_secs(1);
+
+/// The stand-in API server serving `cluster`'s objects, and the daemon
+/// arguments that point the node daemons at it.
+fn serve_api(cluster: &Cluster, runtime: &tokio::runtime::Runtime) -> (ApiServer, Vec<String>) {
+    let status = cluster.status();
+    netns::ip(
+        &status.fabric.netns,
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", API_ADDRESS.ip()),
+            "dev",
+            &status.fabric.bridge,
+        ],
+    )
+    .unwrap();
+    let fabric = ztunnel::redirect::netns::PodNetns::open(
+        &Path::new(netns::NETNS_DIR).join(&status.fabric.netns),
+    )
+    .unwrap();
+    let listener = fabric
+        .run(|| std::net::TcpListener::bind(API_ADDRESS))
+        .unwrap()
+        .unwrap();
+    let server = {
+        let _context = runtime.enter();
+        ApiServer::serve(listener).unwrap()
+    };
+    let registry = Registry::load(status.config.registry.as_ref().unwrap()).unwrap();
+    server.seed(&registry);
+
+    // As containerd does on a node: one file per pod network namespace. The
+    // cluster's pods only (other tests' clusters use the same addresses).
+    let netns_dir = status.state_dir.join("pod-netns");
+    std::fs::create_dir_all(&netns_dir).unwrap();
+    for pod in &status.pods {
+        std::os::unix::fs::symlink(
+            Path::new(netns::NETNS_DIR).join(&pod.netns),
+            netns_dir.join(&pod.name),
+        )
+        .unwrap();
+    }
+    let kubeconfig = status.state_dir.join("kubeconfig.yaml");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: standin\n\
+             clusters: [{{name: standin, cluster: {{server: 'http://{API_ADDRESS}'}}}}]\n\
+             users: [{{name: node, user: {{token: not-checked-by-the-stand-in}}}}]\n\
+             contexts: [{{name: standin, context: {{cluster: standin, user: node}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let args = vec![
+        "--kubernetes".to_owned(),
+        "--kubeconfig".to_owned(),
+        path(&kubeconfig),
+        "--netns-dir".to_owned(),
+        path(&netns_dir),
+    ];
+    (server, args)
+}
+
+fn path(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// The pods node `node`'s daemon has captured (`namespace/name`), from its
+/// admin endpoint.
+fn captured(cluster: &Cluster, node: &str) -> Vec<String> {
+    let netns = &cluster.status().node(node).unwrap().netns;
+    let dump = netns::output(netns::exec(netns, "curl").args([
+        "-sS",
+        "--fail",
+        &format!("http://{ADMIN_ADDRESS}/config_dump"),
+    ]))
+    .unwrap();
+    let dump: Value = serde_json::from_str(&dump).unwrap();
+    dump["captured_pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pod| pod.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn set_labels(
+    api: &ApiServer,
+    resource: ztunnel_cluster::kube_api::Resource,
+    namespace: &str,
+    name: &str,
+    labels: Value,
+) {
+    let mut object = api.get(resource, namespace, name).unwrap();
+    object["metadata"]["labels"] = labels;
+    api.apply(resource, object);
+}
+
+/// Waits up to [`TAKES_EFFECT`] for node `node` to capture exactly `pods`.
+fn captures_within_a_second(cluster: &Cluster, node: &str, pods: &[&str], what: &str) {
+    let started = Instant::now();
+    within(TAKES_EFFECT, what, || captured(cluster, node) == pods);
+    eprintln!("{what}: {:?}", started.elapsed());
+}
+
+fn get(cluster: &Cluster, from: &str, url: &str) -> bool {
+    cluster
+        .run(from, "curl", &["-sS", "--max-time", "3", url])
+        .is_ok_and(|body| body.starts_with("hello from"))
+}
+
+#[test]
+fn the_daemons_follow_the_api_server() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cluster = mesh(2);
+    let (api, args) = serve_api(&cluster, &runtime);
+    cluster.restart_daemons(&args).unwrap();
+    assert!(
+        daemon_log(&cluster, "node1").contains("the Kubernetes view is complete"),
+        "the daemon read the API"
+    );
+    let requests = api.requests().join("\n");
+    for path in [
+        "/api/v1/namespaces?",
+        "/api/v1/pods?",
+        "/api/v1/services?",
+        "/apis/discovery.k8s.io/v1/endpointslices?",
+        "/apis/security.istio.io/v1/authorizationpolicies?",
+    ] {
+        assert!(
+            requests.contains(&format!("GET {path}")),
+            "listed {path}:\n{requests}"
+        );
+    }
+    assert!(requests.contains("watch=true"), "watches:\n{requests}");
+
+    // The demo namespace is labelled in the API: node1 captures its own
+    // demo pods, and no pod of node2.
+    assert_eq!(captured(&cluster, "node1"), ["demo/client-1", "demo/web-1"]);
+    assert_eq!(captured(&cluster, "node2"), ["demo/client-2", "demo/web-2"]);
+
+    // Labelling a namespace through the API enrols its pods on each node.
+    set_labels(
+        &api,
+        NAMESPACES,
+        "",
+        "legacy",
+        json!({"istio.io/dataplane-mode": "ambient"}),
+    );
+    captures_within_a_second(
+        &cluster,
+        "node1",
+        &["demo/client-1", "demo/web-1", "legacy/legacy-1"],
+        "legacy enrolled on node1",
+    );
+    assert_eq!(
+        captured(&cluster, "node2"),
+        ["demo/client-2", "demo/web-2", "legacy/legacy-2"]
+    );
+
+    // Unlabelling releases them; a pod's opt-out label releases that pod.
+    set_labels(&api, NAMESPACES, "", "legacy", json!({}));
+    captures_within_a_second(
+        &cluster,
+        "node1",
+        &["demo/client-1", "demo/web-1"],
+        "legacy released on node1",
+    );
+    set_labels(
+        &api,
+        PODS,
+        "demo",
+        "client-1",
+        json!({"app": "client", "istio.io/dataplane-mode": "none"}),
+    );
+    captures_within_a_second(&cluster, "node1", &["demo/web-1"], "client-1 opted out");
+    set_labels(&api, PODS, "demo", "client-1", json!({"app": "client"}));
+    captures_within_a_second(
+        &cluster,
+        "node1",
+        &["demo/client-1", "demo/web-1"],
+        "client-1 back in",
+    );
+
+    // History compacted and every watch broken, as when the API server
+    // restarts: the watches resume from an expired resourceVersion, get
+    // `410 Gone`, and list again. Enrolment holds throughout.
+    let lists_before = api
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/namespaces?") && !r.contains("watch=true"))
+        .count();
+    api.compact();
+    api.close_watches();
+    for _ in 0..10 {
+        assert_eq!(
+            captured(&cluster, "node1"),
+            ["demo/client-1", "demo/web-1"],
+            "enrolment dropped during the re-list"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    within(
+        Duration::from_secs(10),
+        "the namespaces listed again after 410 Gone",
+        || {
+            api.requests()
+                .iter()
+                .filter(|r| r.starts_with("GET /api/v1/namespaces?") && !r.contains("watch=true"))
+                .count()
+                > lists_before
+        },
+    );
+    assert!(
+        daemon_log(&cluster, "node1").contains("too old resource version"),
+        "the daemon saw 410 Gone:\n{}",
+        daemon_log(&cluster, "node1")
+    );
+    set_labels(
+        &api,
+        NAMESPACES,
+        "",
+        "legacy",
+        json!({"istio.io/dataplane-mode": "ambient"}),
+    );
+    captures_within_a_second(
+        &cluster,
+        "node1",
+        &["demo/client-1", "demo/web-1", "legacy/legacy-1"],
+        "legacy enrolled after the re-list",
+    );
+
+    // A policy object created through the API is enforced like a file.
+    let _web = http_server(&cluster, "web-2");
+    let web2 = cluster.pod("web-2").unwrap().ipv4;
+    let url = format!("http://{web2}:8080/");
+    assert!(get(&cluster, "client-1", &url), "allowed before any policy");
+    api.apply(
+        AUTHORIZATION_POLICIES,
+        json!({
+            "metadata": {"name": "web-deny-client", "namespace": "demo"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "action": "DENY",
+                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}]}]
+            }
+        }),
+    );
+    within(
+        TAKES_EFFECT * 2,
+        "the DENY policy from the API takes effect",
+        || !get(&cluster, "client-1", &url),
+    );
+    api.delete(AUTHORIZATION_POLICIES, "demo", "web-deny-client");
+    within(TAKES_EFFECT * 2, "the deleted policy stops denying", || {
+        get(&cluster, "client-1", &url)
+    });
+}

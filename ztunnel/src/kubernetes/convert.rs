@@ -1,0 +1,323 @@
+//! Kubernetes objects into the registry's model: the API source produces the
+//! same [`Registry`] the file source reads, so everything downstream is one
+//! code path.
+//!
+//! What the model cannot hold is left out: host-network pods (they share
+//! the node's address and cannot be captured), finished, unscheduled and
+//! unaddressed pods, objects of a namespace not seen yet, ExternalName and
+//! headless services, services without a selector (their endpoints are
+//! managed by hand), and named target ports no EndpointSlice resolves yet.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use crate::registry::{self, Registry};
+
+/// The label EndpointSlices carry to name their Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The objects a registry is built from.
+pub struct Objects<'a> {
+    /// Every namespace.
+    pub namespaces: Vec<&'a Namespace>,
+    /// Every pod the daemon watches.
+    pub pods: Vec<&'a Pod>,
+    /// Every service.
+    pub services: Vec<&'a Service>,
+    /// Every EndpointSlice (they resolve named target ports).
+    pub slices: Vec<&'a EndpointSlice>,
+}
+
+/// Builds the registry for the daemon of `node`. `netns_of` finds the
+/// network namespace of a pod of this node from its addresses.
+pub fn registry(
+    objects: &Objects<'_>,
+    node: &str,
+    mut netns_of: impl FnMut(&[IpAddr]) -> Option<PathBuf>,
+) -> Registry {
+    let namespaces: Vec<registry::Namespace> = objects
+        .namespaces
+        .iter()
+        .filter_map(|ns| {
+            Some(registry::Namespace {
+                name: ns.metadata.name.clone()?,
+                labels: ns.metadata.labels.clone().unwrap_or_default(),
+            })
+        })
+        .collect();
+    // Watches run independently: a pod may be seen before its namespace.
+    let known = |namespace: &str| namespaces.iter().any(|ns| ns.name == namespace);
+
+    // An address identifies one workload: the first claim wins (objects come
+    // sorted by namespace and name, so the choice is stable), later ones are
+    // left out until the first is gone — as when an address is reused by a
+    // new pod before the old one's deletion is seen.
+    let mut claimed: HashSet<IpAddr> = HashSet::new();
+    let mut pods = Vec::new();
+    for pod in &objects.pods {
+        let Some(mut converted) = self::pod(pod).filter(|pod| known(&pod.namespace)) else {
+            continue;
+        };
+        if converted.ips.iter().any(|ip| claimed.contains(ip)) {
+            tracing::warn!(pod = %converted.name, namespace = %converted.namespace, ips = ?converted.ips, "left out: another pod holds its address");
+            continue;
+        }
+        claimed.extend(converted.ips.iter().copied());
+        if converted.node == node {
+            converted.netns = netns_of(&converted.ips);
+        }
+        pods.push(converted);
+    }
+
+    let services = objects
+        .services
+        .iter()
+        .filter_map(|svc| service(svc, &objects.slices))
+        .filter(|svc| known(&svc.namespace))
+        .filter(|svc| {
+            let free = svc.vips.iter().all(|vip| claimed.insert(*vip));
+            if !free {
+                tracing::warn!(service = %svc.name, namespace = %svc.namespace, "left out: its cluster IP is another object's address");
+            }
+            free
+        })
+        .collect();
+
+    let nodes: BTreeSet<&str> = pods
+        .iter()
+        .map(|pod: &registry::Pod| pod.node.as_str())
+        .chain([node])
+        .collect();
+    Registry {
+        nodes: nodes
+            .into_iter()
+            .map(|name| registry::Node {
+                name: name.to_owned(),
+            })
+            .collect(),
+        namespaces,
+        pods,
+        services,
+    }
+}
+
+/// A pod as the model holds it, if it is a running, addressed, scheduled,
+/// pod-network pod. Its `netns` is left for the caller.
+fn pod(pod: &Pod) -> Option<registry::Pod> {
+    let spec = pod.spec.as_ref()?;
+    let status = pod.status.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|pod_ip| pod_ip.ip.as_str())
+        .chain(status.pod_ip.as_deref())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    // `podIP` repeats the first of `podIPs`; keep one address per family.
+    let mut families = BTreeSet::new();
+    ips.retain(|ip| families.insert(ip.is_ipv4()));
+    if ips.is_empty() {
+        return None;
+    }
+    Some(registry::Pod {
+        name: pod.metadata.name.clone()?,
+        namespace: pod.metadata.namespace.clone()?,
+        service_account: spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        node: spec.node_name.clone()?,
+        ips,
+        netns: None,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+    })
+}
+
+/// A service as the model holds it: cluster IPs, TCP ports resolved to
+/// numbers, and a selector.
+fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<registry::Service> {
+    let spec = svc.spec.as_ref()?;
+    let name = svc.metadata.name.clone()?;
+    let namespace = svc.metadata.namespace.clone()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let selector = spec.selector.clone().filter(|s| !s.is_empty())?;
+    let vips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.as_ref())
+        .filter_map(|ip| ip.parse().ok())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if vips.is_empty() {
+        return None; // headless: clients dial pod addresses directly
+    }
+    // Named target ports resolve per pod; the EndpointSlices of the service
+    // carry the number the endpoints' containers use.
+    let named: BTreeMap<&str, u16> = slices
+        .iter()
+        .filter(|slice| {
+            slice.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+                    == Some(&name)
+        })
+        .flat_map(|slice| slice.ports.iter().flatten())
+        .filter_map(|port| Some((port.name.as_deref()?, u16::try_from(port.port?).ok()?)))
+        .collect();
+    let ports: Vec<registry::ServicePort> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter(|port| port.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|port| {
+            let number = u16::try_from(port.port).ok()?;
+            let target_port = match &port.target_port {
+                None => number,
+                Some(IntOrString::Int(target)) => u16::try_from(*target).ok()?,
+                Some(IntOrString::String(target)) => *named.get(target.as_str())?,
+            };
+            Some(registry::ServicePort {
+                port: number,
+                target_port,
+            })
+        })
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    Some(registry::Service {
+        name,
+        namespace,
+        vips,
+        ports,
+        selector,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn pod_json(name: &str, node: &str, ip: &str, ip6: &str) -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": "demo", "labels": {"app": "web"}},
+            "spec": {"nodeName": node, "serviceAccountName": "web", "containers": []},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}, {"ip": ip6}]}
+        })
+    }
+
+    #[test]
+    fn converts_pods_services_and_named_ports() {
+        let namespace: Namespace = from_json(serde_json::json!({
+            "metadata": {"name": "demo", "labels": {"istio.io/dataplane-mode": "ambient"}}
+        }));
+        let local: Pod = from_json(pod_json("web-1", "node1", "10.244.1.2", "fd00::1:2"));
+        let remote: Pod = from_json(pod_json("web-2", "node2", "10.244.2.2", "fd00::2:2"));
+        let mut host: Pod = from_json(pod_json("agent", "node1", "10.0.0.1", "fd00::1"));
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        let mut done: Pod = from_json(pod_json("job", "node1", "10.244.1.9", "fd00::1:9"));
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let service: Service = from_json(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "demo"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"},
+                               {"name": "admin", "port": 9000, "targetPort": 9090},
+                               {"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }));
+        let slice: EndpointSlice = from_json(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "demo", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "endpoints": [],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }));
+        let objects = Objects {
+            namespaces: vec![&namespace],
+            pods: vec![&local, &remote, &host, &done],
+            services: vec![&service],
+            slices: vec![&slice],
+        };
+        let registry = registry(&objects, "node1", |ips| {
+            (ips[0] == "10.244.1.2".parse::<IpAddr>().unwrap()).then(|| "/run/netns/x".into())
+        });
+        let names: Vec<_> = registry.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["web-1", "web-2"],
+            "host-network and finished pods are left out"
+        );
+        assert_eq!(registry.pods[0].netns, Some("/run/netns/x".into()));
+        assert_eq!(
+            registry.pods[1].netns, None,
+            "only this node's pods get a netns"
+        );
+        assert_eq!(registry.pods[0].ips.len(), 2, "one address per family");
+        assert_eq!(registry.pods[0].service_account, "web");
+        let ports: Vec<_> = registry.services[0]
+            .ports
+            .iter()
+            .map(|p| (p.port, p.target_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [(80, 8080), (9000, 9090)],
+            "named port resolved, UDP left out"
+        );
+        let nodes: Vec<_> = registry.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(nodes, ["node1", "node2"]);
+        crate::registry::Registry::from_yaml(&registry.to_yaml()).expect("a valid registry");
+    }
+
+    #[test]
+    fn an_address_held_twice_goes_to_the_first_pod_only() {
+        let namespace: Namespace = from_json(serde_json::json!({"metadata": {"name": "demo"}}));
+        let old: Pod = from_json(pod_json("a-old", "node1", "10.244.1.2", "fd00::1:2"));
+        let new: Pod = from_json(pod_json("b-new", "node1", "10.244.1.2", "fd00::1:3"));
+        let elsewhere: Pod = from_json(serde_json::json!({
+            "metadata": {"name": "c", "namespace": "unknown"},
+            "spec": {"nodeName": "node1", "containers": []},
+            "status": {"podIP": "10.244.1.7"}
+        }));
+        let objects = Objects {
+            namespaces: vec![&namespace],
+            pods: vec![&old, &new, &elsewhere],
+            services: vec![],
+            slices: vec![],
+        };
+        let registry = registry(&objects, "node1", |_| None);
+        let names: Vec<_> = registry.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a-old"],
+            "a pod of a namespace not seen yet is left out"
+        );
+        crate::registry::Registry::from_yaml(&registry.to_yaml()).expect("a valid registry");
+    }
+}

@@ -1,0 +1,367 @@
+//! The Kubernetes source: the registry and the policies from the API server.
+//!
+//! The daemon lists and watches namespaces, pods, services, EndpointSlices
+//! and Istio's PeerAuthentication and AuthorizationPolicy (kube-runtime's
+//! watcher: paged lists, watches from the list's resourceVersion with
+//! bookmarks, a fresh list after `410 Gone` or a broken watch, with backoff).
+//! One task owns every object; after each burst of events it rebuilds the
+//! same [`Registry`] and [`PolicySet`] the file sources produce
+//! ([`convert`], [`policies`]) and publishes them when they changed.
+//!
+//! Pods are watched cluster-wide, not only this node's: the client end of a
+//! tunnel verifies the server against the destination pod's ServiceAccount,
+//! and no node-scoped object names a remote pod's ServiceAccount. Which pods
+//! this node captures is still decided by `spec.nodeName`.
+//!
+//! Nothing is published until every kind has been listed once, so a daemon
+//! restarting never applies a partial view (which would release pods). The
+//! policy kinds count as listed when their CRDs are not installed.
+
+pub mod convert;
+mod netns_index;
+mod policies;
+mod store;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use futures_util::{
+    FutureExt, StreamExt,
+    stream::{BoxStream, SelectAll},
+};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt, watcher, watcher::Event},
+};
+use tokio::sync::{oneshot, watch};
+
+use crate::{policy::PolicySet, registry::Registry, reload::Watched};
+use netns_index::NetnsIndex;
+use policies::PolicyCompiler;
+use store::Store;
+
+/// How often pods of this node whose network namespace was not found yet
+/// are looked for again.
+const NETNS_RETRY: Duration = Duration::from_millis(500);
+
+/// How to reach the API server and find pods on this node.
+#[derive(Clone, Debug)]
+pub struct KubeConfig {
+    /// A kubeconfig file; none: the in-cluster configuration (the pod's
+    /// ServiceAccount token and `KUBERNETES_SERVICE_HOST`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Where the container runtime creates pod network namespaces.
+    pub netns_dir: PathBuf,
+}
+
+/// Why the source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// No usable client configuration.
+    #[error("Kubernetes client configuration: {0}")]
+    Config(String),
+    /// The watching task ended before the first complete list.
+    #[error("the Kubernetes watches stopped before the first complete list")]
+    Stopped,
+}
+
+/// The registry and the policies, kept current from the API server.
+pub struct KubeSource {
+    /// The registry (its task also feeds `policies`).
+    pub registry: Watched<Registry>,
+    /// The policies in force.
+    pub policies: watch::Receiver<Arc<PolicySet>>,
+}
+
+/// Connects, lists every kind, and returns once the first complete view is
+/// published. Until then it waits (logging why), however long the API
+/// server takes.
+pub async fn start(
+    config: &KubeConfig,
+    node: &str,
+    root_namespace: &str,
+) -> Result<KubeSource, KubeError> {
+    let client = client(config).await?;
+    let (registry_tx, registry_rx) = watch::channel(Arc::new(Registry::default()));
+    let (policies_tx, policies_rx) = watch::channel(Arc::new(PolicySet::default()));
+    let state = State {
+        node: node.to_owned(),
+        root_namespace: root_namespace.to_owned(),
+        namespaces: Store::default(),
+        pods: Store::default(),
+        services: Store::default(),
+        slices: Store::default(),
+        policies: Default::default(),
+        compiler: PolicyCompiler::default(),
+        netns: NetnsIndex::new(config.netns_dir.clone()),
+        missing_netns: false,
+        registry: registry_tx,
+        policy_set: policies_tx,
+    };
+    let (ready_tx, ready_rx) = oneshot::channel();
+    tracing::info!(
+        "listing namespaces, pods, services, EndpointSlices and policies from the Kubernetes API"
+    );
+    let task = tokio::spawn(run(watches(&client), state, ready_tx));
+    ready_rx.await.map_err(|_| KubeError::Stopped)?;
+    Ok(KubeSource {
+        registry: Watched::fed_by(registry_rx, task),
+        policies: policies_rx,
+    })
+}
+
+async fn client(config: &KubeConfig) -> Result<Client, KubeError> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|err| {
+                KubeError::Config(format!("reading kubeconfig {}: {err}", path.display()))
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|err| {
+                    KubeError::Config(format!("using kubeconfig {}: {err}", path.display()))
+                })?
+        }
+        None => kube::Config::incluster().map_err(|err| {
+            KubeError::Config(format!(
+                "in-cluster configuration (KUBERNETES_SERVICE_HOST and the ServiceAccount token; \
+                 outside a cluster give --kubeconfig): {err}"
+            ))
+        })?,
+    };
+    Client::try_from(kube_config)
+        .map_err(|err| KubeError::Config(format!("building the client: {err}")))
+}
+
+/// One event of one watch.
+enum Update {
+    Namespace(Event<Namespace>),
+    // Boxed: pods and services are several times the size of the rest.
+    Pod(Box<Event<Pod>>),
+    Service(Box<Event<Service>>),
+    Slice(Event<EndpointSlice>),
+    /// An event of the policy kind `policies::KINDS[index]`.
+    Policy(usize, Event<DynamicObject>),
+    /// A watch failed; it is retried with backoff.
+    Failed {
+        kind: &'static str,
+        policy: Option<usize>,
+        error: watcher::Error,
+    },
+}
+
+fn watches(client: &Client) -> SelectAll<BoxStream<'static, Update>> {
+    fn watch<K>(
+        api: Api<K>,
+        kind: &'static str,
+        policy: Option<usize>,
+        wrap: impl Fn(Event<K>) -> Update + Send + 'static,
+    ) -> BoxStream<'static, Update>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .map(move |result| match result {
+                Ok(event) => wrap(event),
+                Err(error) => Update::Failed {
+                    kind,
+                    policy,
+                    error,
+                },
+            })
+            .boxed()
+    }
+    let mut all = SelectAll::new();
+    all.push(watch(
+        Api::all(client.clone()),
+        "namespaces",
+        None,
+        Update::Namespace,
+    ));
+    all.push(watch(Api::all(client.clone()), "pods", None, |event| {
+        Update::Pod(Box::new(event))
+    }));
+    all.push(watch(Api::all(client.clone()), "services", None, |event| {
+        Update::Service(Box::new(event))
+    }));
+    all.push(watch(
+        Api::all(client.clone()),
+        "endpointslices",
+        None,
+        Update::Slice,
+    ));
+    for (index, kind) in policies::KINDS.iter().enumerate() {
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            policies::GROUP,
+            policies::VERSION,
+            kind,
+        ));
+        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+        all.push(watch(api, kind, Some(index), move |event| {
+            Update::Policy(index, event)
+        }));
+    }
+    all
+}
+
+/// Every object, and where the views built from them go.
+struct State {
+    node: String,
+    root_namespace: String,
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    policies: [Store<DynamicObject>; 2],
+    compiler: PolicyCompiler,
+    netns: NetnsIndex,
+    /// A pod of this node had no network namespace at the last rebuild.
+    missing_netns: bool,
+    registry: watch::Sender<Arc<Registry>>,
+    policy_set: watch::Sender<Arc<PolicySet>>,
+}
+
+/// What an update changed.
+#[derive(Default)]
+struct Changed {
+    registry: bool,
+    policies: bool,
+}
+
+async fn run(
+    mut updates: SelectAll<BoxStream<'static, Update>>,
+    mut state: State,
+    ready: oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    let mut retry = tokio::time::interval(NETNS_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut changed = Changed::default();
+        tokio::select! {
+            update = updates.next() => {
+                let Some(update) = update else { return };
+                state.apply(update, &mut changed);
+                // Whatever else is waiting already: one rebuild per burst.
+                while let Some(Some(update)) = updates.next().now_or_never() {
+                    state.apply(update, &mut changed);
+                }
+            }
+            _ = retry.tick(), if state.missing_netns => changed.registry = true,
+        }
+        if !state.synced() {
+            continue;
+        }
+        let first = ready.is_some();
+        if changed.registry || first {
+            state.publish_registry();
+        }
+        if changed.policies || first {
+            state.publish_policies();
+        }
+        if let Some(ready) = ready.take() {
+            tracing::info!("the Kubernetes view is complete");
+            let _ = ready.send(());
+        }
+    }
+}
+
+impl State {
+    fn apply(&mut self, update: Update, changed: &mut Changed) {
+        match update {
+            Update::Namespace(event) => changed.registry |= self.namespaces.apply(event),
+            Update::Pod(event) => changed.registry |= self.pods.apply(*event),
+            Update::Service(event) => changed.registry |= self.services.apply(*event),
+            Update::Slice(event) => changed.registry |= self.slices.apply(event),
+            Update::Policy(index, event) => changed.policies |= self.policies[index].apply(event),
+            Update::Failed {
+                kind,
+                policy,
+                error,
+            } => {
+                if let (Some(index), true) = (policy, is_not_found(&error)) {
+                    if self.policies[index].mark_absent() {
+                        tracing::warn!(
+                            "{kind} is not served by the API server (its CRD is not installed): \
+                             no {kind} is enforced until it is"
+                        );
+                        changed.policies = true;
+                    }
+                } else {
+                    tracing::warn!("watching {kind}: {error}; retrying");
+                }
+            }
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.namespaces.synced()
+            && self.pods.synced()
+            && self.services.synced()
+            && self.slices.synced()
+            && self.policies.iter().all(Store::synced)
+    }
+
+    fn publish_registry(&mut self) {
+        let objects = convert::Objects {
+            namespaces: self.namespaces.objects().map(|(_, o)| o).collect(),
+            pods: self.pods.objects().map(|(_, o)| o).collect(),
+            services: self.services.objects().map(|(_, o)| o).collect(),
+            slices: self.slices.objects().map(|(_, o)| o).collect(),
+        };
+        let netns = &mut self.netns;
+        let mut rescanned = false;
+        let registry = convert::registry(&objects, &self.node, |ips| {
+            netns.find(ips).or_else(|| {
+                if !std::mem::replace(&mut rescanned, true) {
+                    netns.rescan();
+                }
+                netns.find(ips)
+            })
+        });
+        self.missing_netns = registry.pods_on(&self.node).any(|pod| pod.netns.is_none());
+        match registry.validated() {
+            Ok(registry) => {
+                self.registry.send_if_modified(|current| {
+                    let modified = **current != registry;
+                    if modified {
+                        tracing::info!(
+                            namespaces = registry.namespaces.len(),
+                            pods = registry.pods.len(),
+                            services = registry.services.len(),
+                            "registry updated from the Kubernetes API"
+                        );
+                        *current = Arc::new(registry);
+                    }
+                    modified
+                });
+            }
+            Err(err) => tracing::warn!("keeping the previous registry: {err}"),
+        }
+    }
+
+    fn publish_policies(&mut self) {
+        let set = self.compiler.compile(&self.policies, &self.root_namespace);
+        tracing::info!(
+            authorization = set.authorization.len(),
+            peer_authentication = set.peer_authentication.len(),
+            "policies updated from the Kubernetes API"
+        );
+        self.policy_set.send_replace(Arc::new(set));
+    }
+}
+
+/// Whether the API server answered that the resource does not exist.
+fn is_not_found(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 404,
+        _ => false,
+    }
+}
