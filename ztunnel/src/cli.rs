@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ztunnel::{
     admin::LogControl,
-    ca::{Ca, CaConfig},
+    ca::{Ca, CaConfig, NodeSource},
     identity::{CaClientConfig, ManagerConfig, TrustDomain},
     kubernetes::KubeConfig,
     node::{self, NodeConfig, Source},
@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the certificate authority (Istio's CA API over TLS).
-    Ca(CaArgs),
+    Ca(Box<CaArgs>),
     /// Run the node daemon.
     Node(Box<NodeArgs>),
     /// Troubleshoot a node through its daemon's admin endpoint.
@@ -189,11 +189,31 @@ struct CaArgs {
     #[arg(long)]
     cacerts: Option<PathBuf>,
     /// The workload registry file: a node may only get identities of its own pods.
-    #[arg(long)]
-    registry: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes",
+        requires = "node_tokens"
+    )]
+    registry: Option<PathBuf>,
     /// YAML map of node name to bearer token.
+    #[arg(long, conflicts_with = "kubernetes")]
+    node_tokens: Option<PathBuf>,
+    /// Authenticate node daemons by TokenReview of their projected
+    /// ServiceAccount tokens, and learn which pods run where from the
+    /// Kubernetes API (in-cluster configuration, or --kubeconfig).
     #[arg(long)]
-    node_tokens: PathBuf,
+    kubernetes: bool,
+    /// kubeconfig file for --kubernetes outside a cluster.
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the audience node daemons' tokens must be issued for.
+    #[arg(long, default_value = "ztunnel-ca")]
+    token_audience: String,
+    /// With --kubernetes: the node daemons' ServiceAccount (`namespace/name`);
+    /// tokens of any other account are refused.
+    #[arg(long, default_value = "ztunnel-system/ztunnel")]
+    node_service_account: String,
     /// Longest certificate validity issued, in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     max_validity_secs: u64,
@@ -232,7 +252,7 @@ impl Cli {
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         runtime.block_on(async {
             match self.command {
-                Command::Ca(args) => run_ca(args).await,
+                Command::Ca(args) => run_ca(*args).await,
                 Command::Node(args) => run_node(*args, log).await,
                 Command::Ctl(args) => run_ctl(args),
                 Command::Uninstall(args) => {
@@ -251,8 +271,21 @@ async fn run_ca(args: CaArgs) -> anyhow::Result<()> {
         trust_domain: args.trust_domain,
         state_dir: args.state_dir,
         cacerts: args.cacerts,
-        registry: args.registry,
-        node_tokens: args.node_tokens,
+        nodes: match (args.registry, args.node_tokens) {
+            (Some(registry), Some(node_tokens)) => NodeSource::Files {
+                registry,
+                node_tokens,
+            },
+            _ => NodeSource::Kubernetes {
+                api: KubeConfig {
+                    kubeconfig: args.kubeconfig,
+                    netns_dir: None,
+                    policies: false,
+                },
+                audience: args.token_audience,
+                node_service_account: args.node_service_account,
+            },
+        },
         max_validity: Duration::from_secs(args.max_validity_secs),
         server_names: args.server_names,
         publish_root: args.publish_root,
@@ -350,7 +383,8 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()
             },
             None => Source::Kubernetes(KubeConfig {
                 kubeconfig: args.kubeconfig,
-                netns_dir: args.netns_dir,
+                netns_dir: Some(args.netns_dir),
+                policies: true,
             }),
         },
         enrolment: Enrolment {

@@ -566,3 +566,104 @@ async fn valid_certificates_outlive_a_ca_outage_expired_ones_are_withdrawn_and_r
     manager.set_identities(&BTreeSet::new());
     assert!(manager.get(&web).is_none());
 }
+
+/// In Kubernetes the CA authenticates daemons by TokenReview (here against
+/// the stand-in API server) and binds each to the node its token names.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kubernetes_ca_binds_each_token_to_its_node() {
+    use ztunnel_cluster::kube_api::{ApiServer, TokenInfo};
+    let fx = Fixture::new();
+    let api = ApiServer::serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
+    api.seed(
+        &ztunnel::registry::Registry::load(fx.dir.path().join("registry.yaml").as_path()).unwrap(),
+    );
+    let hour = Instant::now() + Duration::from_secs(3600);
+    let daemon = |node: &str, audience: &str, expires: Instant| TokenInfo {
+        username: "system:serviceaccount:ztunnel-system:ztunnel".to_owned(),
+        audiences: vec![audience.to_owned()],
+        pod: Some((format!("ztunnel-{node}"), format!("uid-{node}"))),
+        node: Some(node.to_owned()),
+        expires,
+    };
+    api.add_token("node1-projected", daemon("node1", "ztunnel-ca", hour));
+    api.add_token("node2-projected", daemon("node2", "ztunnel-ca", hour));
+    api.add_token(
+        "node1-expired",
+        daemon("node1", "ztunnel-ca", Instant::now()),
+    );
+    api.add_token(
+        "node1-apiserver-audience",
+        daemon("node1", "https://kubernetes.default.svc", hour),
+    );
+    let mut workload = daemon("node1", "ztunnel-ca", hour);
+    workload.username = "system:serviceaccount:demo:web".to_owned();
+    api.add_token("web-pod-token", workload);
+    let kubeconfig = fx.write(
+        "kubeconfig.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: s\n\
+             clusters: [{{name: s, cluster: {{server: 'http://{}'}}}}]\n\
+             users: [{{name: ca, user: {{token: ca-token}}}}]\n\
+             contexts: [{{name: s, context: {{cluster: s, user: ca}}}}]\n",
+            api.address()
+        ),
+    );
+    let ca = CaProcess::start(
+        "127.0.0.1:0",
+        &[
+            "--kubernetes",
+            "--kubeconfig",
+            &kubeconfig,
+            "--state-dir",
+            &fx.path("state"),
+            "--publish-root",
+            &fx.path("root.pem"),
+        ],
+        fx.dir.path().join("ca-kubernetes.log"),
+    );
+    let (web, client) = (
+        Identity::parse(WEB).unwrap(),
+        Identity::parse(CLIENT).unwrap(),
+    );
+    let ask = |token: &str, identity: &Identity| {
+        let uri = uri(&identity.to_string());
+        let (client, identity) = (fx.client(&ca, token), identity.clone());
+        async move {
+            client
+                .create_certificate(csr(&p256(), vec![uri]), Duration::from_secs(60), &identity)
+                .await
+        }
+    };
+
+    // node1 runs demo/web, node2 demo/client: each gets its own.
+    assert_eq!(ask("node1-projected", &web).await.unwrap().len(), 2);
+    assert_eq!(ask("node2-projected", &client).await.unwrap().len(), 2);
+
+    // A daemon on another node, an expired token, the wrong audience, a
+    // workload's own token: all refused, each saying why.
+    for (token, identity, why) in [
+        (
+            "node2-projected",
+            &web,
+            "node node2 runs no pod of ServiceAccount demo/web",
+        ),
+        ("node1-expired", &web, "has expired"),
+        ("node1-apiserver-audience", &web, "audiences don't match"),
+        (
+            "web-pod-token",
+            &web,
+            "not to the node daemons' system:serviceaccount:ztunnel-system:ztunnel",
+        ),
+        ("no-such-token", &web, "invalid bearer token"),
+    ] {
+        let (c, m) = code(ask(token, identity).await);
+        assert_eq!(c, Code::PermissionDenied, "{token}: {m}");
+        assert!(m.contains(why), "{token}: {m}");
+    }
+    let reviews = api
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews"))
+        .count();
+    assert_eq!(reviews, 7, "one TokenReview per request");
+}

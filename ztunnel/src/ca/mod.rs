@@ -1,8 +1,10 @@
 //! `ztunnel ca`: a certificate authority speaking Istio's CA API over TLS.
 //!
 //! Node daemons (and Istio's own agents) send a CSR for a workload identity;
-//! the CA authenticates the node by its bearer token, checks that the node
-//! runs a pod of that ServiceAccount (from the workload registry), and signs a
+//! the CA authenticates the node by its bearer token (a token file, or
+//! TokenReview in Kubernetes: [`token_review`]), checks that the node runs a
+//! pod of that ServiceAccount (from the workload registry, or the Kubernetes
+//! API), and signs a
 //! short-lived SPIFFE leaf. Its signing material is a generated root or a
 //! plugged-in intermediate ([`authority`]).
 
@@ -11,15 +13,23 @@ pub mod authority;
 pub mod csr;
 pub mod nodes;
 mod service;
+pub mod token_review;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::{identity::TrustDomain, registry::Registry, reload::Watched, tls};
+use crate::{
+    identity::TrustDomain,
+    kubernetes::{self, KubeConfig, KubeError},
+    registry::Registry,
+    reload::Watched,
+    tls,
+};
 use authority::{Authority, AuthorityError};
-use nodes::{NodeTokens, NodeTokensError};
+use nodes::{NodeAuth, NodeTokens, NodeTokensError};
+use token_review::TokenReviewer;
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,16 +45,36 @@ pub struct CaConfig {
     pub state_dir: PathBuf,
     /// Istio `cacerts` directory of a plugged-in intermediate.
     pub cacerts: Option<PathBuf>,
-    /// The workload registry: which node runs which pods.
-    pub registry: PathBuf,
-    /// The node token file.
-    pub node_tokens: PathBuf,
+    /// How nodes are authenticated and which pods they run.
+    pub nodes: NodeSource,
     /// Longest validity issued.
     pub max_validity: Duration,
     /// DNS names and IP addresses of the CA's serving certificate.
     pub server_names: Vec<String>,
     /// Where to publish the root certificate (the trust bundle for daemons).
     pub publish_root: Option<PathBuf>,
+}
+
+/// How the CA knows the nodes: who is asking, and which pods it runs.
+#[derive(Clone, Debug)]
+pub enum NodeSource {
+    /// Standalone: a token file and the workload registry file.
+    Files {
+        /// The workload registry: which node runs which pods.
+        registry: PathBuf,
+        /// The node token file.
+        node_tokens: PathBuf,
+    },
+    /// Kubernetes: TokenReview of projected ServiceAccount tokens, and pods
+    /// from the API server.
+    Kubernetes {
+        /// How to reach the API server.
+        api: KubeConfig,
+        /// The audience the daemons' tokens must carry.
+        audience: String,
+        /// The daemons' ServiceAccount, `namespace/name`.
+        node_service_account: String,
+    },
 }
 
 /// Why the CA could not start.
@@ -59,6 +89,12 @@ pub enum CaError {
     /// The workload registry is unusable.
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    /// The Kubernetes API could not be used.
+    #[error(transparent)]
+    Kubernetes(#[from] KubeError),
+    /// The TokenReview settings are unusable.
+    #[error("{0}")]
+    TokenReview(String),
     /// The serving TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -101,10 +137,38 @@ impl Ca {
         }
         let (chain, key) = authority.serving_certificate(&config.server_names)?;
         let acceptor = TlsAcceptor::from(tls::grpc_server_config(chain, key)?);
+        let (nodes, registry) = match &config.nodes {
+            NodeSource::Files {
+                registry,
+                node_tokens,
+            } => (
+                NodeAuth::Tokens(Watched::start(
+                    node_tokens.clone(),
+                    "node tokens",
+                    NodeTokens::load,
+                )?),
+                Watched::start(registry.clone(), "registry", Registry::load)?,
+            ),
+            NodeSource::Kubernetes {
+                api,
+                audience,
+                node_service_account,
+            } => {
+                let reviewer = TokenReviewer::new(
+                    kubernetes::client(api).await?,
+                    audience.clone(),
+                    node_service_account,
+                )
+                .map_err(CaError::TokenReview)?;
+                // No node is "this" node: the CA captures nothing.
+                let source = kubernetes::start(api, "", "").await?;
+                (NodeAuth::TokenReview(Box::new(reviewer)), source.registry)
+            }
+        };
         let service = service::CaService {
             authority: Arc::new(authority),
-            tokens: Watched::start(config.node_tokens.clone(), "node tokens", NodeTokens::load)?,
-            registry: Watched::start(config.registry.clone(), "registry", Registry::load)?,
+            nodes,
+            registry,
             max_validity: config.max_validity,
         };
         let listener = TcpListener::bind(config.listen)

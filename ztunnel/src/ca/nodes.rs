@@ -1,10 +1,36 @@
-//! Node authentication in standalone mode: one bearer token per node.
+//! Node authentication: who is asking for certificates.
 //!
-//! The token file maps node names to tokens (YAML, `node1: <token>`); each
-//! node daemon holds only its own token. (In Kubernetes, TokenReview of the
-//! daemon's projected ServiceAccount token replaces this file.)
+//! Standalone, a token file maps node names to tokens (YAML,
+//! `node1: <token>`); each node daemon holds only its own token. In
+//! Kubernetes, TokenReview of the daemon's projected ServiceAccount token
+//! replaces the file ([`super::token_review`]).
 
 use std::{collections::BTreeMap, path::Path};
+
+use super::token_review::TokenReviewer;
+use crate::reload::Watched;
+
+/// How the CA authenticates node daemons.
+pub enum NodeAuth {
+    /// A token file, reloaded on change.
+    Tokens(Watched<NodeTokens>),
+    /// TokenReview against the Kubernetes API server.
+    TokenReview(Box<TokenReviewer>),
+}
+
+impl NodeAuth {
+    /// The node presenting `token`, or why it is refused.
+    pub async fn node_of(&self, token: &str) -> Result<String, String> {
+        match self {
+            Self::Tokens(tokens) => tokens
+                .current()
+                .node_of(token)
+                .map(str::to_owned)
+                .ok_or_else(|| "unknown node token".to_owned()),
+            Self::TokenReview(reviewer) => reviewer.node_of(token).await,
+        }
+    }
+}
 
 /// Shortest token accepted: 128 bits of base64 or hex are at least this long.
 const MIN_TOKEN_LEN: usize = 22;

@@ -15,7 +15,7 @@ use super::{
     },
     authority::Authority,
     csr,
-    nodes::NodeTokens,
+    nodes::NodeAuth,
 };
 use crate::{identity::Identity, registry::Registry, reload::Watched};
 
@@ -25,7 +25,7 @@ const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 /// The gRPC service.
 pub struct CaService {
     pub(super) authority: Arc<Authority>,
-    pub(super) tokens: Watched<NodeTokens>,
+    pub(super) nodes: NodeAuth,
     pub(super) registry: Watched<Registry>,
     pub(super) max_validity: Duration,
 }
@@ -37,7 +37,7 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let peer = request.remote_addr();
-        let node = match self.authenticate(request.metadata()) {
+        let node = match self.authenticate(request.metadata()).await {
             Ok(node) => node,
             Err(reason) => return Err(refuse(peer, None, Status::permission_denied(reason))),
         };
@@ -57,7 +57,7 @@ impl IstioCertificateService for CaService {
 
 impl CaService {
     /// The node presenting the request's bearer token.
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<String, &'static str> {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, String> {
         let header = metadata
             .get("authorization")
             .ok_or("no `authorization: Bearer <node token>` header")?;
@@ -66,11 +66,7 @@ impl CaService {
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or("the authorization header is not `Bearer <node token>`")?;
-        self.tokens
-            .current()
-            .node_of(token)
-            .map(str::to_owned)
-            .ok_or("unknown node token")
+        self.nodes.node_of(token).await
     }
 
     fn sign(

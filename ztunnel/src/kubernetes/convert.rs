@@ -97,7 +97,7 @@ pub fn registry(
     let nodes: BTreeSet<&str> = pods
         .iter()
         .map(|pod: &registry::Pod| pod.node.as_str())
-        .chain([node])
+        .chain(Some(node).filter(|node| !node.is_empty())) // the CA runs on no node
         .collect();
     Registry {
         nodes: nodes

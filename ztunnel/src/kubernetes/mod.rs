@@ -55,8 +55,11 @@ pub struct KubeConfig {
     /// A kubeconfig file; none: the in-cluster configuration (the pod's
     /// ServiceAccount token and `KUBERNETES_SERVICE_HOST`).
     pub kubeconfig: Option<PathBuf>,
-    /// Where the container runtime creates pod network namespaces.
-    pub netns_dir: PathBuf,
+    /// Where the container runtime creates pod network namespaces; none:
+    /// they are not looked for (the CA, which captures nothing).
+    pub netns_dir: Option<PathBuf>,
+    /// Whether to watch Istio's policy kinds (the CA does not need them).
+    pub policies: bool,
 }
 
 /// Why the source could not start.
@@ -89,7 +92,7 @@ pub async fn start(
     let client = client(config).await?;
     let (registry_tx, registry_rx) = watch::channel(Arc::new(Registry::default()));
     let (policies_tx, policies_rx) = watch::channel(Arc::new(PolicySet::default()));
-    let state = State {
+    let mut state = State {
         node: node.to_owned(),
         root_namespace: root_namespace.to_owned(),
         namespaces: Store::default(),
@@ -98,7 +101,7 @@ pub async fn start(
         slices: Store::default(),
         policies: Default::default(),
         compiler: PolicyCompiler::default(),
-        netns: NetnsIndex::new(config.netns_dir.clone()),
+        netns: config.netns_dir.clone().map(NetnsIndex::new),
         missing_netns: false,
         registry: registry_tx,
         policy_set: policies_tx,
@@ -107,7 +110,12 @@ pub async fn start(
     tracing::info!(
         "listing namespaces, pods, services, EndpointSlices and policies from the Kubernetes API"
     );
-    let task = tokio::spawn(run(watches(&client), state, ready_tx));
+    if !config.policies {
+        state.policies.iter_mut().for_each(|store| {
+            store.mark_absent();
+        });
+    }
+    let task = tokio::spawn(run(watches(&client, config.policies), state, ready_tx));
     ready_rx.await.map_err(|_| KubeError::Stopped)?;
     Ok(KubeSource {
         registry: Watched::fed_by(registry_rx, task),
@@ -115,7 +123,8 @@ pub async fn start(
     })
 }
 
-async fn client(config: &KubeConfig) -> Result<Client, KubeError> {
+/// A client for the API server `config` names.
+pub async fn client(config: &KubeConfig) -> Result<Client, KubeError> {
     let kube_config = match &config.kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path).map_err(|err| {
@@ -155,7 +164,7 @@ enum Update {
     },
 }
 
-fn watches(client: &Client) -> SelectAll<BoxStream<'static, Update>> {
+fn watches(client: &Client, policies: bool) -> SelectAll<BoxStream<'static, Update>> {
     fn watch<K>(
         api: Api<K>,
         kind: &'static str,
@@ -196,7 +205,8 @@ fn watches(client: &Client) -> SelectAll<BoxStream<'static, Update>> {
         None,
         Update::Slice,
     ));
-    for (index, kind) in policies::KINDS.iter().enumerate() {
+    let kinds = if policies { &policies::KINDS[..] } else { &[] };
+    for (index, kind) in kinds.iter().enumerate() {
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
             policies::GROUP,
             policies::VERSION,
@@ -220,7 +230,7 @@ struct State {
     slices: Store<EndpointSlice>,
     policies: [Store<DynamicObject>; 2],
     compiler: PolicyCompiler,
-    netns: NetnsIndex,
+    netns: Option<NetnsIndex>,
     /// A pod of this node had no network namespace at the last rebuild.
     missing_netns: bool,
     registry: watch::Sender<Arc<Registry>>,
@@ -315,9 +325,9 @@ impl State {
             services: self.services.objects().map(|(_, o)| o).collect(),
             slices: self.slices.objects().map(|(_, o)| o).collect(),
         };
-        let netns = &mut self.netns;
         let mut rescanned = false;
         let registry = convert::registry(&objects, &self.node, |ips| {
+            let netns = self.netns.as_mut()?;
             netns.find(ips).or_else(|| {
                 if !std::mem::replace(&mut rescanned, true) {
                     netns.rescan();

@@ -1,0 +1,98 @@
+//! Node authentication in Kubernetes: TokenReview of the daemon's projected
+//! ServiceAccount token.
+//!
+//! The daemon presents a token the kubelet projected into its pod with the
+//! CA's audience. The API server says whether it is valid (signature, expiry,
+//! the pod still exists) and for which audiences, whose it is, and — for a
+//! token bound to a pod, since Kubernetes 1.30 — the node that pod runs on.
+//! The CA accepts only tokens of the node daemon's ServiceAccount issued for
+//! its audience, and binds the request to the node named in the token: a
+//! daemon can never ask for another node's identities.
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::{Api, Client, api::PostParams};
+
+/// The TokenReview `extra` key naming the node of the token's pod.
+const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
+
+/// Asks the API server who a token belongs to.
+pub struct TokenReviewer {
+    api: Api<TokenReview>,
+    audience: String,
+    username: String,
+}
+
+impl TokenReviewer {
+    /// A reviewer accepting tokens of ServiceAccount `service_account`
+    /// (`namespace/name`) issued for `audience`.
+    pub fn new(client: Client, audience: String, service_account: &str) -> Result<Self, String> {
+        let (namespace, name) = service_account
+            .split_once('/')
+            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+            .ok_or_else(|| {
+                format!("the node daemons' ServiceAccount must be namespace/name, got {service_account:?}")
+            })?;
+        Ok(Self {
+            api: Api::all(client),
+            audience,
+            username: format!("system:serviceaccount:{namespace}:{name}"),
+        })
+    }
+
+    /// The node whose daemon holds `token`, or why it is refused.
+    pub async fn node_of(&self, token: &str) -> Result<String, String> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..TokenReview::default()
+        };
+        let reviewed = self
+            .api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|err| {
+                format!("the token could not be reviewed (TokenReview failed: {err})")
+            })?;
+        let status = reviewed.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(format!(
+                "the token is not valid: {}",
+                status
+                    .error
+                    .as_deref()
+                    .unwrap_or("the API server did not authenticate it")
+            ));
+        }
+        if !status
+            .audiences
+            .as_ref()
+            .is_some_and(|audiences| audiences.contains(&self.audience))
+        {
+            return Err(format!(
+                "the token was not issued for audience {}",
+                self.audience
+            ));
+        }
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        if username != self.username {
+            return Err(format!(
+                "the token belongs to {username:?}, not to the node daemons' {}",
+                self.username
+            ));
+        }
+        user.extra
+            .as_ref()
+            .and_then(|extra| extra.get(NODE_NAME_CLAIM))
+            .and_then(|nodes| nodes.first())
+            .filter(|node| !node.is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                "the token names no node: use a projected ServiceAccount token (bound to the \
+                 daemon's pod; Kubernetes 1.30 or later)"
+                    .to_owned()
+            })
+    }
+}
