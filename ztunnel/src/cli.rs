@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use ztunnel::{
     admin::LogControl,
     ca::{Ca, CaConfig, NodeSource},
-    identity::{CaClientConfig, ManagerConfig, TrustDomain},
+    identity::{CaClientConfig, CaToken, ManagerConfig, TrustDomain},
     kubernetes::KubeConfig,
     node::{self, NodeConfig, Source},
     registry::{Enrolment, LabelSelector},
@@ -84,7 +84,8 @@ struct NodeArgs {
     /// Root certificate(s) of the CA's serving certificate; default: the trust bundle.
     #[arg(long)]
     ca_root: Option<PathBuf>,
-    /// File holding this node's bearer token for the CA.
+    /// File holding this node's bearer token for the CA (read again for
+    /// every request: in Kubernetes, the projected ServiceAccount token).
     #[arg(long)]
     ca_token_file: PathBuf,
     /// Trusted roots for peers (PEM), reloaded on change.
@@ -364,7 +365,9 @@ impl LogControl for ReloadableFilter {
 }
 
 async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&args.ca_token_file)
+    // Read now to fail fast; read again for every request, as projected
+    // ServiceAccount tokens are replaced before they expire.
+    std::fs::read_to_string(&args.ca_token_file)
         .with_context(|| format!("reading the CA token {}", args.ca_token_file.display()))?;
     let server_name = match args.ca_server_name {
         Some(name) => name,
@@ -396,7 +399,7 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()
             address: args.ca_address,
             server_name,
             root_cert: args.ca_root.unwrap_or_else(|| args.trust_bundle.clone()),
-            token: token.trim().to_owned(),
+            token: CaToken::File(args.ca_token_file),
         },
         certificates: ManagerConfig {
             validity: Duration::from_secs(args.cert_validity_secs),

@@ -10,7 +10,8 @@ use std::{
 
 use rcgen::{CertificateParams, KeyPair, SanType};
 use ztunnel::identity::{
-    CaClient, CaClientConfig, CaClientError, CertManager, Identity, ManagerConfig, ca_client::Code,
+    CaClient, CaClientConfig, CaClientError, CaToken, CertManager, Identity, ManagerConfig,
+    ca_client::Code,
 };
 use ztunnel_e2e::CaProcess;
 
@@ -77,7 +78,7 @@ impl Fixture {
             address: ca.address.to_string(),
             server_name: "127.0.0.1".to_owned(),
             root_cert: self.dir.path().join("root.pem"),
-            token: token.to_owned(),
+            token: CaToken::Fixed(token.to_owned()),
         })
         .unwrap()
     }
@@ -666,4 +667,35 @@ async fn the_kubernetes_ca_binds_each_token_to_its_node() {
         .filter(|r| r.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews"))
         .count();
     assert_eq!(reviews, 7, "one TokenReview per request");
+}
+
+/// The token file is read for every request: a projected token the kubelet
+/// replaced is the one sent next.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_file_is_read_again_for_every_request() {
+    let fx = Fixture::new();
+    let ca = fx.start_ca(&[]);
+    let token_file = fx.write("node-token", &format!("{NODE1_TOKEN}\n"));
+    let client = CaClient::new(&CaClientConfig {
+        address: ca.address.to_string(),
+        server_name: "127.0.0.1".to_owned(),
+        root_cert: fx.dir.path().join("root.pem"),
+        token: CaToken::File(token_file.clone().into()),
+    })
+    .unwrap();
+    let web = Identity::parse(WEB).unwrap();
+    let ask =
+        || client.create_certificate(csr(&p256(), vec![uri(WEB)]), Duration::from_secs(60), &web);
+    assert_eq!(ask().await.unwrap().len(), 2);
+    fx.write("node-token", "replaced-by-a-token-the-ca-does-not-know");
+    let (c, m) = code(ask().await);
+    assert_eq!(
+        (c, m.as_str()),
+        (Code::PermissionDenied, "unknown node token")
+    );
+    fx.write("node-token", NODE1_TOKEN);
+    assert_eq!(ask().await.unwrap().len(), 2);
+    std::fs::remove_file(&token_file).unwrap();
+    let err = ask().await.unwrap_err().to_string();
+    assert!(err.contains("reading the CA token"), "{err}");
 }

@@ -41,7 +41,32 @@ pub struct CaClientConfig {
     /// PEM file of the root(s) the CA's serving certificate chains to.
     pub root_cert: PathBuf,
     /// The node's bearer token.
-    pub token: String,
+    pub token: CaToken,
+}
+
+/// Where the node's bearer token for the CA comes from.
+#[derive(Clone, Debug)]
+pub enum CaToken {
+    /// A fixed token.
+    Fixed(String),
+    /// A file read again for every request: a projected ServiceAccount
+    /// token, which the kubelet replaces before it expires.
+    File(PathBuf),
+}
+
+impl CaToken {
+    /// The `authorization` header carrying the current token.
+    async fn header(&self) -> Result<MetadataValue<Ascii>, CaClientError> {
+        let token = match self {
+            Self::Fixed(token) => token.clone(),
+            Self::File(path) => tokio::fs::read_to_string(path).await.map_err(|err| {
+                CaClientError::Config(format!("reading the CA token {}: {err}", path.display()))
+            })?,
+        };
+        format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|err| CaClientError::Config(format!("the CA token: {err}")))
+    }
 }
 
 /// Why a certificate could not be obtained.
@@ -73,7 +98,7 @@ impl From<tonic::Status> for CaClientError {
 #[derive(Clone)]
 pub struct CaClient {
     client: IstioCertificateServiceClient<Channel>,
-    authorization: MetadataValue<Ascii>,
+    token: CaToken,
 }
 
 impl CaClient {
@@ -89,9 +114,14 @@ impl CaClient {
             TlsConnector::from(tls::grpc_client_config(&roots).map_err(|err| bad("TLS", &err))?);
         let server_name = ServerName::try_from(config.server_name.clone())
             .map_err(|err| bad("server name", &err))?;
-        let authorization = format!("Bearer {}", config.token)
-            .parse()
-            .map_err(|err| bad("token", &err))?;
+        // Checked now, so a bad token or an unreadable file stops the daemon
+        // at start rather than at its first certificate.
+        let token = config.token.clone();
+        if let CaToken::Fixed(fixed) = &token {
+            format!("Bearer {fixed}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|err| bad("token", &err))?;
+        }
 
         let address = Arc::new(config.address.clone());
         // The URI only routes the request; the connector below makes the real
@@ -112,7 +142,7 @@ impl CaClient {
         }));
         Ok(Self {
             client: IstioCertificateServiceClient::new(channel),
-            authorization,
+            token,
         })
     }
 
@@ -141,7 +171,7 @@ impl CaClient {
         });
         request
             .metadata_mut()
-            .insert("authorization", self.authorization.clone());
+            .insert("authorization", self.token.header().await?);
         let response = self.client.clone().create_certificate(request).await?;
         Ok(response.into_inner().cert_chain)
     }

@@ -10,7 +10,7 @@ pub mod manager;
 mod spiffe;
 
 pub use bundle::TrustBundle;
-pub use ca_client::{CaClient, CaClientConfig, CaClientError};
+pub use ca_client::{CaClient, CaClientConfig, CaClientError, CaToken};
 pub use certificate::WorkloadCertificate;
 pub use manager::{CertManager, ManagerConfig};
 pub use spiffe::{Identity, SpiffeError, TrustDomain};
