@@ -122,6 +122,9 @@ fn route(
     state: &dyn AdminState,
 ) -> Response<Full<Bytes>> {
     match request.uri().path() {
+        // Liveness: the daemon answers. (Not ready is not dead: a daemon
+        // waiting for the CA must not be restarted for it.)
+        "/healthz/live" => text(StatusCode::OK, "alive\n".to_owned()),
         "/healthz/ready" => {
             let reasons = state.not_ready();
             if reasons.is_empty() {

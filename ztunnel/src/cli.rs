@@ -36,6 +36,9 @@ pub struct Cli {
 enum Command {
     /// Run the certificate authority (Istio's CA API over TLS).
     Ca(Box<CaArgs>),
+    /// Generate a new root of trust in Istio's `cacerts` layout, for the CA
+    /// in Kubernetes (`kubectl create secret generic cacerts --from-file=DIR`).
+    CaInit(CaInitArgs),
     /// Run the node daemon.
     Node(Box<NodeArgs>),
     /// Troubleshoot a node through its daemon's admin endpoint.
@@ -43,6 +46,17 @@ enum Command {
     /// Detach every eBPF program of a (stopped) node daemon and remove its
     /// pins and maps: pods return to plain networking.
     Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args)]
+struct CaInitArgs {
+    /// Directory to write ca-cert.pem, ca-key.pem, cert-chain.pem and
+    /// root-cert.pem to (created 0700; an existing key is never overwritten).
+    #[arg(long)]
+    out: PathBuf,
+    /// Trust domain named in the root.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: TrustDomain,
 }
 
 #[derive(clap::Args)]
@@ -114,6 +128,11 @@ struct NodeArgs {
     /// fail closed while the daemon is down and a new daemon takes over.
     #[arg(long, default_value = "/sys/fs/bpf/ztunnel")]
     bpf_pin_dir: PathBuf,
+    /// The host's cgroup v2 root, where the programs attach so they see
+    /// every pod (in a container: the host's /sys/fs/cgroup, mounted).
+    /// Default: the first cgroup2 mount in /proc/mounts.
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
     /// Close a proxied connection on which no byte moved for this long, in seconds.
     #[arg(long, default_value_t = 3600)]
     idle_timeout_secs: u64,
@@ -255,6 +274,11 @@ impl Cli {
             match self.command {
                 Command::Ca(args) => run_ca(*args).await,
                 Command::Node(args) => run_node(*args, log).await,
+                Command::CaInit(args) => {
+                    ztunnel::ca::authority::Authority::init_cacerts(&args.out, &args.trust_domain)?;
+                    println!("wrote a new root of trust to {}", args.out.display());
+                    Ok(())
+                }
                 Command::Ctl(args) => run_ctl(args),
                 Command::Uninstall(args) => {
                     ztunnel::redirect::programs::uninstall(&args.bpf_pin_dir)?;
@@ -409,6 +433,7 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()
         trust_bundle: args.trust_bundle,
         admin: args.admin,
         bpf_pin_dir: args.bpf_pin_dir,
+        cgroup_root: args.cgroup_root,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         metrics: args.metrics,
         access_log: args.access_log,

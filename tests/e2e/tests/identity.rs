@@ -699,3 +699,48 @@ async fn the_token_file_is_read_again_for_every_request() {
     let err = ask().await.unwrap_err().to_string();
     assert!(err.contains("reading the CA token"), "{err}");
 }
+
+/// `ztunnel ca-init` makes a root in Istio's `cacerts` layout that the CA
+/// signs with as is (as a Kubernetes Secret would hold it), and never
+/// overwrites an existing key.
+#[tokio::test(flavor = "multi_thread")]
+async fn ca_init_writes_a_cacerts_directory_the_ca_signs_with() {
+    let fx = Fixture::new();
+    let cacerts = fx.path("cacerts");
+    let init = || {
+        Command::new(ztunnel_e2e::bin("ztunnel"))
+            .args(["ca-init", "--out", &cacerts])
+            .output()
+            .unwrap()
+    };
+    assert!(init().status.success());
+    let key = std::fs::read(fx.dir.path().join("cacerts/ca-key.pem")).unwrap();
+    let mode = std::fs::metadata(fx.dir.path().join("cacerts/ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the key is private");
+    let again = init();
+    assert!(!again.status.success(), "a second init must refuse");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("ca-key.pem"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read(fx.dir.path().join("cacerts/ca-key.pem")).unwrap(),
+        key,
+        "the key is untouched"
+    );
+
+    let ca = fx.start_ca(&["--cacerts", &cacerts]);
+    let chain = fx.web_chain(&ca).await;
+    let root = std::fs::read_to_string(fx.dir.path().join("cacerts/root-cert.pem")).unwrap();
+    assert_eq!(chain.len(), 2, "leaf and root");
+    assert_eq!(chain[1], root);
+    assert_eq!(
+        std::fs::read_to_string(fx.path("root.pem")).unwrap(),
+        root,
+        "the published root is the plugged-in one"
+    );
+}

@@ -79,12 +79,22 @@ fn serve_api(cluster: &Cluster, runtime: &tokio::runtime::Runtime) -> (ApiServer
         ),
     )
     .unwrap();
+    // As the DaemonSet does: the cgroup v2 root named, not found.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let cgroup_root = mounts
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields[2] == "cgroup2")
+        .map(|fields| fields[1].to_owned())
+        .unwrap();
     let args = vec![
         "--kubernetes".to_owned(),
         "--kubeconfig".to_owned(),
         path(&kubeconfig),
         "--netns-dir".to_owned(),
         path(&netns_dir),
+        "--cgroup-root".to_owned(),
+        cgroup_root,
     ];
     (server, args)
 }

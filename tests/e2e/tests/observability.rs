@@ -472,6 +472,11 @@ fn readiness_flips_with_its_conditions() {
         ready(&cluster)
             .contains("no certificate yet for spiffe://cluster.local/ns/legacy/sa/default")
     });
+    // Not ready is not dead: the liveness probe's endpoint still answers.
+    assert_eq!(
+        admin(&cluster, "node1", "/healthz/live", &[]).trim(),
+        "alive"
+    );
     let failed = [
         ("identity", "spiffe://cluster.local/ns/legacy/sa/default"),
         ("result", "failure"),

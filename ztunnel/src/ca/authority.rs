@@ -112,6 +112,26 @@ impl Authority {
         })
     }
 
+    /// Generates a new self-signed root in Istio's `cacerts` layout in `dir`
+    /// (the root signs directly: `ca-cert.pem`, `cert-chain.pem` and
+    /// `root-cert.pem` are the same certificate), for a CA whose state must
+    /// live in a Kubernetes Secret. Never overwrites an existing key.
+    pub fn init_cacerts(dir: &Path, trust_domain: &TrustDomain) -> Result<(), AuthorityError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = root_params(trust_domain)?.self_signed(&key)?;
+        write_private(&dir.join(CA_KEY), key.serialize_pem().as_bytes())?;
+        for name in [CA_CERT, CERT_CHAIN, ROOT_CERT] {
+            let path = dir.join(name);
+            fs::write(&path, cert.pem()).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
     /// Loads a plugged-in intermediate in Istio's `cacerts` layout from `dir`.
     pub fn plugged_in(dir: &Path, trust_domain: TrustDomain) -> Result<Self, AuthorityError> {
         let ca_cert = read(&dir.join(CA_CERT))?;

@@ -66,17 +66,22 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Loads and attaches the programs, pinned under `pin_dir`. Pods an
+    /// Loads and attaches the programs at `cgroup_root` (default: the first
+    /// cgroup2 mount), pinned under `pin_dir`. Pods an
     /// earlier daemon enrolled stay steered (failing closed) until the first
     /// [`Capture::set_pods`] takes them over or releases them. Captured
     /// pods' connections are served with `context`.
-    pub fn start(pin_dir: &Path, context: Arc<ProxyContext>) -> Result<Self, RedirectError> {
+    pub fn start(
+        pin_dir: &Path,
+        cgroup_root: Option<&Path>,
+        context: Arc<ProxyContext>,
+    ) -> Result<Self, RedirectError> {
         let Attached {
             programs,
             orig_dst,
             deliveries,
             inherited,
-        } = Programs::attach(pin_dir)?;
+        } = Programs::attach(pin_dir, cgroup_root)?;
         if !inherited.is_empty() {
             tracing::info!(
                 pods = inherited.len(),

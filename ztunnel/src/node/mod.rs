@@ -59,6 +59,9 @@ pub struct NodeConfig {
     /// Where the eBPF programs' links and maps are pinned (on bpffs); one
     /// directory per daemon.
     pub bpf_pin_dir: PathBuf,
+    /// The cgroup v2 root the programs attach at (in a container: the host's,
+    /// mounted); none: the first cgroup2 mount.
+    pub cgroup_root: Option<PathBuf>,
     /// A proxied connection on which nothing moves this long is closed.
     pub idle_timeout: Duration,
     /// How tunnel TLS sessions are set up (cipher suites, resumption).
@@ -459,7 +462,11 @@ pub async fn run(
         manager.subscribe(),
         context.metrics.clone(),
     ));
-    let mut capture = capture::Capture::start(&config.bpf_pin_dir, context.clone())?;
+    let mut capture = capture::Capture::start(
+        &config.bpf_pin_dir,
+        config.cgroup_root.as_deref(),
+        context.clone(),
+    )?;
     let attached = crate::redirect::abi::program_names::ALL.len() as i64;
     context.metrics.ebpf_programs_attached.set(attached);
     let mut changes = registry.subscribe();

@@ -81,15 +81,19 @@ pub struct OrigDstTable {
 }
 
 impl Programs {
-    /// Loads every program, attaches it at the cgroup v2 root and pins it
-    /// (and the maps) under `pin_dir`, replacing what an earlier daemon left
-    /// there. Also returns the pods (netns cookies) the pinned `ENROLLED` map
-    /// already holds, for the caller to reconcile.
-    pub fn attach(pin_dir: &Path) -> Result<Attached, RedirectError> {
+    /// Loads every program, attaches it at the cgroup v2 root (`cgroup_root`,
+    /// or the first cgroup2 mount) and pins it (and the maps) under
+    /// `pin_dir`, replacing what an earlier daemon left there. Also returns
+    /// the pods (netns cookies) the pinned `ENROLLED` map already holds, for
+    /// the caller to reconcile.
+    pub fn attach(pin_dir: &Path, cgroup_root: Option<&Path>) -> Result<Attached, RedirectError> {
         let io = |context: String| move |source| RedirectError::Io { context, source };
         mount_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir).map_err(io(format!("creating {}", pin_dir.display())))?;
-        let root = cgroup2_root()?;
+        let root = match cgroup_root {
+            Some(root) => root.to_owned(),
+            None => cgroup2_root()?,
+        };
         let cgroup = File::open(&root)
             .map_err(io(format!("opening the cgroup v2 root {}", root.display())))?;
         let mut ebpf = EbpfLoader::new()
