@@ -422,6 +422,21 @@ impl ApiServer {
         lock(&self.store).tokens.insert(token.to_owned(), info);
     }
 
+    /// Writes a kubeconfig for this server at `path` (the token is not
+    /// checked: the stand-in authorises everyone).
+    pub fn write_kubeconfig(&self, path: &std::path::Path) -> std::io::Result<()> {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: stand-in\n\
+                 clusters: [{{name: stand-in, cluster: {{server: 'http://{}'}}}}]\n\
+                 users: [{{name: client, user: {{token: not-checked}}}}]\n\
+                 contexts: [{{name: stand-in, context: {{cluster: stand-in, user: client, namespace: default}}}}]\n",
+                self.address
+            ),
+        )
+    }
+
     /// Every request line served so far (`GET /api/v1/pods?watch=true...`).
     pub fn requests(&self) -> Vec<String> {
         lock(&self.store).requests.clone()

@@ -599,16 +599,8 @@ async fn the_kubernetes_ca_binds_each_token_to_its_node() {
     let mut workload = daemon("node1", "ztunnel-ca", hour);
     workload.username = "system:serviceaccount:demo:web".to_owned();
     api.add_token("web-pod-token", workload);
-    let kubeconfig = fx.write(
-        "kubeconfig.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: s\n\
-             clusters: [{{name: s, cluster: {{server: 'http://{}'}}}}]\n\
-             users: [{{name: ca, user: {{token: ca-token}}}}]\n\
-             contexts: [{{name: s, context: {{cluster: s, user: ca}}}}]\n",
-            api.address()
-        ),
-    );
+    let kubeconfig = fx.path("kubeconfig.yaml");
+    api.write_kubeconfig(kubeconfig.as_ref()).unwrap();
     let ca = CaProcess::start(
         "127.0.0.1:0",
         &[

@@ -69,16 +69,7 @@ fn serve_api(cluster: &Cluster, runtime: &tokio::runtime::Runtime) -> (ApiServer
         .unwrap();
     }
     let kubeconfig = status.state_dir.join("kubeconfig.yaml");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: standin\n\
-             clusters: [{{name: standin, cluster: {{server: 'http://{API_ADDRESS}'}}}}]\n\
-             users: [{{name: node, user: {{token: not-checked-by-the-stand-in}}}}]\n\
-             contexts: [{{name: standin, context: {{cluster: standin, user: node}}}}]\n"
-        ),
-    )
-    .unwrap();
+    server.write_kubeconfig(&kubeconfig).unwrap();
     // As the DaemonSet does: the cgroup v2 root named, not found.
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let cgroup_root = mounts
@@ -182,13 +173,15 @@ fn the_daemons_follow_the_api_server() {
     assert_eq!(captured(&cluster, "node2"), ["demo/client-2", "demo/web-2"]);
 
     // Labelling a namespace through the API enrols its pods on each node.
-    set_labels(
-        &api,
-        NAMESPACES,
-        "",
-        "legacy",
-        json!({"istio.io/dataplane-mode": "ambient"}),
-    );
+    let enrol_legacy = |enrolled: bool| {
+        let labels = if enrolled {
+            json!({"istio.io/dataplane-mode": "ambient"})
+        } else {
+            json!({})
+        };
+        set_labels(&api, NAMESPACES, "", "legacy", labels);
+    };
+    enrol_legacy(true);
     captures_within_a_second(
         &cluster,
         "node1",
@@ -201,7 +194,7 @@ fn the_daemons_follow_the_api_server() {
     );
 
     // Unlabelling releases them; a pod's opt-out label releases that pod.
-    set_labels(&api, NAMESPACES, "", "legacy", json!({}));
+    enrol_legacy(false);
     captures_within_a_second(
         &cluster,
         "node1",
@@ -258,13 +251,7 @@ fn the_daemons_follow_the_api_server() {
         "the daemon saw 410 Gone:\n{}",
         daemon_log(&cluster, "node1")
     );
-    set_labels(
-        &api,
-        NAMESPACES,
-        "",
-        "legacy",
-        json!({"istio.io/dataplane-mode": "ambient"}),
-    );
+    enrol_legacy(true);
     captures_within_a_second(
         &cluster,
         "node1",

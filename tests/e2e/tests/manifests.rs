@@ -146,17 +146,7 @@ fn kubectl_applies_every_manifest_in_a_client_dry_run() {
     };
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: s\n\
-             clusters: [{{name: s, cluster: {{server: 'http://{}'}}}}]\n\
-             users: [{{name: u, user: {{token: t}}}}]\n\
-             contexts: [{{name: s, context: {{cluster: s, user: u, namespace: default}}}}]\n",
-            api.address()
-        ),
-    )
-    .unwrap();
+    api.write_kubeconfig(&kubeconfig).unwrap();
     for file in manifests(dir.path()) {
         let out = run(Command::new(tool("kubectl"))
             .arg("--kubeconfig")

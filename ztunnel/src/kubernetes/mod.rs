@@ -106,15 +106,17 @@ pub async fn start(
         registry: registry_tx,
         policy_set: policies_tx,
     };
-    let (ready_tx, ready_rx) = oneshot::channel();
-    tracing::info!(
-        "listing namespaces, pods, services, EndpointSlices and policies from the Kubernetes API"
-    );
     if !config.policies {
+        // Not watched: complete, and empty, from the start.
         state.policies.iter_mut().for_each(|store| {
             store.mark_absent();
         });
     }
+    tracing::info!(
+        policies = config.policies,
+        "listing namespaces, pods, services and EndpointSlices from the Kubernetes API"
+    );
+    let (ready_tx, ready_rx) = oneshot::channel();
     let task = tokio::spawn(run(watches(&client, config.policies), state, ready_tx));
     ready_rx.await.map_err(|_| KubeError::Stopped)?;
     Ok(KubeSource {
