@@ -16,10 +16,10 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod, Service},
+        core::v1::{Namespace, Pod, PodSpec, PodStatus, Service},
         discovery::v1::EndpointSlice,
     },
-    apimachinery::pkg::util::intstr::IntOrString,
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
 use crate::registry::{self, Registry};
@@ -110,6 +110,33 @@ pub fn registry(
         pods,
         services,
     }
+}
+
+/// Drops from a pod what [`registry`] never reads (containers, volumes,
+/// conditions, annotations, managed fields ...). Every daemon holds every
+/// pod of the cluster, so this is most of the memory they would take.
+pub fn trim_pod(pod: &mut Pod) {
+    let metadata = std::mem::take(&mut pod.metadata);
+    pod.metadata = ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        labels: metadata.labels,
+        resource_version: metadata.resource_version,
+        uid: metadata.uid,
+        ..ObjectMeta::default()
+    };
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        node_name: spec.node_name,
+        host_network: spec.host_network,
+        service_account_name: spec.service_account_name,
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        pod_ips: status.pod_ips,
+        ..PodStatus::default()
+    });
 }
 
 /// A pod as the model holds it, if it is a running, addressed, scheduled,
@@ -293,6 +320,28 @@ mod tests {
         let nodes: Vec<_> = registry.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(nodes, ["node1", "node2"]);
         crate::registry::Registry::from_yaml(&registry.to_yaml()).expect("a valid registry");
+    }
+
+    #[test]
+    fn a_trimmed_pod_converts_as_the_whole_one_and_is_much_smaller() {
+        let mut whole = pod_json("web-1", "node1", "10.244.1.2", "fd00::1:2");
+        whole["metadata"]["annotations"] = serde_json::json!({"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(2000)});
+        whole["metadata"]["managedFields"] =
+            serde_json::json!([{"manager": "kubelet", "operation": "Update"}]);
+        whole["spec"]["containers"] = serde_json::json!([{"name": "web", "image": "nginx", "env": [{"name": "A", "value": "b"}]}]);
+        whole["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": "True"}]);
+        let whole: Pod = from_json(whole);
+        let mut trimmed = whole.clone();
+        trim_pod(&mut trimmed);
+        let size = |pod: &Pod| serde_json::to_vec(pod).unwrap().len();
+        assert!(
+            size(&trimmed) * 5 < size(&whole),
+            "{} vs {}",
+            size(&trimmed),
+            size(&whole)
+        );
+        assert_eq!(self::pod(&trimmed), self::pod(&whole));
+        assert!(self::pod(&trimmed).is_some());
     }
 
     #[test]

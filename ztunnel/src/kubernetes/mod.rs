@@ -196,7 +196,7 @@ fn watches(client: &Client, policies: bool) -> SelectAll<BoxStream<'static, Upda
         Update::Namespace,
     ));
     all.push(watch(Api::all(client.clone()), "pods", None, |event| {
-        Update::Pod(Box::new(event))
+        Update::Pod(Box::new(event.modify(convert::trim_pod)))
     }));
     all.push(watch(Api::all(client.clone()), "services", None, |event| {
         Update::Service(Box::new(event))
