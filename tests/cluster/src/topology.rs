@@ -135,15 +135,15 @@ pub(crate) fn refresh_enrolment(status: &mut Status) {
 
 /// The workload registry the node daemons read, derived from the cluster.
 pub(crate) fn registry(status: &Status) -> Registry {
-    Registry {
-        nodes: status
+    Registry::new(
+        status
             .nodes
             .iter()
             .map(|node| Node {
                 name: node.name.clone(),
             })
             .collect(),
-        namespaces: status
+        status
             .namespaces
             .iter()
             .map(|ns| Namespace {
@@ -151,7 +151,7 @@ pub(crate) fn registry(status: &Status) -> Registry {
                 labels: ns.labels.clone(),
             })
             .collect(),
-        pods: status
+        status
             .pods
             .iter()
             .map(|pod| Pod {
@@ -164,7 +164,7 @@ pub(crate) fn registry(status: &Status) -> Registry {
                 labels: pod.labels.clone(),
             })
             .collect(),
-        services: status
+        status
             .services
             .iter()
             .map(|service| Service {
@@ -178,7 +178,7 @@ pub(crate) fn registry(status: &Status) -> Registry {
                 selector: service.selector.clone(),
             })
             .collect(),
-    }
+    )
 }
 
 /// Creates the namespaces, links, addresses and routes of `status`.

@@ -99,17 +99,13 @@ pub fn registry(
         .map(|pod: &registry::Pod| pod.node.as_str())
         .chain(Some(node).filter(|node| !node.is_empty())) // the CA runs on no node
         .collect();
-    Registry {
-        nodes: nodes
-            .into_iter()
-            .map(|name| registry::Node {
-                name: name.to_owned(),
-            })
-            .collect(),
-        namespaces,
-        pods,
-        services,
-    }
+    let nodes = nodes
+        .into_iter()
+        .map(|name| registry::Node {
+            name: name.to_owned(),
+        })
+        .collect();
+    Registry::new(nodes, namespaces, pods, services)
 }
 
 /// Drops from a pod what [`registry`] never reads (containers, volumes,

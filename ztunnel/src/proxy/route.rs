@@ -89,16 +89,12 @@ pub fn route<'a>(
 /// The service with VIP `original.ip()` exposing `original.port()`, and that
 /// port's target port.
 fn service_at(registry: &Registry, original: SocketAddr) -> Option<(&Service, u16)> {
-    registry.services.iter().find_map(|service| {
-        if !service.vips.contains(&original.ip()) {
-            return None;
-        }
-        let port = service
-            .ports
-            .iter()
-            .find(|port| port.port == original.port())?;
-        Some((service, port.target_port))
-    })
+    let service = registry.service_at(original.ip())?;
+    let port = service
+        .ports
+        .iter()
+        .find(|port| port.port == original.port())?;
+    Some((service, port.target_port))
 }
 
 /// The pods a service selects, each with its address of `family`'s kind.
@@ -108,14 +104,12 @@ fn endpoints<'a>(
     family: IpAddr,
 ) -> impl Iterator<Item = (&'a Pod, IpAddr)> {
     registry
-        .pods
-        .iter()
+        .pods_in(&service.namespace)
         .filter(move |pod| {
-            pod.namespace == service.namespace
-                && service
-                    .selector
-                    .iter()
-                    .all(|(key, value)| pod.labels.get(key) == Some(value))
+            service
+                .selector
+                .iter()
+                .all(|(key, value)| pod.labels.get(key) == Some(value))
         })
         .filter_map(move |pod| {
             let ip = pod.ips.iter().find(|ip| ip.is_ipv4() == family.is_ipv4())?;

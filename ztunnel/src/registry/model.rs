@@ -1,7 +1,12 @@
 //! The registry's data model, which is also its file format (camelCase keys,
 //! as in Kubernetes objects; unknown keys are errors so typos are caught).
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    path::PathBuf,
+    sync::OnceLock,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +14,12 @@ use serde::{Deserialize, Serialize};
 pub type Labels = BTreeMap<String, String>;
 
 /// Everything the daemon knows about the cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The lookups the data path makes per connection ([`Registry::pod_at`],
+/// [`Registry::service_at`], [`Registry::pods_in`]) use an index built on
+/// the first of them: a registry is not changed once looked up in (the
+/// daemon shares each version immutably).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Registry {
     /// The cluster's nodes.
@@ -24,7 +34,29 @@ pub struct Registry {
     /// Services: virtual IPs that select pods by label.
     #[serde(default)]
     pub services: Vec<Service>,
+    #[serde(skip)]
+    index: OnceLock<Index>,
 }
+
+/// Positions in the registry's lists, by what connections are looked up by.
+#[derive(Clone, Debug, Default)]
+struct Index {
+    pods_by_ip: HashMap<IpAddr, usize>,
+    services_by_vip: HashMap<IpAddr, usize>,
+    pods_by_namespace: HashMap<String, Vec<usize>>,
+}
+
+/// The index is derived: two registries are equal when their contents are.
+impl PartialEq for Registry {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes == other.nodes
+            && self.namespaces == other.namespaces
+            && self.pods == other.pods
+            && self.services == other.services
+    }
+}
+
+impl Eq for Registry {}
 
 /// A node: one daemon runs per node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,14 +152,69 @@ pub fn workload_name<'a>(name: &'a str, labels: &'a Labels) -> &'a str {
 }
 
 impl Registry {
+    /// A registry of these objects (not validated: see [`Registry::validated`]).
+    pub fn new(
+        nodes: Vec<Node>,
+        namespaces: Vec<Namespace>,
+        pods: Vec<Pod>,
+        services: Vec<Service>,
+    ) -> Self {
+        Self {
+            nodes,
+            namespaces,
+            pods,
+            services,
+            index: OnceLock::new(),
+        }
+    }
+
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let mut index = Index::default();
+            for (position, pod) in self.pods.iter().enumerate() {
+                for ip in &pod.ips {
+                    index.pods_by_ip.entry(*ip).or_insert(position);
+                }
+                index
+                    .pods_by_namespace
+                    .entry(pod.namespace.clone())
+                    .or_default()
+                    .push(position);
+            }
+            for (position, service) in self.services.iter().enumerate() {
+                for vip in &service.vips {
+                    index.services_by_vip.entry(*vip).or_insert(position);
+                }
+            }
+            index
+        })
+    }
+
     /// The namespace called `name`, if the registry has it.
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
         self.namespaces.iter().find(|ns| ns.name == name)
     }
 
     /// The pod with address `ip`, if any.
-    pub fn pod_at(&self, ip: std::net::IpAddr) -> Option<&Pod> {
-        self.pods.iter().find(|pod| pod.ips.contains(&ip))
+    pub fn pod_at(&self, ip: IpAddr) -> Option<&Pod> {
+        let position = *self.index().pods_by_ip.get(&ip)?;
+        self.pods.get(position)
+    }
+
+    /// The service with virtual IP `vip`, if any.
+    pub fn service_at(&self, vip: IpAddr) -> Option<&Service> {
+        let position = *self.index().services_by_vip.get(&vip)?;
+        self.services.get(position)
+    }
+
+    /// The pods of Kubernetes namespace `namespace`.
+    pub fn pods_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.index()
+            .pods_by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter_map(|position| self.pods.get(*position))
     }
 
     /// The pods scheduled on `node`.

@@ -103,3 +103,41 @@ fn hostile_input_is_an_error_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn indexed_lookups_agree_with_a_scan_and_do_not_affect_equality() {
+    let registry = Registry::from_yaml(EXAMPLE).unwrap();
+    let untouched = registry.clone();
+    for pod in &registry.pods {
+        for ip in &pod.ips {
+            assert_eq!(registry.pod_at(*ip), Some(pod));
+        }
+    }
+    for service in &registry.services {
+        for vip in &service.vips {
+            assert_eq!(registry.service_at(*vip), Some(service));
+            assert_eq!(registry.pod_at(*vip), None, "a VIP is no pod's");
+        }
+    }
+    assert_eq!(registry.pod_at("10.99.99.99".parse().unwrap()), None);
+    assert_eq!(registry.service_at("10.244.1.2".parse().unwrap()), None);
+    let demo: Vec<&str> = registry.pods_in("demo").map(|p| p.name.as_str()).collect();
+    let scanned: Vec<&str> = registry
+        .pods
+        .iter()
+        .filter(|p| p.namespace == "demo")
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(demo, scanned);
+    assert_eq!(registry.pods_in("nope").count(), 0);
+    assert_eq!(
+        registry, untouched,
+        "an index built by lookups is not content"
+    );
+    let copy = registry.clone();
+    assert_eq!(
+        copy.pod_at("10.244.2.2".parse().unwrap())
+            .map(|p| p.name.as_str()),
+        Some("web-2")
+    );
+}
