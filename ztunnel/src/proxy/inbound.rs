@@ -12,13 +12,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{
     ProxyContext, accept_each,
-    authorize::{self, Denied},
-    copy::{self, Relayed},
-    deliver::{self, DeliverError},
+    authorize::Denied,
+    copy::Relayed,
+    deliver::DeliverError,
+    destination::{self, Arrival},
     pod::LocalPod,
-    record,
 };
-use crate::{access_log::Addresses, metrics::TcpRecord};
 
 /// Why one inbound connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,35 +75,15 @@ async fn handle(
 ) -> Result<(SocketAddr, Relayed), InboundError> {
     let started = Instant::now();
     let destination = client.local_addr().map_err(InboundError::LocalAddr)?;
-    let mut admission = authorize::admit(context, pod, peer.ip(), None, destination)?;
-    let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
-    let registry = context.registry.borrow().clone();
-    let labels = record::destination_reporter(&registry, pod, peer.ip(), None);
-    let mut tcp = TcpRecord::open(&context.metrics, labels);
     let _ = client.set_nodelay(true);
-    let relayed = copy::relay(
-        &mut client,
-        &mut app,
-        context.idle_timeout,
-        admission.revoked(),
-    )
-    .await;
-    (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
-    let addresses = Addresses {
-        src: peer,
-        dst: destination,
-        endpoint: destination,
+    let arrival = Arrival {
+        peer,
+        source: None,
+        destination,
+        session: None,
+        route: "inbound_plaintext",
+        started,
     };
-    let labels = tcp.labels();
-    let duration = started.elapsed();
-    record::access_log(
-        context,
-        labels,
-        "inbound_plaintext",
-        addresses,
-        &relayed,
-        duration,
-        None,
-    );
+    let relayed = destination::serve::<_, InboundError>(&mut client, arrival, pod, context).await?;
     Ok((destination, relayed))
 }

@@ -15,13 +15,13 @@ use tokio::{
 
 use super::{
     ProxyContext, accept_each,
-    authorize::{self, Denied},
-    copy::{self, Relayed, Resettable},
-    deliver::{self, DeliverError},
+    authorize::Denied,
+    copy::{Relayed, Resettable},
+    deliver::DeliverError,
+    destination::{self, Arrival},
     pod::LocalPod,
     record,
 };
-use crate::{access_log::Addresses, metrics::TcpRecord};
 use crate::{
     identity::Identity,
     tunnel::{
@@ -181,36 +181,18 @@ where
             source,
             session,
         } = tunnel;
-        let mut admission = authorize::admit(context, pod, peer.ip(), Some(&source), destination)?;
         // The tunnel comes from the source pod's address (its daemon connects
         // from inside the source pod): the application sees that address.
-        let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
-        let registry = context.registry.borrow().clone();
-        let labels = record::destination_reporter(&registry, pod, peer.ip(), Some(&source));
-        let mut tcp = TcpRecord::open(&context.metrics, labels);
-        let relayed = copy::relay(
-            &mut stream,
-            &mut app,
-            context.idle_timeout,
-            admission.revoked(),
-        )
-        .await;
-        (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
-        let addresses = Addresses {
-            src: peer,
-            dst: destination,
-            endpoint: destination,
+        let arrival = Arrival {
+            peer,
+            source: Some(&source),
+            destination,
+            session: session.as_ref(),
+            route: "inbound_tunnel",
+            started,
         };
-        let (labels, duration) = (tcp.labels(), started.elapsed());
-        record::access_log(
-            context,
-            labels,
-            "inbound_tunnel",
-            addresses,
-            &relayed,
-            duration,
-            session.as_ref(),
-        );
+        let relayed =
+            destination::serve::<_, InboundTunnelError>(&mut stream, arrival, pod, context).await?;
         Ok((destination, source, session, relayed))
     })
 }

@@ -6,6 +6,8 @@
 //!   [`route`] to the tunnel, a pod of this node, or plain passthrough.
 //! - [`inbound_tunnel`]: mutual TLS from another node's daemon.
 //! - [`inbound`]: plaintext arriving at a pod.
+//! - [`destination`]: what both inbound paths end with once the source is
+//!   known: decide, deliver, copy, record.
 //! - [`authorize`]: the destination side's policy check, on every inbound path.
 //! - [`deliver`]: the last hop of every inbound path, to the application.
 //! - [`copy`]: the byte copy all of them end with.
@@ -15,6 +17,7 @@ pub mod authorize;
 pub mod connect;
 pub mod copy;
 pub mod deliver;
+pub mod destination;
 pub mod inbound;
 pub mod inbound_tunnel;
 pub mod outbound;
