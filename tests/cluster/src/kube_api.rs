@@ -245,6 +245,8 @@ struct Store {
     tokens: HashMap<String, TokenInfo>,
     /// Bumped to end every open watch.
     watch_generation: u64,
+    /// While false every request gets `503 Service Unavailable`.
+    available: bool,
     requests: Vec<String>,
 }
 
@@ -270,6 +272,7 @@ impl ApiServer {
             history_start: 1,
             tokens: HashMap::new(),
             watch_generation: 0,
+            available: true,
             requests: Vec::new(),
         }));
         let (changes, _) = broadcast::channel(1024);
@@ -417,6 +420,19 @@ impl ApiServer {
         let _ = self.changes.send(());
     }
 
+    /// Takes the server down (`false`: open watches end, every request gets
+    /// `503 Service Unavailable`, as while an API server restarts behind its
+    /// load balancer) or brings it back (`true`).
+    pub fn set_available(&self, available: bool) {
+        let mut store = lock(&self.store);
+        store.available = available;
+        if !available {
+            store.watch_generation += 1;
+        }
+        drop(store);
+        let _ = self.changes.send(());
+    }
+
     /// Makes `token` known to TokenReview.
     pub fn add_token(&self, token: &str, info: TokenInfo) {
         lock(&self.store).tokens.insert(token.to_owned(), info);
@@ -497,9 +513,19 @@ async fn handle(
                 .collect()
         })
         .unwrap_or_default();
-    lock(&store)
-        .requests
-        .push(format!("{} {}", request.method(), request.uri()));
+    let available = {
+        let mut store = lock(&store);
+        store
+            .requests
+            .push(format!("{} {}", request.method(), request.uri()));
+        store.available
+    };
+    if !available {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &status(503, "ServiceUnavailable", "the API server is shutting down"),
+        );
+    }
     if request.method() == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
         let body = request
             .into_body()

@@ -1,8 +1,9 @@
 //! The node daemons reading the Kubernetes API (`--kubernetes`) from the
 //! stand-in API server: enrolment by label within a second and only of the
 //! node's own pods, release on unlabel and pod opt-out, recovery from
-//! `410 Gone` and broken watches without dropping enrolment, and policy
-//! objects created through the API enforced like policy files.
+//! `410 Gone`, broken watches and an API server outage without dropping
+//! enrolment, and policy objects created through the API enforced like
+//! policy files.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -257,6 +258,31 @@ fn the_daemons_follow_the_api_server() {
         "node1",
         &["demo/client-1", "demo/web-1", "legacy/legacy-1"],
         "legacy enrolled after the re-list",
+    );
+
+    // The API server goes away for a while (every request refused): the
+    // daemons keep what they have and retry; once it is back they list again
+    // and follow changes made meanwhile.
+    api.set_available(false);
+    for _ in 0..20 {
+        assert_eq!(
+            captured(&cluster, "node1"),
+            ["demo/client-1", "demo/web-1", "legacy/legacy-1"],
+            "enrolment dropped while the API server was away"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    enrol_legacy(false);
+    api.set_available(true);
+    within(
+        Duration::from_secs(15),
+        "legacy released once the API server is back",
+        || captured(&cluster, "node1") == ["demo/client-1", "demo/web-1"],
+    );
+    assert!(
+        daemon_log(&cluster, "node1").contains("503"),
+        "the daemon saw the API server refuse:\n{}",
+        daemon_log(&cluster, "node1")
     );
 
     // A policy object created through the API is enforced like a file.
