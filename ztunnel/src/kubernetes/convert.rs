@@ -108,7 +108,7 @@ pub fn registry(
     Registry::new(nodes, namespaces, pods, services)
 }
 
-/// Drops from a pod what [`registry`] never reads (containers, volumes,
+/// Drops from a pod what [`registry()`] never reads (containers, volumes,
 /// conditions, annotations, managed fields ...). Every daemon holds every
 /// pod of the cluster, so this is most of the memory they would take.
 pub fn trim_pod(pod: &mut Pod) {

@@ -6,7 +6,7 @@
 //! bookmarks, a fresh list after `410 Gone` or a broken watch, with backoff).
 //! One task owns every object; after each burst of events it rebuilds the
 //! same [`Registry`] and [`PolicySet`] the file sources produce
-//! ([`convert`], [`policies`]) and publishes them when they changed.
+//! ([`convert`], `policies`) and publishes them when they changed.
 //!
 //! Pods are watched cluster-wide, not only this node's: the client end of a
 //! tunnel verifies the server against the destination pod's ServiceAccount,

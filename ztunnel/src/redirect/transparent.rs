@@ -3,7 +3,7 @@
 //!
 //! The daemon connects to the application from inside the pod on a socket
 //! bound (`IP_TRANSPARENT`) to the client's address and marked
-//! [`DELIVER_MARK`](super::abi::DELIVER_MARK). The application's replies go to
+//! [`DELIVER_MARK`]. The application's replies go to
 //! that address, which the pod would route out of its interface; two settings
 //! bring them back to the daemon's socket instead, for that mark only:
 //! - `net.ipv4.tcp_fwmark_accept=1`: a connection accepted from a marked SYN
