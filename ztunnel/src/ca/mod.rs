@@ -154,12 +154,11 @@ impl Ca {
                 audience,
                 node_service_account,
             } => {
-                let reviewer = TokenReviewer::new(
-                    kubernetes::client(api).await?,
-                    audience.clone(),
-                    node_service_account,
-                )
-                .map_err(CaError::TokenReview)?;
+                // Checked before anything is contacted.
+                let username = token_review::service_account_username(node_service_account)
+                    .map_err(CaError::TokenReview)?;
+                let client = kubernetes::client(api).await?;
+                let reviewer = TokenReviewer::new(client, audience.clone(), username);
                 // No node is "this" node: the CA captures nothing.
                 let source = kubernetes::start(api, "", "").await?;
                 (NodeAuth::TokenReview(Box::new(reviewer)), source.registry)

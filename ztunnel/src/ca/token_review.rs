@@ -22,21 +22,29 @@ pub struct TokenReviewer {
     username: String,
 }
 
+/// The username TokenReview reports for tokens of ServiceAccount
+/// `service_account` (`namespace/name`).
+pub fn service_account_username(service_account: &str) -> Result<String, String> {
+    let (namespace, name) = service_account
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        .ok_or_else(|| {
+            format!(
+                "the node daemons' ServiceAccount must be namespace/name, got {service_account:?}"
+            )
+        })?;
+    Ok(format!("system:serviceaccount:{namespace}:{name}"))
+}
+
 impl TokenReviewer {
-    /// A reviewer accepting tokens of ServiceAccount `service_account`
-    /// (`namespace/name`) issued for `audience`.
-    pub fn new(client: Client, audience: String, service_account: &str) -> Result<Self, String> {
-        let (namespace, name) = service_account
-            .split_once('/')
-            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
-            .ok_or_else(|| {
-                format!("the node daemons' ServiceAccount must be namespace/name, got {service_account:?}")
-            })?;
-        Ok(Self {
+    /// A reviewer accepting tokens issued for `audience` to `username` (see
+    /// [`service_account_username`]).
+    pub fn new(client: Client, audience: String, username: String) -> Self {
+        Self {
             api: Api::all(client),
             audience,
-            username: format!("system:serviceaccount:{namespace}:{name}"),
-        })
+            username,
+        }
     }
 
     /// The node whose daemon holds `token`, or why it is refused.
@@ -94,5 +102,21 @@ impl TokenReviewer {
                  daemon's pod; Kubernetes 1.30 or later)"
                     .to_owned()
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_accounts_are_namespace_and_name() {
+        assert_eq!(
+            service_account_username("ztunnel-system/ztunnel").unwrap(),
+            "system:serviceaccount:ztunnel-system:ztunnel"
+        );
+        for bad in ["ztunnel", "/ztunnel", "ztunnel-system/", "a/b/c", ""] {
+            assert!(service_account_username(bad).is_err(), "{bad:?}");
+        }
     }
 }
