@@ -161,6 +161,9 @@ impl Ca {
                 let reviewer = TokenReviewer::new(client, audience.clone(), username);
                 // No node is "this" node: the CA captures nothing.
                 let source = kubernetes::start(api, "", "").await?;
+                // Serving before the first complete list would refuse nodes
+                // their pods' identities.
+                source.synced.wait().await?;
                 (NodeAuth::TokenReview(Box::new(reviewer)), source.registry)
             }
         };

@@ -75,15 +75,28 @@ pub enum KubeError {
 
 /// The registry and the policies, kept current from the API server.
 pub struct KubeSource {
-    /// The registry (its task also feeds `policies`).
+    /// The registry (its task also feeds `policies`); empty until `synced`.
     pub registry: Watched<Registry>,
-    /// The policies in force.
+    /// The policies in force; none until `synced`.
     pub policies: watch::Receiver<Arc<PolicySet>>,
+    /// Completes with the first complete view.
+    pub synced: Synced,
 }
 
-/// Connects, lists every kind, and returns once the first complete view is
-/// published. Until then it waits (logging why), however long the API
-/// server takes.
+/// The first complete view of the cluster, to wait for.
+pub struct Synced(oneshot::Receiver<()>);
+
+impl Synced {
+    /// Waits until every kind has been listed once and the first complete
+    /// view is published, however long the API server takes (the watches
+    /// log why they retry).
+    pub async fn wait(self) -> Result<(), KubeError> {
+        self.0.await.map_err(|_| KubeError::Stopped)
+    }
+}
+
+/// Builds the client and starts listing and watching; returns at once. The
+/// view is complete once [`KubeSource::synced`] is.
 pub async fn start(
     config: &KubeConfig,
     node: &str,
@@ -118,10 +131,10 @@ pub async fn start(
     );
     let (ready_tx, ready_rx) = oneshot::channel();
     let task = tokio::spawn(run(watches(&client, config.policies), state, ready_tx));
-    ready_rx.await.map_err(|_| KubeError::Stopped)?;
     Ok(KubeSource {
         registry: Watched::fed_by(registry_rx, task),
         policies: policies_rx,
+        synced: Synced(ready_rx),
     })
 }
 

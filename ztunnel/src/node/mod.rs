@@ -383,6 +383,9 @@ pub async fn run(
     log: Arc<dyn LogControl>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
+    // With the API as source, the first complete view is waited for after
+    // the admin endpoint is up (it says "starting" meanwhile).
+    let mut synced = None;
     let (registry, policies) = match &config.source {
         Source::Files { registry, policies } => (
             Watched::start(registry.clone(), "registry", Registry::load)?,
@@ -390,6 +393,7 @@ pub async fn run(
         ),
         Source::Kubernetes(kube) => {
             let source = kubernetes::start(kube, &config.node, &config.root_namespace).await?;
+            synced = Some(source.synced);
             (source.registry, (None, source.policies))
         }
     };
@@ -462,6 +466,10 @@ pub async fn run(
         manager.subscribe(),
         context.metrics.clone(),
     ));
+    if let Some(synced) = synced {
+        tracing::info!("waiting for the first complete view from the Kubernetes API");
+        synced.wait().await?;
+    }
     let mut capture = capture::Capture::start(
         &config.bpf_pin_dir,
         config.cgroup_root.as_deref(),
