@@ -39,54 +39,77 @@ use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 /// How often an open watch that asked for them gets a `BOOKMARK`.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One collection the stand-in serves: its URL path and kind.
+/// A kind of object the stand-in knows: where it lives in the API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Resource {
-    /// Path of the cluster-wide collection, such as `/api/v1/pods`.
-    pub path: &'static str,
-    /// `apiVersion` of its objects.
-    pub api_version: &'static str,
+    /// API group (`""` for the core group).
+    pub group: &'static str,
+    /// API version.
+    pub version: &'static str,
     /// `kind` of its objects.
     pub kind: &'static str,
+    /// The collection's name in URLs.
+    pub plural: &'static str,
+    /// Whether its objects live in namespaces.
+    pub namespaced: bool,
+}
+
+impl Resource {
+    const fn new(
+        group: &'static str,
+        kind: &'static str,
+        plural: &'static str,
+        namespaced: bool,
+    ) -> Self {
+        Self {
+            group,
+            version: "v1",
+            kind,
+            plural,
+            namespaced,
+        }
+    }
+
+    /// `apiVersion` of its objects (`v1`, `apps/v1`).
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Path of the cluster-wide collection, such as `/api/v1/pods`.
+    pub fn path(&self) -> String {
+        let root = if self.group.is_empty() { "api" } else { "apis" };
+        format!("/{root}/{}/{}", self.api_version(), self.plural)
+    }
 }
 
 /// Namespaces.
-pub const NAMESPACES: Resource = Resource {
-    path: "/api/v1/namespaces",
-    api_version: "v1",
-    kind: "Namespace",
-};
+pub const NAMESPACES: Resource = Resource::new("", "Namespace", "namespaces", false);
 /// Pods.
-pub const PODS: Resource = Resource {
-    path: "/api/v1/pods",
-    api_version: "v1",
-    kind: "Pod",
-};
+pub const PODS: Resource = Resource::new("", "Pod", "pods", true);
 /// Services.
-pub const SERVICES: Resource = Resource {
-    path: "/api/v1/services",
-    api_version: "v1",
-    kind: "Service",
-};
+pub const SERVICES: Resource = Resource::new("", "Service", "services", true);
 /// EndpointSlices.
-pub const ENDPOINT_SLICES: Resource = Resource {
-    path: "/apis/discovery.k8s.io/v1/endpointslices",
-    api_version: "discovery.k8s.io/v1",
-    kind: "EndpointSlice",
-};
+pub const ENDPOINT_SLICES: Resource =
+    Resource::new("discovery.k8s.io", "EndpointSlice", "endpointslices", true);
 /// Istio PeerAuthentications.
-pub const PEER_AUTHENTICATIONS: Resource = Resource {
-    path: "/apis/security.istio.io/v1/peerauthentications",
-    api_version: "security.istio.io/v1",
-    kind: "PeerAuthentication",
-};
+pub const PEER_AUTHENTICATIONS: Resource = Resource::new(
+    "security.istio.io",
+    "PeerAuthentication",
+    "peerauthentications",
+    true,
+);
 /// Istio AuthorizationPolicies.
-pub const AUTHORIZATION_POLICIES: Resource = Resource {
-    path: "/apis/security.istio.io/v1/authorizationpolicies",
-    api_version: "security.istio.io/v1",
-    kind: "AuthorizationPolicy",
-};
-/// Every collection served.
+pub const AUTHORIZATION_POLICIES: Resource = Resource::new(
+    "security.istio.io",
+    "AuthorizationPolicy",
+    "authorizationpolicies",
+    true,
+);
+/// Every collection listed and watched.
 pub const RESOURCES: [Resource; 6] = [
     NAMESPACES,
     PODS,
@@ -96,75 +119,41 @@ pub const RESOURCES: [Resource; 6] = [
     AUTHORIZATION_POLICIES,
 ];
 
-/// The kinds discovery lists: group, version, kind, plural, namespaced.
-const DISCOVERY: &[(&str, &str, &str, &str, bool)] = &[
-    ("", "v1", "Namespace", "namespaces", false),
-    ("", "v1", "Pod", "pods", true),
-    ("", "v1", "Service", "services", true),
-    ("", "v1", "ServiceAccount", "serviceaccounts", true),
-    ("", "v1", "ConfigMap", "configmaps", true),
-    ("", "v1", "Secret", "secrets", true),
-    ("apps", "v1", "Deployment", "deployments", true),
-    ("apps", "v1", "DaemonSet", "daemonsets", true),
-    (
+/// The kinds discovery lists besides [`RESOURCES`]: those of the project's
+/// manifests (so `kubectl apply` can map them) and TokenReview.
+const ALSO_DISCOVERED: [Resource; 11] = [
+    Resource::new("", "ServiceAccount", "serviceaccounts", true),
+    Resource::new("", "ConfigMap", "configmaps", true),
+    Resource::new("", "Secret", "secrets", true),
+    Resource::new("apps", "Deployment", "deployments", true),
+    Resource::new("apps", "DaemonSet", "daemonsets", true),
+    Resource::new(
         "rbac.authorization.k8s.io",
-        "v1",
         "ClusterRole",
         "clusterroles",
         false,
     ),
-    (
+    Resource::new(
         "rbac.authorization.k8s.io",
-        "v1",
         "ClusterRoleBinding",
         "clusterrolebindings",
         false,
     ),
-    (
+    Resource::new(
         "apiextensions.k8s.io",
-        "v1",
         "CustomResourceDefinition",
         "customresourcedefinitions",
         false,
     ),
-    (
-        "discovery.k8s.io",
-        "v1",
-        "EndpointSlice",
-        "endpointslices",
-        true,
-    ),
-    (
+    Resource::new(
         "authentication.k8s.io",
-        "v1",
         "TokenReview",
         "tokenreviews",
         false,
     ),
-    (
-        "security.istio.io",
-        "v1",
-        "PeerAuthentication",
-        "peerauthentications",
-        true,
-    ),
-    (
-        "security.istio.io",
-        "v1",
-        "AuthorizationPolicy",
-        "authorizationpolicies",
-        true,
-    ),
-    (
+    Resource::new("monitoring.coreos.com", "PodMonitor", "podmonitors", true),
+    Resource::new(
         "monitoring.coreos.com",
-        "v1",
-        "PodMonitor",
-        "podmonitors",
-        true,
-    ),
-    (
-        "monitoring.coreos.com",
-        "v1",
         "PrometheusRule",
         "prometheusrules",
         true,
@@ -173,29 +162,21 @@ const DISCOVERY: &[(&str, &str, &str, &str, bool)] = &[
 
 /// The discovery document at `path`, if it is one.
 fn discovery(path: &str) -> Option<Value> {
-    let group_version = |group: &str, version: &str| {
-        if group.is_empty() {
-            version.to_owned()
-        } else {
-            format!("{group}/{version}")
-        }
-    };
+    let known = || RESOURCES.iter().chain(&ALSO_DISCOVERED);
     if path == "/api" {
         return Some(
             json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
         );
     }
     if path == "/apis" {
-        let mut groups: Vec<(&str, &str)> = DISCOVERY
-            .iter()
-            .filter(|(group, ..)| !group.is_empty())
-            .map(|(group, version, ..)| (*group, *version))
+        let groups: std::collections::BTreeSet<(&str, &str)> = known()
+            .filter(|r| !r.group.is_empty())
+            .map(|r| (r.group, r.version))
             .collect();
-        groups.dedup();
         let groups: Vec<Value> = groups
             .into_iter()
             .map(|(group, version)| {
-                let gv = json!({"groupVersion": group_version(group, version), "version": version});
+                let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
                 json!({"name": group, "versions": [gv], "preferredVersion": gv})
             })
             .collect();
@@ -204,12 +185,11 @@ fn discovery(path: &str) -> Option<Value> {
     let requested = path
         .strip_prefix("/api/")
         .or_else(|| path.strip_prefix("/apis/"))?;
-    let resources: Vec<Value> = DISCOVERY
-        .iter()
-        .filter(|(group, version, ..)| group_version(group, version) == requested)
-        .map(|(_, _, kind, plural, namespaced)| {
-            json!({"name": plural, "singularName": kind.to_lowercase(), "namespaced": namespaced,
-                   "kind": kind, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]})
+    let resources: Vec<Value> = known()
+        .filter(|r| r.api_version() == requested)
+        .map(|r| {
+            json!({"name": r.plural, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced,
+                   "kind": r.kind, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]})
         })
         .collect();
     (!resources.is_empty()).then(|| {
@@ -314,7 +294,7 @@ impl ApiServer {
         let mut store = lock(&self.store);
         store.revision += 1;
         let revision = store.revision;
-        object["apiVersion"] = resource.api_version.into();
+        object["apiVersion"] = resource.api_version().into();
         object["kind"] = resource.kind.into();
         object["metadata"]["resourceVersion"] = revision.to_string().into();
         let key = key(&object);
@@ -544,7 +524,7 @@ async fn handle(
     if let Some(document) = discovery(&path) {
         return json_response(StatusCode::OK, &document);
     }
-    let Some(resource) = RESOURCES.into_iter().find(|r| r.path == path) else {
+    let Some(resource) = RESOURCES.into_iter().find(|r| r.path() == path) else {
         return json_response(
             StatusCode::NOT_FOUND,
             &status(
@@ -613,7 +593,7 @@ fn list(
         StatusCode::OK,
         &json!({
             "kind": format!("{}List", resource.kind),
-            "apiVersion": resource.api_version,
+            "apiVersion": resource.api_version(),
             "metadata": metadata,
             "items": page,
         }),
@@ -678,7 +658,7 @@ fn watch(
                 }
                 _ = bookmark.tick(), if bookmarks => {
                     let mark = json!({"type": "BOOKMARK", "object": {
-                        "kind": resource.kind, "apiVersion": resource.api_version,
+                        "kind": resource.kind, "apiVersion": resource.api_version(),
                         "metadata": {"resourceVersion": sent.to_string()}
                     }});
                     if lines.send(line(mark)).await.is_err() {

@@ -160,7 +160,8 @@ impl Ca {
                 let client = kubernetes::client(api).await?;
                 let reviewer = TokenReviewer::new(client, audience.clone(), username);
                 // No node is "this" node: the CA captures nothing.
-                let source = kubernetes::start(api, "", "").await?;
+                let source =
+                    kubernetes::start(api, None, /* no policies: no root namespace */ "").await?;
                 // Serving before the first complete list would refuse nodes
                 // their pods' identities.
                 source.synced.wait().await?;

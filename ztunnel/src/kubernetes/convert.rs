@@ -39,11 +39,11 @@ pub struct Objects<'a> {
     pub slices: Vec<&'a EndpointSlice>,
 }
 
-/// Builds the registry for the daemon of `node`. `netns_of` finds the
-/// network namespace of a pod of this node from its addresses.
+/// Builds the registry for the daemon of `node` (none: the CA). `netns_of`
+/// finds the network namespace of a pod of this node from its addresses.
 pub fn registry(
     objects: &Objects<'_>,
-    node: &str,
+    node: Option<&str>,
     mut netns_of: impl FnMut(&[IpAddr]) -> Option<PathBuf>,
 ) -> Registry {
     let namespaces: Vec<registry::Namespace> = objects
@@ -74,7 +74,7 @@ pub fn registry(
             continue;
         }
         claimed.extend(converted.ips.iter().copied());
-        if converted.node == node {
+        if node == Some(converted.node.as_str()) {
             converted.netns = netns_of(&converted.ips);
         }
         pods.push(converted);
@@ -97,7 +97,7 @@ pub fn registry(
     let nodes: BTreeSet<&str> = pods
         .iter()
         .map(|pod: &registry::Pod| pod.node.as_str())
-        .chain(Some(node).filter(|node| !node.is_empty())) // the CA runs on no node
+        .chain(node)
         .collect();
     let nodes = nodes
         .into_iter()
@@ -287,7 +287,7 @@ mod tests {
             services: vec![&service],
             slices: vec![&slice],
         };
-        let registry = registry(&objects, "node1", |ips| {
+        let registry = registry(&objects, Some("node1"), |ips| {
             (ips[0] == "10.244.1.2".parse::<IpAddr>().unwrap()).then(|| "/run/netns/x".into())
         });
         let names: Vec<_> = registry.pods.iter().map(|p| p.name.as_str()).collect();
@@ -356,7 +356,7 @@ mod tests {
             services: vec![],
             slices: vec![],
         };
-        let registry = registry(&objects, "node1", |_| None);
+        let registry = registry(&objects, Some("node1"), |_| None);
         let names: Vec<_> = registry.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,

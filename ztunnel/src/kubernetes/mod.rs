@@ -95,18 +95,19 @@ impl Synced {
     }
 }
 
-/// Builds the client and starts listing and watching; returns at once. The
-/// view is complete once [`KubeSource::synced`] is.
+/// Builds the client and starts listing and watching for the daemon of
+/// `node` (none: the CA); returns at once. The view is complete once
+/// [`KubeSource::synced`] is.
 pub async fn start(
     config: &KubeConfig,
-    node: &str,
+    node: Option<&str>,
     root_namespace: &str,
 ) -> Result<KubeSource, KubeError> {
     let client = client(config).await?;
     let (registry_tx, registry_rx) = watch::channel(Arc::new(Registry::default()));
     let (policies_tx, policies_rx) = watch::channel(Arc::new(PolicySet::default()));
     let mut state = State {
-        node: node.to_owned(),
+        node: node.map(str::to_owned),
         root_namespace: root_namespace.to_owned(),
         namespaces: Store::default(),
         pods: Store::default(),
@@ -237,7 +238,8 @@ fn watches(client: &Client, policies: bool) -> SelectAll<BoxStream<'static, Upda
 
 /// Every object, and where the views built from them go.
 struct State {
-    node: String,
+    /// This node; none for the CA, which captures nothing.
+    node: Option<String>,
     root_namespace: String,
     namespaces: Store<Namespace>,
     pods: Store<Pod>,
@@ -278,7 +280,8 @@ async fn run(
                     state.apply(update, &mut changed);
                 }
             }
-            _ = retry.tick(), if state.missing_netns => changed.registry = true,
+            // Rebuilt only when the netns directory changed.
+            _ = retry.tick(), if state.missing_netns => changed.registry = state.rescan_netns(),
         }
         if !state.synced() {
             continue;
@@ -340,8 +343,10 @@ impl State {
             services: self.services.objects().map(|(_, o)| o).collect(),
             slices: self.slices.objects().map(|(_, o)| o).collect(),
         };
+        // A pod not found in the index may be new: the directory is read
+        // again, once per rebuild at most.
         let mut rescanned = false;
-        let registry = convert::registry(&objects, &self.node, |ips| {
+        let registry = convert::registry(&objects, self.node.as_deref(), |ips| {
             let netns = self.netns.as_mut()?;
             netns.find(ips).or_else(|| {
                 if !std::mem::replace(&mut rescanned, true) {
@@ -350,7 +355,10 @@ impl State {
                 netns.find(ips)
             })
         });
-        self.missing_netns = registry.pods_on(&self.node).any(|pod| pod.netns.is_none());
+        self.missing_netns = self
+            .node
+            .as_deref()
+            .is_some_and(|node| registry.pods_on(node).any(|pod| pod.netns.is_none()));
         match registry.validated() {
             Ok(registry) => {
                 self.registry.send_if_modified(|current| {
@@ -369,6 +377,11 @@ impl State {
             }
             Err(err) => tracing::warn!("keeping the previous registry: {err}"),
         }
+    }
+
+    /// Reads the netns directory again; true when it changed.
+    fn rescan_netns(&mut self) -> bool {
+        self.netns.as_mut().is_some_and(NetnsIndex::rescan)
     }
 
     fn publish_policies(&mut self) {

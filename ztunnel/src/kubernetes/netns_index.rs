@@ -21,6 +21,8 @@ pub struct NetnsIndex {
     dir: PathBuf,
     /// Each file read: its inode and its addresses.
     files: HashMap<PathBuf, (u64, Vec<IpAddr>)>,
+    /// The same, by address.
+    by_ip: HashMap<IpAddr, PathBuf>,
 }
 
 impl NetnsIndex {
@@ -29,24 +31,27 @@ impl NetnsIndex {
         Self {
             dir,
             files: HashMap::new(),
+            by_ip: HashMap::new(),
         }
     }
 
     /// The namespace file holding all of `ips`, if one is known.
     pub fn find(&self, ips: &[IpAddr]) -> Option<PathBuf> {
-        self.files
-            .iter()
-            .find(|(_, (_, addresses))| ips.iter().all(|ip| addresses.contains(ip)))
-            .map(|(path, _)| path.clone())
+        let (first, rest) = ips.split_first()?;
+        let path = self.by_ip.get(first)?;
+        rest.iter()
+            .all(|ip| self.by_ip.get(ip) == Some(path))
+            .then(|| path.clone())
     }
 
     /// Reads the directory again: new files are entered, gone ones dropped.
-    pub fn rescan(&mut self) {
+    /// Returns whether anything changed.
+    pub fn rescan(&mut self) -> bool {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(err) => {
                 tracing::warn!(dir = %self.dir.display(), "cannot list pod network namespaces: {err}");
-                return;
+                return false;
             }
         };
         let mut seen = HashMap::new();
@@ -56,11 +61,11 @@ impl NetnsIndex {
                 continue;
             };
             // A namespace read before the CNI plugin gave it an address is read again.
-            let known = self.files.remove(&path).filter(|(ino, addresses)| {
+            let known = self.files.get(&path).filter(|(ino, addresses)| {
                 *ino == inode && addresses.iter().any(|ip| !ip.is_loopback())
             });
             let addresses = match known {
-                Some((_, addresses)) => addresses,
+                Some((_, addresses)) => addresses.clone(),
                 None => match read_addresses(&path) {
                     Ok(addresses) => addresses,
                     Err(err) => {
@@ -71,7 +76,15 @@ impl NetnsIndex {
             };
             seen.insert(path, (inode, addresses));
         }
+        if seen == self.files {
+            return false;
+        }
+        self.by_ip = seen
+            .iter()
+            .flat_map(|(path, (_, addresses))| addresses.iter().map(move |ip| (*ip, path.clone())))
+            .collect();
         self.files = seen;
+        true
     }
 }
 

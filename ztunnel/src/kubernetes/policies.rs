@@ -7,7 +7,7 @@
 //! (a typo in an edited DENY policy must never make it vanish); a new object
 //! that never compiled is not enforced. Both are logged with the reason.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use kube::api::DynamicObject;
 
@@ -38,33 +38,36 @@ impl PolicyCompiler {
             root_namespace: root_namespace.to_owned(),
             ..PolicySet::default()
         };
-        let mut present = HashMap::new();
+        let mut present = HashSet::new();
         for (kind, store) in KINDS.iter().zip(stores) {
             for (key, object) in store.objects() {
                 let id = format!("{kind} {key}");
                 let text = document(kind, object);
-                let problems = PolicySet::default().add_documents(&text);
-                let chosen = if problems.is_empty() {
-                    self.last_good.insert(id.clone(), text.clone());
-                    Some(text)
+                let mut compiled = PolicySet::default();
+                let problems = compiled.add_documents(&text);
+                if problems.is_empty() {
+                    self.last_good.insert(id.clone(), text);
                 } else {
-                    let previous = self.last_good.get(&id).cloned();
+                    compiled = PolicySet::default();
+                    let previous = self.last_good.get(&id);
+                    if let Some(previous) = previous {
+                        // It compiled before: it compiles again.
+                        compiled.add_documents(previous);
+                    }
                     tracing::warn!(
                         policy = %id,
                         "policy refused ({}): {}",
                         if previous.is_some() { "its previous version stays in force" } else { "it is not enforced" },
                         problems.join("; ")
                     );
-                    previous
-                };
-                if let Some(text) = chosen {
-                    // Compiled once already: cannot fail now.
-                    let _ = set.add_documents(&text);
                 }
-                present.insert(id, ());
+                set.authorization.append(&mut compiled.authorization);
+                set.peer_authentication
+                    .append(&mut compiled.peer_authentication);
+                present.insert(id);
             }
         }
-        self.last_good.retain(|id, _| present.contains_key(id));
+        self.last_good.retain(|id, _| present.contains(id));
         set.sort();
         set
     }

@@ -392,7 +392,8 @@ pub async fn run(
             watch_policy_files(policies.as_ref(), &config.root_namespace)?,
         ),
         Source::Kubernetes(kube) => {
-            let source = kubernetes::start(kube, &config.node, &config.root_namespace).await?;
+            let source =
+                kubernetes::start(kube, Some(&config.node), &config.root_namespace).await?;
             synced = Some(source.synced);
             (source.registry, (None, source.policies))
         }
