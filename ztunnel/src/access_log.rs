@@ -13,7 +13,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::metrics::TcpLabels;
+use crate::{metrics::TcpLabels, tunnel::Session};
 
 /// Where access-log lines go.
 pub struct AccessLog {
@@ -97,6 +97,9 @@ pub struct Entry<'a> {
     pub tls_cipher: Option<&'a str>,
     /// Whether the TLS session was resumed.
     pub tls_resumed: Option<bool>,
+    /// Whether the connection rode a tunnel an earlier connection opened
+    /// (no handshake of its own).
+    pub tunnel_reused: Option<bool>,
     /// Bytes sent to the client.
     pub bytes_sent: u64,
     /// Bytes received from the client.
@@ -154,6 +157,7 @@ impl<'a> Entry<'a> {
             tls_version: None,
             tls_cipher: None,
             tls_resumed: None,
+            tunnel_reused: None,
             bytes_sent: bytes.0,
             bytes_received: bytes.1,
             duration_ms: duration.as_millis() as u64,
@@ -166,11 +170,12 @@ impl<'a> Entry<'a> {
         }
     }
 
-    /// Adds the TLS session's facts.
-    pub fn with_tls(mut self, cipher: &'a str, resumed: bool) -> Self {
+    /// Adds the facts of the TLS session that carried the connection.
+    pub fn with_tls(mut self, session: &'a Session) -> Self {
         self.tls_version = Some("TLSv1.3");
-        self.tls_cipher = Some(cipher);
-        self.tls_resumed = Some(resumed);
+        self.tls_cipher = Some(&session.cipher);
+        self.tls_resumed = Some(session.resumed);
+        self.tunnel_reused = Some(session.reused);
         self
     }
 }

@@ -151,6 +151,11 @@ struct NodeArgs {
     /// handshake (for benchmarks and troubleshooting; slower).
     #[arg(long)]
     no_tls_resumption: bool,
+    /// Open a new tunnel for every connection instead of reusing an idle one
+    /// between the same two workloads (for benchmarks and troubleshooting;
+    /// slower).
+    #[arg(long)]
+    no_tunnel_reuse: bool,
     /// INSECURE, for benchmarks only: carry tunnels as plain TCP (no TLS, no
     /// identity proof) to measure the proxy hops apart from cryptography.
     /// Both nodes' daemons must run with it.
@@ -447,6 +452,7 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()
             },
             resumption: !args.no_tls_resumption,
         },
+        tunnel_reuse: !args.no_tunnel_reuse,
         transport: if args.benchmark_plaintext_tunnel {
             Transport::PlaintextForBenchmarks
         } else {

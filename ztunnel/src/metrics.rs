@@ -110,6 +110,11 @@ pub struct Metrics {
     pub enrolled_pods: Gauge,
     /// `ztunnel_tunnel_failures_total`: tunnels that failed to open, by side and reason.
     pub tunnel_failures: Family<TunnelFailureLabels, Counter>,
+    /// `ztunnel_tunnel_reuses_total`: connections carried by a tunnel an
+    /// earlier connection opened (no handshake).
+    pub tunnel_reuses: Counter,
+    /// `ztunnel_tunnel_idle`: tunnels kept open for the next connection.
+    pub tunnel_idle: Gauge,
     /// `ztunnel_ebpf_programs_attached`: the eBPF programs attached at the cgroup root.
     pub ebpf_programs_attached: Gauge,
     /// `ztunnel_certificate_requests_total`: requests to the CA (first issue
@@ -185,6 +190,18 @@ impl Metrics {
         );
         let tunnel_failures = Family::default();
         let ebpf_programs_attached = Gauge::default();
+        let tunnel_reuses = Counter::default();
+        let tunnel_idle = Gauge::default();
+        registry.register(
+            "ztunnel_tunnel_reuses",
+            "Connections carried by a tunnel an earlier connection opened (no handshake)",
+            tunnel_reuses.clone(),
+        );
+        registry.register(
+            "ztunnel_tunnel_idle",
+            "Tunnels to other nodes kept open for the next connection",
+            tunnel_idle.clone(),
+        );
         registry.register(
             "ztunnel_tunnel_failures",
             "Tunnels that failed to open (handshake, identity, preamble), by side and reason",
@@ -217,6 +234,8 @@ impl Metrics {
             certificate_expiry,
             certificate_renewals,
             enrolled_pods,
+            tunnel_reuses,
+            tunnel_idle,
             tcp_opened,
             tcp_closed,
             tcp_sent,

@@ -109,11 +109,15 @@ fn run_on(
             let target = Target::new(cluster, CLIENT, server, &loadgen);
             measure_paths(&target, scenario, settings, &mut report)?;
         }
-        eprintln!("round {round}/{rounds}: mtls without resumption");
-        let full = Scenario::MtlsFullHandshake;
-        scenario::apply(cluster, full)?;
-        let target = Target::new(cluster, CLIENT, server, &loadgen);
-        measure_connection_rate(&target, full, settings, &mut report)?;
+        for scenario in Scenario::PER_CONNECTION {
+            eprintln!(
+                "round {round}/{rounds}: {} (connection rate)",
+                scenario.name()
+            );
+            scenario::apply(cluster, scenario)?;
+            let target = Target::new(cluster, CLIENT, server, &loadgen);
+            measure_connection_rate(&target, scenario, settings, &mut report)?;
+        }
     }
 
     scenario::apply(cluster, Scenario::Mtls)?;

@@ -17,6 +17,7 @@ fn colour(scenario: Scenario) -> &'static str {
         Scenario::Direct => "#4c72b0",
         Scenario::Relay => "#dd8452",
         Scenario::Mtls => "#55a868",
+        Scenario::MtlsPerConnection => "#c44e52",
         Scenario::MtlsFullHandshake => "#8172b3",
     }
 }

@@ -20,10 +20,14 @@ pub enum Scenario {
     /// Through both daemons with a plain TCP tunnel: the proxy hops' cost
     /// without cryptography.
     Relay,
-    /// The real mesh: mutual TLS 1.3 between the daemons, sessions resumed.
+    /// The real mesh: mutual TLS 1.3 between the daemons, idle tunnels
+    /// reused, sessions resumed.
     Mtls,
-    /// The real mesh with resumption off: a full handshake per connection
-    /// (connection rate only).
+    /// The mesh with a tunnel per connection: a resumed handshake per
+    /// connection (connection rate only).
+    MtlsPerConnection,
+    /// The mesh with a tunnel per connection and resumption off: a full
+    /// handshake per connection (connection rate only).
     MtlsFullHandshake,
 }
 
@@ -32,12 +36,18 @@ impl Scenario {
     /// runs them.
     pub const MAIN: [Scenario; 3] = [Scenario::Direct, Scenario::Relay, Scenario::Mtls];
 
+    /// The mesh with a tunnel per connection, resumed and not: measured for
+    /// the connection rate only, after the main three in each round.
+    pub const PER_CONNECTION: [Scenario; 2] =
+        [Scenario::MtlsPerConnection, Scenario::MtlsFullHandshake];
+
     /// Its name in reports.
     pub fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct",
             Self::Relay => "relay",
             Self::Mtls => "mtls",
+            Self::MtlsPerConnection => "mtls_per_connection",
             Self::MtlsFullHandshake => "mtls_full_handshake",
         }
     }
@@ -47,7 +57,11 @@ impl Scenario {
         match self {
             Self::Direct | Self::Mtls => vec![],
             Self::Relay => vec!["--benchmark-plaintext-tunnel".to_owned()],
-            Self::MtlsFullHandshake => vec!["--no-tls-resumption".to_owned()],
+            Self::MtlsPerConnection => vec!["--no-tunnel-reuse".to_owned()],
+            Self::MtlsFullHandshake => vec![
+                "--no-tunnel-reuse".to_owned(),
+                "--no-tls-resumption".to_owned(),
+            ],
         }
     }
 

@@ -259,6 +259,7 @@ fn the_access_log_has_one_json_line_per_connection_on_each_side() {
             "{entry}"
         );
         assert_eq!(entry["tls_resumed"], false, "{entry}");
+        assert_eq!(entry["tunnel_reused"], false, "{entry}");
         assert_eq!(entry["end"], "closed", "{entry}");
         assert!(
             entry["bytes_sent"].as_u64().unwrap() > 4096,
@@ -277,8 +278,10 @@ fn the_access_log_has_one_json_line_per_connection_on_each_side() {
             .unwrap()
             .starts_with("10.244.1.3:")
     );
-    // The second connection resumed its TLS session.
-    assert_eq!(access_log(&cluster, "node2")[1]["tls_resumed"], true);
+    // The second connection rode the first one's tunnel.
+    let second = &access_log(&cluster, "node2")[1];
+    assert_eq!(second["tunnel_reused"], true, "{second}");
+    assert_eq!(second["tls_resumed"], false, "{second}");
 }
 
 /// `curl` on node `node`'s admin endpoint (inside its namespace) with `args`.

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use ztunnel_cluster::Cluster;
-use ztunnel_e2e::{ALLOW_CLIENT, READY, daemon_log, http_server, mesh, testapp_path, within};
+use ztunnel_e2e::{
+    ALLOW_CLIENT, READY, daemon_log, http_server, mesh, metric_sum, scrape, testapp_path, within,
+};
 
 /// Writes `yaml` as `<name>.yaml` in the cluster's policy directory and waits
 /// until both daemons have reloaded (or refused) it.
@@ -93,7 +95,22 @@ spec:
         ports: ["8080"]
 "#,
     );
+    // The allowed connection's tunnel is idle in the pool: the denied one
+    // rides it, and is still decided on its own.
+    let reuses = || {
+        metric_sum(
+            &scrape(&cluster, "node1"),
+            "ztunnel_tunnel_reuses_total",
+            &[],
+        )
+    };
+    let before = reuses();
     assert!(!reaches(&cluster, "client-1", "web-2", 8080));
+    assert_eq!(
+        reuses(),
+        before + 1.0,
+        "the denied connection rode a tunnel"
+    );
     assert!(
         !reaches(&cluster, "client-1", "web-1", 8080),
         "same node: the same checks"

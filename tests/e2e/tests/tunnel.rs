@@ -1,5 +1,6 @@
 //! The mutual TLS tunnel between node daemons, end to end: real apps across
-//! nodes, the wire between the nodes, refusals of bad peers, resumption,
+//! nodes, the wire between the nodes, refusals of bad peers, tunnel reuse and
+//! resumption,
 //! half-close and resets, and service VIPs.
 
 use std::{path::Path, process::Command, time::Duration};
@@ -15,7 +16,7 @@ use ztunnel_e2e::{
 
 const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
 const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
-const ALPN: &str = "ztunnel-native/1";
+const ALPN: &str = "ztunnel-native/2";
 
 /// Lines node `node`'s daemon logged after its first `skip` lines that
 /// contain every one of `parts`.
@@ -203,43 +204,70 @@ fn curl_and_iperf3_cross_nodes_through_the_tunnel() {
     );
 }
 
+/// Of a tunnelled connection: (its TLS session was resumed, it rode an
+/// earlier connection's tunnel).
+type Tunnelled = (bool, bool);
+
+/// Per tunnelled connection logged since `skip` lines (on node1, node2):
+/// whether its TLS session was resumed, and whether it rode the tunnel of an
+/// earlier connection.
+fn tunnels(cluster: &Cluster, skip: (usize, usize)) -> (Vec<Tunnelled>, Vec<Tunnelled>) {
+    let out = log_lines(
+        cluster,
+        "node1",
+        skip.0,
+        &["outbound connection closed", "route=\"tunnel\""],
+    );
+    let inb = log_lines(
+        cluster,
+        "node2",
+        skip.1,
+        &["inbound connection closed", "tls=true"],
+    );
+    let facts = |lines: &[String]| -> Vec<Tunnelled> {
+        lines
+            .iter()
+            .map(|l| {
+                (
+                    l.contains("tls.resumed=true"),
+                    l.contains("tunnel.reused=true"),
+                )
+            })
+            .collect()
+    };
+    (facts(&out), facts(&inb))
+}
+
 #[test]
-fn repeat_connections_resume_and_a_changed_trust_bundle_forces_full_verification() {
-    let cluster = mesh(2);
+fn repeat_connections_reuse_the_tunnel_a_new_trust_bundle_retires_it_and_new_tunnels_resume() {
+    let mut cluster = mesh(2);
     let _web = http_server(&cluster, "web-2");
     let web = format!("{}:8080", cluster.pod("web-2").unwrap().ipv4);
-    let handshakes = |skip: (usize, usize)| {
-        let out = log_lines(
-            &cluster,
-            "node1",
-            skip.0,
-            &["outbound connection closed", "route=\"tunnel\""],
-        );
-        let inb = log_lines(
-            &cluster,
-            "node2",
-            skip.1,
-            &["inbound connection closed", "tls=true"],
-        );
-        let resumed = |lines: &[String]| -> Vec<bool> {
-            lines
-                .iter()
-                .map(|l| l.contains("tls.resumed=true"))
-                .collect()
-        };
-        (resumed(&out), resumed(&inb))
-    };
+    let marks = |cluster: &Cluster| (log_len(cluster, "node1"), log_len(cluster, "node2"));
 
+    // The second connection rides the first one's tunnel: no handshake.
     get(&cluster, "client-1", &web).unwrap();
     get(&cluster, "client-1", &web).unwrap();
     eventually("both connections logged", || {
-        handshakes((0, 0)).1.len() == 2
+        tunnels(&cluster, (0, 0)).1.len() == 2
     });
-    assert_eq!(handshakes((0, 0)), (vec![false, true], vec![false, true]));
+    let (new, reused) = ((false, false), (false, true));
+    assert_eq!(
+        tunnels(&cluster, (0, 0)),
+        (vec![new, reused], vec![new, reused])
+    );
+    assert_eq!(
+        metric_sum(
+            &scrape(&cluster, "node1"),
+            "ztunnel_tunnel_reuses_total",
+            &[]
+        ),
+        1.0
+    );
 
-    // Add a root to the trust bundle: both daemons reload it, and the next
-    // connection verifies certificates in full again.
-    let marks = (log_len(&cluster, "node1"), log_len(&cluster, "node2"));
+    // Add a root to the trust bundle: both daemons reload it, the idle tunnel
+    // is retired, and the next connection verifies certificates in full again.
+    let mark = marks(&cluster);
     let bundle = cluster.status().ca.as_ref().unwrap().root_cert.clone();
     let extra = self_signed_root().0;
     let mut pem = std::fs::read_to_string(&bundle).unwrap();
@@ -249,14 +277,35 @@ fn repeat_connections_resume_and_a_changed_trust_bundle_forces_full_verification
         Duration::from_secs(5),
         "both daemons reload the bundle",
         || {
-            !log_lines(&cluster, "node1", marks.0, &["reloaded trust bundle"]).is_empty()
-                && !log_lines(&cluster, "node2", marks.1, &["reloaded trust bundle"]).is_empty()
+            !log_lines(&cluster, "node1", mark.0, &["reloaded trust bundle"]).is_empty()
+                && !log_lines(&cluster, "node2", mark.1, &["reloaded trust bundle"]).is_empty()
         },
     );
     get(&cluster, "client-1", &web).unwrap();
     get(&cluster, "client-1", &web).unwrap();
-    eventually("both connections logged", || handshakes(marks).1.len() == 2);
-    assert_eq!(handshakes(marks), (vec![false, true], vec![false, true]));
+    eventually("both connections logged", || {
+        tunnels(&cluster, mark).1.len() == 2
+    });
+    assert_eq!(
+        tunnels(&cluster, mark),
+        (vec![new, reused], vec![new, reused])
+    );
+
+    // One tunnel per connection: the second resumes the first's session.
+    cluster
+        .restart_daemons(&["--no-tunnel-reuse".to_owned()])
+        .unwrap();
+    let mark = marks(&cluster);
+    get(&cluster, "client-1", &web).unwrap();
+    get(&cluster, "client-1", &web).unwrap();
+    eventually("both connections logged", || {
+        tunnels(&cluster, mark).1.len() == 2
+    });
+    let resumed = (true, false);
+    assert_eq!(
+        tunnels(&cluster, mark),
+        (vec![new, resumed], vec![new, resumed])
+    );
 }
 
 /// A self-signed CA certificate with a fresh key.
@@ -375,10 +424,11 @@ fn bad_peers_are_refused_with_the_reason_and_the_daemons_keep_serving() {
     }
     // The control: a client with a certificate of the cluster's root gets
     // through the handshake and the preamble decides. Preamble bytes: "ZTN",
-    // version 1, family 4, port 8080, then the address.
+    // version 1, family 4, port 8080, then the address; then the request as
+    // one chunk (its 4-byte length, 18).
     let tunnel_client = |preamble_address: &str| {
         let script = format!(
-            "printf 'ZTN\\001\\004\\037\\220{preamble_address}GET / HTTP/1.0\\r\\n\\r\\n' | \
+            "printf 'ZTN\\001\\004\\037\\220{preamble_address}\\000\\000\\000\\022GET / HTTP/1.0\\r\\n\\r\\n' | \
              openssl s_client -quiet -connect {target} -alpn {ALPN} -tls1_3 -cert {good_cert} -key {good_key}"
         );
         let out = cluster

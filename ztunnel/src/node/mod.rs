@@ -34,7 +34,7 @@ use crate::{
     registry::{Enrolment, Pod, Registry, RegistryError},
     reload::Watched,
     tls::TunnelTls,
-    tunnel::{configs::TunnelConfigs, plaintext::Transport},
+    tunnel::{configs::TunnelConfigs, plaintext::Transport, pool::Pool},
 };
 
 /// Everything `ztunnel node` needs to run.
@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub tunnel_tls: TunnelTls,
     /// How tunnels are carried: mutual TLS, or plain TCP in benchmarks.
     pub transport: Transport,
+    /// Whether a tunnel carries the next connection between the same two
+    /// workloads once its connection ends (off: one tunnel per connection).
+    pub tunnel_reuse: bool,
     /// The namespace whose policies apply mesh-wide.
     pub root_namespace: String,
     /// Address of the Prometheus metrics endpoint (`/metrics`).
@@ -461,8 +464,10 @@ pub async fn run(
         idle_timeout: config.idle_timeout,
         endpoints: Default::default(),
         active: Default::default(),
+        pool: Pool::new(config.tunnel_reuse),
     });
     let enforcer = tokio::spawn(crate::proxy::authorize::enforce_changes(context.clone()));
+    let sweeper = tokio::spawn(sweep_tunnels(context.clone()));
     let certificate_metrics = tokio::spawn(count_certificates(
         manager.subscribe(),
         context.metrics.clone(),
@@ -519,6 +524,7 @@ pub async fn run(
     // failing closed: new connections are refused, never sent around the
     // mesh), let open connections finish until the deadline, then close them.
     capture.stop_accepting();
+    context.active.drain();
     let open = context.active.count();
     if open > 0 {
         tracing::info!(
@@ -536,8 +542,20 @@ pub async fn run(
     }
     admin.abort();
     enforcer.abort();
+    sweeper.abort();
     certificate_metrics.abort();
     metrics_server.abort();
     tracing::info!("node daemon stopped");
     Ok(())
+}
+
+/// Closes idle tunnels past their time, a few times per idle period, and
+/// counts the rest.
+async fn sweep_tunnels(context: Arc<ProxyContext>) {
+    let mut tick = tokio::time::interval(crate::tunnel::pool::IDLE_TIMEOUT / 3);
+    loop {
+        tick.tick().await;
+        let idle = context.pool.sweep();
+        context.metrics.tunnel_idle.set(idle as i64);
+    }
 }

@@ -37,9 +37,10 @@ pub enum InboundError {
 pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<ProxyContext>) {
     let name = pod.name.clone();
     let active = &context.active;
-    accept_each(listener, active, &name, "inbound", |stream, peer| {
+    accept_each(listener, active, &name, "inbound", |stream, peer, running| {
         let (pod, context) = (pod.clone(), context.clone());
         async move {
+            let _running = running;
             let started = Instant::now();
             match handle(stream, peer, &pod, &context).await {
                 Ok((destination, relayed)) => tracing::info!(

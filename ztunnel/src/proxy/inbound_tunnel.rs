@@ -3,8 +3,9 @@
 //!
 //! The daemon presents the pod's workload certificate and requires the
 //! client's (chained to the trust bundle, a workload identity of the trust
-//! domain); the preamble names the destination, which must be this pod; then
-//! the connection is delivered to the application from inside the pod.
+//! domain). The tunnel then carries connections one after another: each
+//! preamble names a destination, which must be this pod, and the connection
+//! is delivered to the application from inside the pod.
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
@@ -14,9 +15,9 @@ use tokio::{
 };
 
 use super::{
-    ProxyContext, accept_each,
+    ProxyContext, Running, accept_each,
     authorize::Denied,
-    copy::{Relayed, Resettable},
+    copy::Resettable,
     deliver::DeliverError,
     destination::{self, Arrival},
     pod::LocalPod,
@@ -25,8 +26,7 @@ use super::{
 use crate::{
     identity::Identity,
     tunnel::{
-        self, Session, TunnelError,
-        plaintext::{self, Transport},
+        self, HANDSHAKE_TIMEOUT, Session, TunnelError, chunked::Chunked, plaintext::Transport, pool,
     },
 };
 
@@ -51,28 +51,15 @@ pub enum InboundTunnelError {
 pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<ProxyContext>) {
     let name = pod.name.clone();
     let active = &context.active;
-    accept_each(listener, active, &name, "tunnel", |stream, peer| {
-        let (pod, context) = (pod.clone(), context.clone());
-        async move {
-            let started = Instant::now();
-            match handle(stream, peer, &pod, &context).await {
-                Ok((destination, source, session, relayed)) => tracing::info!(
-                    dst.pod = %pod.name,
-                    dst.namespace = %pod.namespace,
-                    dst.service_account = %pod.service_account,
-                    src.addr = %peer,
-                    src.identity = %source,
-                    dst.addr = %destination,
-                    tls = session.is_some(),
-                    tls.cipher = session.as_ref().map(|s| s.cipher.as_str()),
-                    tls.resumed = session.as_ref().map(|s| s.resumed),
-                    sent = relayed.received,
-                    received = relayed.sent,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    end = %relayed.ending,
-                    "inbound connection closed"
-                ),
-                Err(err) => {
+    accept_each(
+        listener,
+        active,
+        &name,
+        "tunnel",
+        |stream, peer, running| {
+            let (pod, context) = (pod.clone(), context.clone());
+            async move {
+                if let Err(err) = handle(stream, peer, &pod, &context, running).await {
                     if let InboundTunnelError::Tunnel(failure) = &err {
                         record::tunnel_failure(&context, "server", failure, peer);
                     }
@@ -83,28 +70,22 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
                     )
                 }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 
-/// What a finished tunnel did: its destination, the source identity, the
-/// TLS session (none in the benchmark relay) and the copy.
-type Finished = (SocketAddr, Identity, Option<Session>, Relayed);
-
-/// One tunnel: handshake and preamble, then [`deliver_and_copy`].
+/// One tunnel: the handshake, then the connections it carries.
 ///
-/// The handshake and the rest are boxed: awaited in place, their states
-/// made this future, allocated for the whole life of the connection, 12 KiB
-/// (the two together are under 7 KiB, and the handshake's is freed once it
-/// is done).
+/// The handshake is boxed: awaited in place, its state would stay in this
+/// future, allocated for the whole life of the tunnel.
 async fn handle(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     pod: &Arc<LocalPod>,
     context: &ProxyContext,
-) -> Result<Finished, InboundTunnelError> {
-    let started = Instant::now();
+    running: Running,
+) -> Result<(), InboundTunnelError> {
     let _ = tcp.set_nodelay(true);
     match context.transport {
         Transport::MutualTls => {
@@ -112,25 +93,23 @@ async fn handle(
                 .tunnel
                 .server(&pod.identity)
                 .map_err(TunnelError::from)?;
-            let accepted = Box::pin(tunnel::server::accept(tcp, config));
-            let (tls, session, preamble) = accepted.await?;
+            let (tls, session) = Box::pin(tunnel::server::accept(tcp, config)).await?;
             let tunnel = Accepted {
                 stream: tls,
                 peer,
                 source: session.peer.clone(),
                 session: Some(session),
             };
-            deliver_and_copy(tunnel, preamble.destination, pod, context, started).await
+            carry(tunnel, pod, context, running).await
         }
         Transport::PlaintextForBenchmarks => {
-            let preamble = plaintext::accept(&mut tcp).await?;
             let tunnel = Accepted {
                 stream: tcp,
                 peer,
                 source: source_by_address(context, peer)?,
                 session: None,
             };
-            deliver_and_copy(tunnel, preamble.destination, pod, context, started).await
+            carry(tunnel, pod, context, running).await
         }
     }
 }
@@ -151,7 +130,7 @@ fn source_by_address(
         .ok_or(InboundTunnelError::UnknownSource(peer))
 }
 
-/// A tunnel past its handshake and preamble.
+/// A tunnel past its handshake.
 struct Accepted<S> {
     stream: S,
     /// The source daemon's address (the source pod's).
@@ -162,15 +141,18 @@ struct Accepted<S> {
     session: Option<Session>,
 }
 
-/// Decide, deliver, copy and record `tunnel`, whose preamble named
-/// `destination` (boxed, see [`handle`]).
-fn deliver_and_copy<'a, S>(
+/// Carries the connections of `tunnel` one after another: each announced by
+/// its preamble, then decided, delivered, copied and recorded. Between
+/// connections the tunnel counts as no running connection and closes when
+/// the daemon drains or the source sends nothing for [`pool::SERVER_IDLE`];
+/// a connection that does not end cleanly ends the tunnel (boxed, see
+/// [`handle`]).
+fn carry<'a, S>(
     tunnel: Accepted<S>,
-    destination: SocketAddr,
     pod: &'a Arc<LocalPod>,
     context: &'a ProxyContext,
-    started: Instant,
-) -> Pin<Box<impl Future<Output = Result<Finished, InboundTunnelError>> + 'a>>
+    running: Running,
+) -> Pin<Box<impl Future<Output = Result<(), InboundTunnelError>> + 'a>>
 where
     S: AsyncRead + AsyncWrite + Resettable + Unpin + 'a,
 {
@@ -179,20 +161,71 @@ where
             mut stream,
             peer,
             source,
-            session,
+            mut session,
         } = tunnel;
-        // The tunnel comes from the source pod's address (its daemon connects
-        // from inside the source pod): the application sees that address.
-        let arrival = Arrival {
-            peer,
-            source: Some(&source),
-            destination,
-            session: session.as_ref(),
-            route: "inbound_tunnel",
-            started,
-        };
-        let relayed =
-            destination::serve::<_, InboundTunnelError>(&mut stream, arrival, pod, context).await?;
-        Ok((destination, source, session, relayed))
+        let mut running = Some(running);
+        loop {
+            let first = running.is_some();
+            let wait = if first {
+                HANDSHAKE_TIMEOUT
+            } else {
+                pool::SERVER_IDLE
+            };
+            let next = tokio::select! {
+                next = tunnel::next_connection(&mut stream, wait) => next?,
+                () = context.active.draining() => None,
+            };
+            let Some(preamble) = next else {
+                return if first {
+                    let why = "no connection was announced: the source closed the tunnel \
+                               or sent nothing in time";
+                    let err = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why);
+                    Err(TunnelError::Preamble(err).into())
+                } else {
+                    Ok(())
+                };
+            };
+            let _running = running.take().unwrap_or_else(|| context.active.enter());
+            let started = Instant::now();
+            let destination = preamble.destination;
+            // The tunnel comes from the source pod's address (its daemon
+            // connects from inside the source pod): the application sees it.
+            let arrival = Arrival {
+                peer,
+                source: Some(&source),
+                destination,
+                session: session.as_ref(),
+                route: "inbound_tunnel",
+                started,
+            };
+            let mut connection = Chunked::new(&mut stream);
+            let relayed =
+                destination::serve::<_, InboundTunnelError>(&mut connection, arrival, pod, context)
+                    .await?;
+            let reusable = connection.finished();
+            tracing::info!(
+                dst.pod = %pod.name,
+                dst.namespace = %pod.namespace,
+                dst.service_account = %pod.service_account,
+                src.addr = %peer,
+                src.identity = %source,
+                dst.addr = %destination,
+                tls = session.is_some(),
+                tls.cipher = session.as_ref().map(|s| s.cipher.as_str()),
+                tls.resumed = session.as_ref().map(|s| s.resumed),
+                tunnel.reused = session.as_ref().map(|s| s.reused),
+                sent = relayed.received,
+                received = relayed.sent,
+                duration_ms = started.elapsed().as_millis() as u64,
+                end = %relayed.ending,
+                "inbound connection closed"
+            );
+            if !reusable {
+                return Ok(());
+            }
+            if let Some(session) = &mut session {
+                session.reused = true;
+            }
+        }
     })
 }

@@ -45,7 +45,7 @@ use crate::{
     metrics::Metrics,
     policy::PolicySet,
     registry::{Enrolment, Registry},
-    tunnel::{configs::TunnelConfigs, plaintext::Transport},
+    tunnel::{configs::TunnelConfigs, plaintext::Transport, pool::Pool},
 };
 
 /// What every connection of the node needs, shared by all of them.
@@ -78,6 +78,8 @@ pub struct ProxyContext {
     pub endpoints: RoundRobin,
     /// The connections being proxied.
     pub active: Active,
+    /// Idle tunnels to other nodes, for the next connection.
+    pub pool: Pool,
 }
 
 /// Round-robin choice among service endpoints.
@@ -92,8 +94,10 @@ impl RoundRobin {
 }
 
 /// Accepts connections on `listener` (a listener of pod `pod`) until the
-/// task is dropped, running `handle` on each in a task of its own, counted
-/// in `active` while it runs. `what` names the listener in logs.
+/// task is dropped, running `handle` on each in a task of its own, with the
+/// guard that counts it in `active` (a handler that waits between
+/// connections, as a tunnel does, drops it meanwhile). `what` names the
+/// listener in logs.
 pub(crate) async fn accept_each<F, Fut>(
     listener: TcpListener,
     active: &Active,
@@ -101,31 +105,33 @@ pub(crate) async fn accept_each<F, Fut>(
     what: &str,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Running) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let running = active.enter();
-                let connection = handle(stream, peer);
-                tokio::spawn(async move {
-                    connection.await;
-                    drop(running);
-                });
+                tokio::spawn(handle(stream, peer, active.enter()));
             }
             Err(err) => tracing::warn!(pod, "{what} accept failed: {err}"),
         }
     }
 }
 
-/// How many connections are being proxied: what a graceful shutdown waits for.
+/// How many connections are being proxied, and whether the daemon is
+/// draining: what a graceful shutdown waits for.
 #[derive(Debug)]
-pub struct Active(Arc<watch::Sender<usize>>);
+pub struct Active {
+    count: Arc<watch::Sender<usize>>,
+    draining: watch::Sender<bool>,
+}
 
 impl Default for Active {
     fn default() -> Self {
-        Self(Arc::new(watch::Sender::new(0)))
+        Self {
+            count: Arc::new(watch::Sender::new(0)),
+            draining: watch::Sender::new(false),
+        }
     }
 }
 
@@ -135,19 +141,30 @@ pub struct Running(Arc<watch::Sender<usize>>);
 impl Active {
     /// Counts a connection until the returned guard is dropped.
     pub fn enter(&self) -> Running {
-        self.0.send_modify(|n| *n += 1);
-        Running(self.0.clone())
+        self.count.send_modify(|n| *n += 1);
+        Running(self.count.clone())
     }
 
     /// The number of running connections.
     pub fn count(&self) -> usize {
-        *self.0.borrow()
+        *self.count.borrow()
+    }
+
+    /// Starts draining: tunnels waiting between connections close.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Completes once draining has started.
+    pub async fn draining(&self) {
+        let mut draining = self.draining.subscribe();
+        // The sender lives in `self`, so the channel never closes here.
+        let _ = draining.wait_for(|draining| *draining).await;
     }
 
     /// Completes when no connection is running.
     pub async fn drained(&self) {
-        let mut count = self.0.subscribe();
-        // The sender lives in `self`, so the channel never closes here.
+        let mut count = self.count.subscribe();
         let _ = count.wait_for(|n| *n == 0).await;
     }
 }

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustls::ClientConfig;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -40,7 +41,10 @@ use crate::{
     registry::{Pod, Service},
     tunnel::{
         self, Session, TunnelError,
-        plaintext::{self, Transport},
+        chunked::Chunked,
+        link::Link,
+        plaintext::Transport,
+        pool::{PoolKey, Pooled},
     },
 };
 
@@ -122,9 +126,10 @@ pub async fn serve(
 ) {
     let name = pod.name.clone();
     let active = &context.active;
-    accept_each(listener, active, &name, "outbound", |stream, peer| {
+    accept_each(listener, active, &name, "outbound", |stream, peer, running| {
         let (pod, context, orig_dst) = (pod.clone(), context.clone(), orig_dst.clone());
         async move {
+            let _running = running;
             let started = Instant::now();
             match handle(stream, peer, &pod, &context, &orig_dst).await {
                 Ok(closed) => record(&context, &pod, &closed, started.elapsed()),
@@ -173,42 +178,50 @@ async fn handle(
     match upstream {
         Upstream::Tunnel { endpoint, identity } => {
             let daemon = SocketAddr::new(endpoint.ip(), INBOUND_MTLS_PORT);
-            let failed = |source| OutboundError::Tunnel {
-                endpoint: daemon,
-                source,
+            let key = PoolKey {
+                source_netns: pod.netns.cookie(),
+                source: pod.identity.clone(),
+                daemon,
+                destination: identity.clone(),
             };
             let config = match context.transport {
                 Transport::MutualTls => Some(
                     context
                         .tunnel
                         .client(&pod.identity, &identity)
-                        .map_err(|source| failed(source.into()))?,
+                        .map_err(|source| OutboundError::Tunnel {
+                            endpoint: daemon,
+                            source: source.into(),
+                        })?,
                 ),
                 Transport::PlaintextForBenchmarks => None,
             };
-            let mut tcp = connect::from_pod(&pod.netns, daemon)
+            // Connect: an idle tunnel between the same two workloads, or a new one.
+            let (mut tunnel, reused) = match context.pool.take(&key, config.as_ref()) {
+                Some(pooled) => {
+                    context.metrics.tunnel_reuses.inc();
+                    (pooled, true)
+                }
+                None => (Box::pin(open_tunnel(pod, daemon, config)).await?, false),
+            };
+            tunnel::announce(&mut tunnel.link, endpoint)
                 .await
-                .map_err(|source| OutboundError::Connect {
-                    destination: daemon,
+                .map_err(|source| OutboundError::Tunnel {
+                    endpoint: daemon,
                     source,
                 })?;
             // The destination's daemon decides policy for tunnelled connections.
-            let (relayed, labels, session) = match config {
-                Some(config) => {
-                    let (mut tls, session) = Box::pin(tunnel::client::open(tcp, config, endpoint))
-                        .await
-                        .map_err(failed)?;
-                    let (relayed, labels) =
-                        relay_counted(&mut client, &mut tls, context, labels).await;
-                    (relayed, labels, Some(session))
-                }
-                None => {
-                    plaintext::open(&mut tcp, endpoint).await.map_err(failed)?;
-                    let (relayed, labels) =
-                        relay_counted(&mut client, &mut tcp, context, labels).await;
-                    (relayed, labels, None)
-                }
-            };
+            let mut connection = Chunked::new(&mut tunnel.link);
+            let (relayed, labels) =
+                relay_counted(&mut client, &mut connection, context, labels).await;
+            let reusable = connection.finished();
+            let mut session = tunnel.session.clone();
+            if let Some(session) = &mut session {
+                session.reused = reused;
+            }
+            if reusable {
+                context.pool.put(key, tunnel);
+            }
             Ok(Closed {
                 source,
                 labels,
@@ -282,6 +295,41 @@ async fn handle(
             })
         }
     }
+}
+
+/// Opens a tunnel to the destination's daemon at `daemon`, from inside the
+/// source pod: mutual TLS with `config` (which proves the source's identity
+/// and requires the destination's), or plain TCP in the benchmark relay.
+async fn open_tunnel(
+    pod: &LocalPod,
+    daemon: SocketAddr,
+    config: Option<Arc<ClientConfig>>,
+) -> Result<Pooled, OutboundError> {
+    let tcp = connect::from_pod(&pod.netns, daemon)
+        .await
+        .map_err(|source| OutboundError::Connect {
+            destination: daemon,
+            source,
+        })?;
+    let opened = Instant::now();
+    let (link, session) = match &config {
+        Some(config) => {
+            let (link, session) = tunnel::client::open(tcp, config.clone(), daemon.ip())
+                .await
+                .map_err(|source| OutboundError::Tunnel {
+                    endpoint: daemon,
+                    source,
+                })?;
+            (link, Some(session))
+        }
+        None => (Link::Plain(tcp), None),
+    };
+    Ok(Pooled {
+        link,
+        session,
+        config,
+        opened,
+    })
 }
 
 /// Copies between `client` and `upstream` until both sides are done,
@@ -408,6 +456,7 @@ fn record(context: &ProxyContext, pod: &LocalPod, closed: &Closed, duration: Dur
         route = closed.route,
         tls.cipher = session.map(|s| s.cipher.as_str()),
         tls.resumed = session.map(|s| s.resumed),
+        tunnel.reused = session.map(|s| s.reused),
         sent = closed.relayed.sent,
         received = closed.relayed.received,
         duration_ms = duration.as_millis() as u64,

@@ -53,7 +53,7 @@ pub fn access_log(
         relayed.ending.to_string(),
     );
     let entry = match session {
-        Some(session) => entry.with_tls(&session.cipher, session.resumed),
+        Some(session) => entry.with_tls(session),
         None => entry,
     };
     context.access_log.write(&entry);

@@ -33,7 +33,7 @@ pub enum TlsError {
 
 /// ALPN of the native tunnel protocol. HBONE (HTTP/2 CONNECT) would be
 /// `h2` on the same port: ALPN tells the two apart.
-pub const TUNNEL_ALPN: &[u8] = b"ztunnel-native/1";
+pub const TUNNEL_ALPN: &[u8] = b"ztunnel-native/2";
 
 /// The cipher suites the tunnel offers, in order of preference.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,33 +1,42 @@
-//! The tunnel between node daemons: one mutual TLS 1.3 session per proxied
-//! connection, opened with a [`preamble`] naming the original destination,
-//! then the connection's bytes.
+//! The tunnel between node daemons: a mutual TLS 1.3 session that carries
+//! proxied connections one after another, each opened with a [`preamble`]
+//! naming its original destination and framed by [`chunked`] so that its end
+//! leaves the session ready for the next.
 //!
-//! The protocol is chosen by ALPN: `ztunnel-native/1` is this one; HBONE
+//! The protocol is chosen by ALPN: `ztunnel-native/2` is this one; HBONE
 //! (HTTP/2 CONNECT, `h2`) can later share the same port (15008).
 //!
 //! - [`configs`]: the TLS configurations per identity, following rotations.
-//! - [`client`]: the source side's handshake and preamble.
-//! - [`server`]: the destination side's handshake and preamble.
+//! - [`client`]: the source side's handshake.
+//! - [`server`]: the destination side's handshake.
+//! - [`link`]: the source side's connection, TLS or plain.
+//! - [`pool`]: idle links kept for the next connection.
+//! - [`chunked`]: one connection's bytes inside a link.
 //! - [`plaintext`]: the same without TLS, for benchmarks only.
 //! - [`read_ahead`]: large socket reads under TLS.
 
+pub mod chunked;
 pub mod client;
 pub mod configs;
+pub mod link;
 pub mod plaintext;
+pub mod pool;
 pub mod preamble;
 pub mod read_ahead;
 pub mod server;
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use rustls::{CommonState, HandshakeKind};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::{
     identity::Identity,
     tls::{TUNNEL_ALPN, verifier::identity_of},
+    tunnel::preamble::Preamble,
 };
 
-/// How long a TLS handshake (and the preamble after it) may take.
+/// How long a TLS handshake, or sending or reading a preamble once started, may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a tunnel could not be opened or accepted.
@@ -48,7 +57,7 @@ pub enum TunnelError {
     #[error("the peer did not finish the {0} within {HANDSHAKE_TIMEOUT:?}")]
     Timeout(&'static str),
     /// The peer negotiated another protocol (or none) through ALPN.
-    #[error("the peer speaks {0}, not the ztunnel tunnel (ALPN ztunnel-native/1)")]
+    #[error("the peer speaks {0}, not the ztunnel tunnel (ALPN ztunnel-native/2)")]
     Protocol(String),
     /// The peer's certificate carries no usable identity.
     #[error("the peer's identity is unreadable: {0}")]
@@ -91,6 +100,9 @@ pub struct Session {
     /// Whether the session was resumed from a ticket (no certificate
     /// signatures; the identity is the one verified when it was issued).
     pub resumed: bool,
+    /// Per connection: whether the session was opened by an earlier
+    /// connection, this one riding it without a handshake of its own.
+    pub reused: bool,
 }
 
 impl Session {
@@ -115,6 +127,40 @@ impl Session {
                 .map(|suite| format!("{:?}", suite.suite()))
                 .unwrap_or_default(),
             resumed: tls.handshake_kind() == Some(HandshakeKind::Resumed),
+            reused: false,
         })
+    }
+}
+
+/// Announces a connection to `destination` on `tunnel`, at a connection
+/// boundary; its bytes follow, [`chunked`].
+pub async fn announce<S>(tunnel: &mut S, destination: SocketAddr) -> Result<(), TunnelError>
+where
+    S: AsyncWrite + Unpin,
+{
+    let preamble = Preamble { destination }.encode();
+    let sent = async {
+        tunnel.write_all(&preamble).await?;
+        tunnel.flush().await
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, sent)
+        .await
+        .map_err(|_| TunnelError::Timeout("preamble"))?
+        .map_err(TunnelError::Preamble)
+}
+
+/// Waits up to `wait` for the next connection on `tunnel`, at a connection
+/// boundary: its preamble, or `None` when the source closes the tunnel or
+/// sends nothing in time.
+pub async fn next_connection<S>(
+    tunnel: &mut S,
+    wait: Duration,
+) -> Result<Option<Preamble>, TunnelError>
+where
+    S: AsyncRead + Unpin,
+{
+    match tokio::time::timeout(wait, Preamble::read_next(tunnel)).await {
+        Err(_) => Ok(None),
+        Ok(read) => read.map_err(TunnelError::Preamble),
     }
 }

@@ -1,5 +1,5 @@
-//! The native tunnel's preamble: the first bytes a client sends inside the
-//! TLS session, naming the original destination.
+//! The native tunnel's preamble: the first bytes the source sends for each
+//! connection it carries, naming the original destination.
 //!
 //! ```text
 //! "ZTN" | version (1) | family (4 or 6) | port (u16, big endian) | address (4 or 16 bytes)
@@ -7,7 +7,7 @@
 //!
 //! Fixed-size and versioned: a receiver refuses a version it does not know
 //! with a clear error instead of guessing. The protocol itself is chosen by
-//! ALPN (`ztunnel-native/1`; HBONE would be `h2`), so the preamble never has
+//! ALPN (`ztunnel-native/2`; HBONE would be `h2`), so the preamble never has
 //! to tell protocols apart.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -79,17 +79,40 @@ impl Preamble {
 
     /// Reads exactly one preamble from `stream` (no byte past it).
     pub async fn read_from<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Self, std::io::Error> {
+        Self::read_next(stream)
+            .await?
+            .ok_or_else(|| invalid(PreambleError::Truncated))
+    }
+
+    /// Reads the next preamble from `stream` (no byte past it), or `None`
+    /// when the stream ends before its first byte: at a connection boundary
+    /// of a tunnel, the source closing it (with or without a TLS
+    /// close_notify).
+    pub async fn read_next<R: AsyncRead + Unpin>(
+        stream: &mut R,
+    ) -> Result<Option<Self>, std::io::Error> {
+        let mut header = [0u8; HEADER];
+        match stream.read(&mut header[..1]).await {
+            Ok(0) => return Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(err) => return Err(err),
+            Ok(_) => {}
+        }
         let truncated = |err: std::io::Error| match err.kind() {
             std::io::ErrorKind::UnexpectedEof => invalid(PreambleError::Truncated),
             _ => err,
         };
-        let mut header = [0u8; HEADER];
-        stream.read_exact(&mut header).await.map_err(truncated)?;
+        stream
+            .read_exact(&mut header[1..])
+            .await
+            .map_err(truncated)?;
         let len = Self::check_header(&header).map_err(invalid)?;
         let mut address = [0u8; 16];
         let address = &mut address[..len - HEADER];
         stream.read_exact(address).await.map_err(truncated)?;
-        Self::from_parts(&header, address).map_err(invalid)
+        Self::from_parts(&header, address)
+            .map(Some)
+            .map_err(invalid)
     }
 
     /// Checks magic, version and family; returns the full length.
@@ -204,5 +227,11 @@ mod tests {
         let err = Preamble::read_from(&mut short).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("closed before the end"), "{err}");
+
+        let mut empty: &[u8] = &[];
+        assert!(
+            Preamble::read_next(&mut empty).await.unwrap().is_none(),
+            "a stream that ends at a boundary is no error"
+        );
     }
 }

@@ -39,6 +39,11 @@ impl<S> ReadAhead<S> {
         &self.inner
     }
 
+    /// Whether bytes read from the transport are waiting to be handed out.
+    pub fn has_unread(&self) -> bool {
+        self.unread.is_some()
+    }
+
     /// Copies unread bytes into `out`; releases the buffer once empty.
     fn hand_out(&mut self, out: &mut ReadBuf<'_>) {
         if let Some((buffer, range)) = &mut self.unread {
