@@ -177,39 +177,8 @@ async fn handle(
     let idle = context.idle_timeout;
     match upstream {
         Upstream::Tunnel { endpoint, identity } => {
-            let daemon = SocketAddr::new(endpoint.ip(), INBOUND_MTLS_PORT);
-            let key = PoolKey {
-                source_netns: pod.netns.cookie(),
-                source: pod.identity.clone(),
-                daemon,
-                destination: identity.clone(),
-            };
-            let config = match context.transport {
-                Transport::MutualTls => Some(
-                    context
-                        .tunnel
-                        .client(&pod.identity, &identity)
-                        .map_err(|source| OutboundError::Tunnel {
-                            endpoint: daemon,
-                            source: source.into(),
-                        })?,
-                ),
-                Transport::PlaintextForBenchmarks => None,
-            };
-            // Connect: an idle tunnel between the same two workloads, or a new one.
-            let (mut tunnel, reused) = match context.pool.take(&key, config.as_ref()) {
-                Some(pooled) => {
-                    context.metrics.tunnel_reuses.inc();
-                    (pooled, true)
-                }
-                None => (Box::pin(open_tunnel(pod, daemon, config)).await?, false),
-            };
-            tunnel::announce(&mut tunnel.link, endpoint)
-                .await
-                .map_err(|source| OutboundError::Tunnel {
-                    endpoint: daemon,
-                    source,
-                })?;
+            let (key, mut tunnel, reused) =
+                connect_tunnel(context, pod, endpoint, &identity).await?;
             // The destination's daemon decides policy for tunnelled connections.
             let mut connection = Chunked::new(&mut tunnel.link);
             let (relayed, labels) =
@@ -295,6 +264,51 @@ async fn handle(
             })
         }
     }
+}
+
+/// Connect: a tunnel from `pod` to the daemon of `endpoint`, whose workload
+/// is `identity` (an idle one between the same two workloads, or a new one),
+/// with the connection to `endpoint` announced on it. Returns its pool key,
+/// the tunnel, and whether it was reused.
+async fn connect_tunnel(
+    context: &ProxyContext,
+    pod: &LocalPod,
+    endpoint: SocketAddr,
+    identity: &Identity,
+) -> Result<(PoolKey, Pooled, bool), OutboundError> {
+    let daemon = SocketAddr::new(endpoint.ip(), INBOUND_MTLS_PORT);
+    let failed = |source| OutboundError::Tunnel {
+        endpoint: daemon,
+        source,
+    };
+    let key = PoolKey {
+        source_netns: pod.netns.cookie(),
+        source: pod.identity.clone(),
+        daemon,
+        destination: identity.clone(),
+    };
+    // Asked for every connection, not only new tunnels: it also checks that
+    // the source still holds a valid certificate.
+    let config = match context.transport {
+        Transport::MutualTls => Some(
+            context
+                .tunnel
+                .client(&pod.identity, identity)
+                .map_err(|source| failed(source.into()))?,
+        ),
+        Transport::PlaintextForBenchmarks => None,
+    };
+    let (mut tunnel, reused) = match context.pool.take(&key, config.as_ref()) {
+        Some(pooled) => {
+            context.metrics.tunnel_reuses.inc();
+            (pooled, true)
+        }
+        None => (Box::pin(open_tunnel(pod, daemon, config)).await?, false),
+    };
+    tunnel::announce(&mut tunnel.link, endpoint)
+        .await
+        .map_err(failed)?;
+    Ok((key, tunnel, reused))
 }
 
 /// Opens a tunnel to the destination's daemon at `daemon`, from inside the
