@@ -1,6 +1,7 @@
 //! Graceful shutdown: on SIGTERM a daemon stops accepting, lets open
 //! connections finish until its drain deadline (3 s in the local cluster),
-//! then closes the rest and exits; its pods fail closed meanwhile.
+//! then closes the rest and exits; its pods fail closed meanwhile. Tunnels
+//! idle between connections are not open connections.
 
 use std::{process::Command, time::Duration};
 
@@ -98,4 +99,54 @@ fn sigterm_drains_open_connections_then_closes_the_rest_at_the_deadline() {
         log.contains("drain deadline reached: closing the remaining connections"),
         "{log}"
     );
+}
+
+#[test]
+fn a_tunnel_waiting_between_connections_does_not_hold_up_a_drain_nor_outlive_its_peer() {
+    let mut cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let url = format!("http://{}:8080/", cluster.pod("web-2").unwrap().ipv4);
+    for _ in 0..2 {
+        let body = cluster
+            .run("client-1", "curl", &["-sS", "--max-time", "3", &url])
+            .unwrap();
+        assert_eq!(body, "hello from web-2\n");
+    }
+    // The tunnel stays open between connections, on web-2's tunnel port.
+    let tunnels = cluster
+        .run(
+            "web-2",
+            "ss",
+            &["-Htn", "state", "established", "( sport = :15008 )"],
+        )
+        .unwrap();
+    assert_eq!(tunnels.lines().count(), 1, "{tunnels}");
+
+    let daemon = cluster
+        .status()
+        .node("node2")
+        .unwrap()
+        .daemon
+        .clone()
+        .unwrap()
+        .pid;
+    Command::new("kill")
+        .args(["-TERM", &daemon.to_string()])
+        .status()
+        .unwrap();
+    // No connection is open, so nothing is drained: the daemon exits well
+    // before its 3 s deadline.
+    netns::wait_gone(&[daemon], Duration::from_secs(2))
+        .expect("the daemon exits without waiting for the idle tunnel");
+    let log = daemon_log(&cluster, "node2");
+    assert!(!log.contains("draining open connections"), "{log}");
+    assert!(log.contains("node daemon stopped"), "{log}");
+
+    // node1 still holds its end of the closed tunnel: with node2's daemon back,
+    // the next connection sees it closed and opens a new one.
+    cluster.start_daemon("node2").unwrap();
+    let body = cluster
+        .run("client-1", "curl", &["-sS", "--max-time", "3", &url])
+        .unwrap();
+    assert_eq!(body, "hello from web-2\n");
 }
