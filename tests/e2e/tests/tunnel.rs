@@ -659,3 +659,36 @@ fn the_benchmark_relay_carries_tunnels_as_plain_tcp_and_says_so() {
     );
     assert!(inbound[0].contains("tls=false"), "{inbound:?}");
 }
+
+#[test]
+fn a_destination_that_never_reads_the_end_of_a_connection_does_not_hold_up_the_next() {
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let _deaf = cluster
+        .spawn("web-2", &testapp_path(), &["deaf", "--listen", "[::]:9002"])
+        .unwrap();
+    cluster.wait_listening("web-2", 9002, READY).unwrap();
+    let web2 = cluster.pod("web-2").unwrap().ipv4;
+    // The connection is over on the source's side (every byte sent, the
+    // server's end read) while bytes still wait at the destination, behind an
+    // application that never reads them.
+    let flood = ["flood", &format!("{web2}:9002"), "--bytes", "6000000"];
+    let out = cluster.run("client-1", &testapp_path(), &flood).unwrap();
+    assert_eq!(out.trim(), "sent 6000000");
+    eventually("the source's side of the connection ends", || {
+        log_lines(
+            &cluster,
+            "node1",
+            0,
+            &["outbound connection closed", ":9002"],
+        )
+        .len()
+            == 1
+    });
+    // The next connection between the same two pods must not queue behind
+    // them in the same tunnel.
+    assert_eq!(
+        get(&cluster, "client-1", &format!("{web2}:8080")).unwrap(),
+        "hello from web-2\n"
+    );
+}

@@ -26,7 +26,10 @@ use super::{
 use crate::{
     identity::Identity,
     tunnel::{
-        self, HANDSHAKE_TIMEOUT, Session, TunnelError, chunked::Chunked, plaintext::Transport, pool,
+        self, HANDSHAKE_TIMEOUT, Session, TunnelError,
+        chunked::{self, Chunked},
+        plaintext::Transport,
+        pool,
     },
 };
 
@@ -221,6 +224,11 @@ where
                 "inbound connection closed"
             );
             if !reusable {
+                return Ok(());
+            }
+            // Over on this side: say so, so the source may send the next connection.
+            let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, chunked::send_done(&mut stream));
+            if !matches!(done.await, Ok(Ok(()))) {
                 return Ok(());
             }
             if let Some(session) = &mut session {

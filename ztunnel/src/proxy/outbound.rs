@@ -41,10 +41,10 @@ use crate::{
     registry::{Pod, Service},
     tunnel::{
         self, Session, TunnelError,
-        chunked::Chunked,
+        chunked::{self, Chunked},
         link::Link,
         plaintext::Transport,
-        pool::{PoolKey, Pooled},
+        pool::{self, PoolKey, Pooled},
     },
 };
 
@@ -115,6 +115,9 @@ struct Closed {
     peer: Option<Identity>,
     session: Option<Session>,
     relayed: Relayed,
+    /// A tunnel whose connection ended cleanly on this side, to keep once
+    /// the destination says it is over there too.
+    reusable: Option<(PoolKey, Pooled)>,
 }
 
 /// Accepts connections on `listener` for `pod` until the task is dropped.
@@ -132,7 +135,12 @@ pub async fn serve(
             let _running = running;
             let started = Instant::now();
             match handle(stream, peer, &pod, &context, &orig_dst).await {
-                Ok(closed) => record(&context, &pod, &closed, started.elapsed()),
+                Ok(mut closed) => {
+                    record(&context, &pod, &closed, started.elapsed());
+                    if let Some((key, tunnel)) = closed.reusable.take() {
+                        keep_when_done(&context, key, tunnel).await;
+                    }
+                }
                 Err(err) => {
                     if let OutboundError::Tunnel { endpoint, source } = &err {
                         record::tunnel_failure(&context, "client", source, *endpoint);
@@ -183,13 +191,10 @@ async fn handle(
             let mut connection = Chunked::new(&mut tunnel.link);
             let (relayed, labels) =
                 relay_counted(&mut client, &mut connection, context, labels).await;
-            let reusable = connection.finished();
+            let finished = connection.finished();
             let mut session = tunnel.session.clone();
             if let Some(session) = &mut session {
                 session.reused = reused;
-            }
-            if reusable {
-                context.pool.put(key, tunnel);
             }
             Ok(Closed {
                 source,
@@ -200,6 +205,7 @@ async fn handle(
                 peer: Some(identity),
                 session,
                 relayed,
+                reusable: finished.then_some((key, tunnel)),
             })
         }
         Upstream::Local { endpoint } => {
@@ -241,6 +247,7 @@ async fn handle(
                 peer: Some(destination.identity.clone()),
                 session: None,
                 relayed,
+                reusable: None,
             })
         }
         Upstream::Passthrough { endpoint } => {
@@ -261,6 +268,7 @@ async fn handle(
                 peer: None,
                 session: None,
                 relayed,
+                reusable: None,
             })
         }
     }
@@ -344,6 +352,16 @@ async fn open_tunnel(
         config,
         opened,
     })
+}
+
+/// Keeps `tunnel` for the next connection once its destination says the
+/// last one is over there too; closes it if that does not come in time (an
+/// application there may never read what is left of the connection).
+async fn keep_when_done(context: &ProxyContext, key: PoolKey, mut tunnel: Pooled) {
+    let done = tokio::time::timeout(pool::DONE_TIMEOUT, chunked::read_done(&mut tunnel.link));
+    if let Ok(Ok(())) = done.await {
+        context.pool.put(key, tunnel);
+    }
 }
 
 /// Copies between `client` and `upstream` until both sides are done,

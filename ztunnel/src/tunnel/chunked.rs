@@ -12,8 +12,15 @@
 //!
 //! [`Chunked`] frames writes and unframes reads so the copy loop sees plain
 //! byte streams. A chunk's header and bytes go out in one vectored write, so
-//! under TLS they share a record. When both directions have ended the tunnel
-//! is ready for the next connection's preamble. A tunnel that ends inside a
+//! under TLS they share a record.
+//!
+//! Both directions having ended is not enough for the source to start the
+//! next connection: bytes it sent may still wait at the destination behind an
+//! application that stops reading before it closes, and the next connection
+//! would wait behind them for good. So the destination, once the connection
+//! is over on its side (both directions ended there too), sends one more zero
+//! length, [`send_done`]; the source reuses the tunnel only after reading it
+//! ([`read_done`]). A tunnel that ends inside a
 //! connection (no zero length) is an error, never a clean end: the peer
 //! dropped it on purpose (a denial, a failure) and the application must see a
 //! reset, not a FIN.
@@ -24,12 +31,38 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::copy::Resettable;
 
 /// The size of a chunk's length.
 const HEADER: usize = 4;
+
+/// The destination's word that a connection is over on its side: one more
+/// zero length after the end of its direction.
+const DONE: [u8; HEADER] = [0; HEADER];
+
+/// Destination side: says that the connection is over here (both directions
+/// ended), leaving the tunnel at a connection boundary.
+pub async fn send_done<S: AsyncWrite + Unpin>(tunnel: &mut S) -> io::Result<()> {
+    tunnel.write_all(&DONE).await?;
+    tunnel.flush().await
+}
+
+/// Source side: waits for the destination's word that the connection is
+/// over there; the tunnel is then at a connection boundary.
+pub async fn read_done<S: AsyncRead + Unpin>(tunnel: &mut S) -> io::Result<()> {
+    let mut word = [0u8; HEADER];
+    tunnel.read_exact(&mut word).await?;
+    if word == DONE {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the destination sent more after the end of a connection",
+        ))
+    }
+}
 
 /// A proxied connection framed inside the tunnel `inner`.
 pub struct Chunked<'a, S> {
@@ -247,6 +280,20 @@ mod tests {
             assert_eq!(&marker, b"next", "nothing past the end is consumed");
         }
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_source_hears_when_the_destination_is_done() {
+        let (mut source, mut destination) = tokio::io::duplex(1024);
+        send_done(&mut destination).await.unwrap();
+        read_done(&mut source).await.unwrap();
+        // Anything else where the word should be is refused.
+        destination.write_all(b"\0\0\0\x05").await.unwrap();
+        let err = read_done(&mut source).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // A tunnel closed instead is no word either.
+        drop(destination);
+        assert!(read_done(&mut source).await.is_err());
     }
 
     #[tokio::test]

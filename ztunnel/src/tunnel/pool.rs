@@ -2,8 +2,8 @@
 //!
 //! Opening a tunnel costs a TCP handshake between the daemons and a TLS
 //! handshake (an X25519 exchange even when resumed); carrying a short
-//! connection costs far less. So a tunnel whose connection ended cleanly (see
-//! [`chunked`](super::chunked)) goes back to the pool, and the next connection
+//! connection costs far less. So a tunnel whose connection ended cleanly on
+//! both sides (see [`chunked`](super::chunked)) goes back to the pool, and the next connection
 //! from the same source pod to the same destination daemon and workload
 //! takes it instead of opening one. One connection at a time per tunnel: no
 //! multiplexing, so TCP's own flow control still applies to each connection
@@ -35,6 +35,9 @@ use crate::identity::Identity;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the destination waits for the next connection on a link.
 pub const SERVER_IDLE: Duration = Duration::from_secs(60);
+/// How long a source waits, after a connection ended on its side, for the
+/// destination to say it is over there too; past it the link is closed.
+pub const DONE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Links older than this are not reused.
 pub const MAX_AGE: Duration = Duration::from_secs(300);
 /// At most this many idle links per key; more are closed.

@@ -11,7 +11,9 @@
 //! Raw TCP servers, for what HTTP cannot show:
 //! - `echo` reads until the client shuts down writing, then sends back
 //!   everything it read and closes (half-close);
-//! - `reset` reads one chunk, then closes with a reset (RST).
+//! - `reset` reads one chunk, then closes with a reset (RST);
+//! - `deaf` shuts down writing at once and never reads, holding the
+//!   connection open for a minute.
 //!
 //! As a client:
 //! - `probe <addr>` connects and prints what `getpeername()` and
@@ -22,7 +24,10 @@
 //!   server, shuts down writing, reads the whole reply, checks it, and prints
 //!   `ok N`;
 //! - `send <addr>` sends a line and waits for the reply; prints `reset` if the
-//!   connection is reset, `closed` on a clean end.
+//!   connection is reset, `closed` on a clean end;
+//! - `flood <addr> --bytes N` sends N bytes whether or not the peer reads
+//!   them (within 5 s), shuts down writing, waits for the end and prints
+//!   `sent N`.
 
 use std::net::SocketAddr;
 
@@ -66,6 +71,21 @@ enum App {
         /// Address to listen on.
         #[arg(long, default_value = "[::]:9001")]
         listen: SocketAddr,
+    },
+    /// Raw TCP: shut down writing at once, never read, close after a minute.
+    Deaf {
+        /// Address to listen on.
+        #[arg(long, default_value = "[::]:9002")]
+        listen: SocketAddr,
+    },
+    /// Send N bytes (the peer need not read them), shut down writing, wait
+    /// for the end.
+    Flood {
+        /// `host:port` to connect to.
+        address: SocketAddr,
+        /// Bytes to send.
+        #[arg(long, default_value_t = 256 * 1024)]
+        bytes: u64,
     },
     /// Send N bytes to an `echo` server, shut down writing, check the reply.
     HalfClose {
@@ -127,6 +147,8 @@ async fn main() -> Result<()> {
         App::Reset { listen } => raw_server(listen, reset).await,
         App::HalfClose { address, bytes } => half_close(address, bytes).await,
         App::Send { address } => send(address).await,
+        App::Deaf { listen } => raw_server(listen, deaf).await,
+        App::Flood { address, bytes } => flood(address, bytes).await,
     }
 }
 
@@ -163,6 +185,30 @@ async fn reset(mut stream: TcpStream) -> Result<()> {
     // Linger 0: closing sends RST instead of FIN.
     stream.set_zero_linger()?;
     drop(stream);
+    Ok(())
+}
+
+async fn deaf(mut stream: TcpStream) -> Result<()> {
+    stream.shutdown().await?;
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    Ok(())
+}
+
+async fn flood(address: SocketAddr, bytes: u64) -> Result<()> {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    let sent = async {
+        write_payload(&mut stream, bytes).await?;
+        stream.shutdown().await?;
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await?;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), sent)
+        .await
+        .context("the buffers on the way did not take every byte within 5 s")??;
+    println!("sent {bytes}");
     Ok(())
 }
 
