@@ -46,7 +46,8 @@ pub struct Run {
     pub seconds: f64,
 }
 
-/// Runs the load; fails only if a connection cannot be opened.
+/// Runs the load; fails only if a connection cannot be opened or its first
+/// exchange gets no response.
 pub async fn run(options: &Options) -> std::io::Result<Run> {
     // Each connection makes one unrecorded exchange first: through the mesh
     // that opens its tunnel, so the run measures connections in use, not

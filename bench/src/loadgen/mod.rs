@@ -16,17 +16,33 @@ pub mod hold;
 pub mod latency;
 pub mod server;
 
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// How long a response may take before its exchange fails: a path that
+/// loses a request must fail the run, not hang it.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One request and its response on `stream`, both `buf.len()` bytes (the
-/// response is read into `buf`).
+/// response is read into `buf`), within [`EXCHANGE_TIMEOUT`].
 pub async fn exchange<S>(stream: &mut S, buf: &mut [u8]) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    stream.write_all(buf).await?;
-    stream.read_exact(buf).await?;
-    Ok(())
+    let round_trip = async {
+        stream.write_all(buf).await?;
+        stream.read_exact(buf).await?;
+        Ok(())
+    };
+    tokio::time::timeout(EXCHANGE_TIMEOUT, round_trip)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no response within {EXCHANGE_TIMEOUT:?}"),
+            )
+        })?
 }
 
 /// A TCP connection to `target` with Nagle off (requests are small and
