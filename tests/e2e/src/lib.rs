@@ -296,3 +296,12 @@ spec:
     - source:
         principals: ["cluster.local/ns/demo/sa/client"]
 "#;
+
+/// Waits until node `node`'s daemon keeps at least one idle tunnel: the last
+/// connection's tunnel is back in its pool (the destination has said the
+/// connection is over), so the next connection between the same pods rides it.
+pub fn wait_tunnel_idle(cluster: &ztunnel_cluster::Cluster, node: &str) {
+    eventually("the tunnel is back in the pool", || {
+        metric_sum(&scrape(cluster, node), "ztunnel_tunnel_idle", &[]) >= 1.0
+    });
+}

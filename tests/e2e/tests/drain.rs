@@ -6,7 +6,7 @@
 use std::{process::Command, time::Duration};
 
 use ztunnel_cluster::netns;
-use ztunnel_e2e::{READY, daemon_log, http_server, mesh, testapp_path, within};
+use ztunnel_e2e::{READY, daemon_log, http_server, mesh, testapp_path, wait_tunnel_idle, within};
 
 #[test]
 fn sigterm_drains_open_connections_then_closes_the_rest_at_the_deadline() {
@@ -111,6 +111,7 @@ fn a_tunnel_waiting_between_connections_does_not_hold_up_a_drain_nor_outlive_its
             .run("client-1", "curl", &["-sS", "--max-time", "3", &url])
             .unwrap();
         assert_eq!(body, "hello from web-2\n");
+        wait_tunnel_idle(&cluster, "node1");
     }
     // The tunnel stays open between connections, on web-2's tunnel port.
     let tunnels = cluster

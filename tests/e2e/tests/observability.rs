@@ -5,7 +5,9 @@
 use std::{process::Command, time::Duration};
 
 use ztunnel_cluster::Cluster;
-use ztunnel_e2e::{ALLOW_CLIENT, daemon_log, http_server, mesh, metric_sum, scrape, within};
+use ztunnel_e2e::{
+    ALLOW_CLIENT, daemon_log, http_server, mesh, metric_sum, scrape, wait_tunnel_idle, within,
+};
 
 fn get(cluster: &Cluster, from: &str, url: &str) -> bool {
     cluster
@@ -227,6 +229,7 @@ fn the_access_log_has_one_json_line_per_connection_on_each_side() {
         )
         .unwrap();
     assert_eq!(bytes.trim(), "4096");
+    wait_tunnel_idle(&cluster, "node1");
     assert!(get(&cluster, "client-1", &format!("http://{web2}:8080/")));
 
     within(

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use ztunnel_cluster::Cluster;
 use ztunnel_e2e::{
-    ALLOW_CLIENT, READY, daemon_log, http_server, mesh, metric_sum, scrape, testapp_path, within,
+    ALLOW_CLIENT, READY, daemon_log, http_server, mesh, metric_sum, scrape, testapp_path,
+    wait_tunnel_idle, within,
 };
 
 /// Writes `yaml` as `<name>.yaml` in the cluster's policy directory and waits
@@ -105,6 +106,7 @@ spec:
         )
     };
     let before = reuses();
+    wait_tunnel_idle(&cluster, "node1");
     assert!(!reaches(&cluster, "client-1", "web-2", 8080));
     assert_eq!(
         reuses(),

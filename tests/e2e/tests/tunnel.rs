@@ -11,7 +11,7 @@ use rcgen::{
 use ztunnel_cluster::{Cluster, netns, payload::Payload};
 use ztunnel_e2e::{
     READY, assert_downloads, daemon_log, eventually, http_server, mesh, metric_sum, scrape,
-    testapp, testapp_path, within,
+    testapp, testapp_path, wait_tunnel_idle, within,
 };
 
 const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
@@ -247,6 +247,7 @@ fn repeat_connections_reuse_the_tunnel_a_new_trust_bundle_retires_it_and_new_tun
 
     // The second connection rides the first one's tunnel: no handshake.
     get(&cluster, "client-1", &web).unwrap();
+    wait_tunnel_idle(&cluster, "node1");
     get(&cluster, "client-1", &web).unwrap();
     eventually("both connections logged", || {
         tunnels(&cluster, (0, 0)).1.len() == 2
@@ -282,6 +283,7 @@ fn repeat_connections_reuse_the_tunnel_a_new_trust_bundle_retires_it_and_new_tun
         },
     );
     get(&cluster, "client-1", &web).unwrap();
+    wait_tunnel_idle(&cluster, "node1");
     get(&cluster, "client-1", &web).unwrap();
     eventually("both connections logged", || {
         tunnels(&cluster, mark).1.len() == 2
@@ -650,7 +652,11 @@ fn the_benchmark_relay_carries_tunnels_as_plain_tcp_and_says_so() {
         );
     }
     // The destination took the source's identity from its address, and no
-    // TLS was involved.
+    // TLS was involved. (It logs the connection once its side is over, which
+    // may be just after the client has its answer.)
+    eventually("node2 logs the connection", || {
+        !log_lines(&cluster, "node2", 0, &["inbound connection closed"]).is_empty()
+    });
     let inbound = log_lines(&cluster, "node2", 0, &["inbound connection closed"]);
     assert_eq!(inbound.len(), 1, "{inbound:?}");
     assert!(

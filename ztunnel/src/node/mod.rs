@@ -441,6 +441,7 @@ pub async fn run(
         );
     }
 
+    let tunnel_idle = metrics.tunnel_idle.clone();
     let context = Arc::new(ProxyContext {
         node: config.node.clone(),
         enrolment: config.enrolment.clone(),
@@ -464,7 +465,7 @@ pub async fn run(
         idle_timeout: config.idle_timeout,
         endpoints: Default::default(),
         active: Default::default(),
-        pool: Pool::new(config.tunnel_reuse),
+        pool: Pool::new(config.tunnel_reuse, tunnel_idle),
     });
     let enforcer = tokio::spawn(crate::proxy::authorize::enforce_changes(context.clone()));
     let sweeper = tokio::spawn(sweep_tunnels(context.clone()));
@@ -549,13 +550,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Closes idle tunnels past their time, a few times per idle period, and
-/// counts the rest.
+/// Closes idle tunnels past their time, a few times per idle period.
 async fn sweep_tunnels(context: Arc<ProxyContext>) {
     let mut tick = tokio::time::interval(crate::tunnel::pool::IDLE_TIMEOUT / 3);
     loop {
         tick.tick().await;
-        let idle = context.pool.sweep();
-        context.metrics.tunnel_idle.set(idle as i64);
+        context.pool.sweep();
     }
 }

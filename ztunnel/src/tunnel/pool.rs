@@ -26,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::ClientConfig;
 
 use super::{Session, link::Link};
@@ -85,15 +86,18 @@ impl Idle {
 pub struct Pool {
     disabled: bool,
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    /// How many links are idle (`ztunnel_tunnel_idle`), kept exact.
+    count: Gauge,
 }
 
 impl Pool {
-    /// A pool; a disabled one keeps nothing (every connection opens its own
-    /// tunnel: `--no-tunnel-reuse`).
-    pub fn new(enabled: bool) -> Self {
+    /// A pool that counts its idle links in `count`; a disabled one keeps
+    /// nothing (every connection opens its own tunnel: `--no-tunnel-reuse`).
+    pub fn new(enabled: bool, count: Gauge) -> Self {
         Self {
             disabled: !enabled,
             idle: Mutex::default(),
+            count,
         }
     }
 
@@ -109,6 +113,7 @@ impl Pool {
                 let Some(candidate) = links.pop() else {
                     break None;
                 };
+                self.count.dec();
                 let current = match (config, &candidate.pooled.config) {
                     (Some(current), Some(opened_with)) => Arc::ptr_eq(current, opened_with),
                     (None, None) => true,
@@ -140,7 +145,12 @@ impl Pool {
             let mut idle = self.lock();
             let links = idle.entry(key).or_default();
             links.push(Idle { pooled, since: now });
-            (links.len() > MAX_IDLE_PER_KEY).then(|| links.remove(0))
+            self.count.inc();
+            let surplus = (links.len() > MAX_IDLE_PER_KEY).then(|| links.remove(0));
+            if surplus.is_some() {
+                self.count.dec();
+            }
+            surplus
         };
         drop(surplus);
     }
@@ -159,7 +169,9 @@ impl Pool {
                 *links = kept;
                 !links.is_empty()
             });
-            idle.values().map(Vec::len).sum()
+            let remaining: usize = idle.values().map(Vec::len).sum();
+            self.count.set(remaining as i64);
+            remaining
         };
         drop(closed);
         remaining
@@ -207,11 +219,13 @@ mod tests {
     #[tokio::test]
     async fn a_link_is_reused_only_under_its_own_key_and_only_while_open() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = Pool::new(true);
+        let idle = Gauge::default();
+        let pool = Pool::new(true, idle.clone());
         let (first, _peer1) = link(&listener).await;
         let (second, peer2) = link(&listener).await;
         pool.put(key(1), first);
         pool.put(key(1), second);
+        assert_eq!(idle.get(), 2, "counted as they come");
         assert!(
             pool.take(&key(2), None).is_none(),
             "another key gets nothing"
@@ -222,18 +236,19 @@ mod tests {
         let taken = pool.take(&key(1), None).expect("the older, open link");
         assert!(taken.link.is_open());
         assert!(pool.take(&key(1), None).is_none(), "both links are gone");
+        assert_eq!(idle.get(), 0, "counted as they go, used or closed");
         assert_eq!(pool.sweep(), 0);
     }
 
     #[tokio::test]
     async fn a_disabled_pool_keeps_nothing_and_old_links_are_not_kept() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let disabled = Pool::new(false);
+        let disabled = Pool::new(false, Gauge::default());
         let (fresh, _peer) = link(&listener).await;
         disabled.put(key(1), fresh);
         assert!(disabled.take(&key(1), None).is_none());
 
-        let pool = Pool::new(true);
+        let pool = Pool::new(true, Gauge::default());
         let (mut old, _peer) = link(&listener).await;
         old.opened = Instant::now() - MAX_AGE;
         pool.put(key(1), old);
@@ -243,7 +258,7 @@ mod tests {
     #[tokio::test]
     async fn surplus_links_are_closed() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = Pool::new(true);
+        let pool = Pool::new(true, Gauge::default());
         let mut peers = Vec::new();
         for _ in 0..MAX_IDLE_PER_KEY + 3 {
             let (pooled, peer) = link(&listener).await;
