@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a response may take before its exchange fails: a path that
 /// loses a request must fail the run, not hang it.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One request and its response on `stream`, both `buf.len()` bytes (the
 /// response is read into `buf`), within [`EXCHANGE_TIMEOUT`].
