@@ -51,18 +51,7 @@ fn sigterm_drains_open_connections_then_closes_the_rest_at_the_deadline() {
         },
     );
 
-    let daemon = cluster
-        .status()
-        .node("node1")
-        .unwrap()
-        .daemon
-        .clone()
-        .unwrap()
-        .pid;
-    Command::new("kill")
-        .args(["-TERM", &daemon.to_string()])
-        .status()
-        .unwrap();
+    let daemon = sigterm_daemon(&cluster, "node1");
     within(Duration::from_secs(2), "the daemon starts draining", || {
         daemon_log(&cluster, "node1").contains("draining open connections")
     });
@@ -123,18 +112,7 @@ fn a_tunnel_waiting_between_connections_does_not_hold_up_a_drain_nor_outlive_its
         .unwrap();
     assert_eq!(tunnels.lines().count(), 1, "{tunnels}");
 
-    let daemon = cluster
-        .status()
-        .node("node2")
-        .unwrap()
-        .daemon
-        .clone()
-        .unwrap()
-        .pid;
-    Command::new("kill")
-        .args(["-TERM", &daemon.to_string()])
-        .status()
-        .unwrap();
+    let daemon = sigterm_daemon(&cluster, "node2");
     // No connection is open, so nothing is drained: the daemon exits well
     // before its 3 s deadline.
     netns::wait_gone(&[daemon], Duration::from_secs(2))
@@ -150,4 +128,21 @@ fn a_tunnel_waiting_between_connections_does_not_hold_up_a_drain_nor_outlive_its
         .run("client-1", "curl", &["-sS", "--max-time", "3", &url])
         .unwrap();
     assert_eq!(body, "hello from web-2\n");
+}
+
+/// Sends SIGTERM to node `node`'s daemon; returns its process id.
+fn sigterm_daemon(cluster: &ztunnel_cluster::Cluster, node: &str) -> u32 {
+    let daemon = cluster
+        .status()
+        .node(node)
+        .unwrap()
+        .daemon
+        .clone()
+        .unwrap()
+        .pid;
+    Command::new("kill")
+        .args(["-TERM", &daemon.to_string()])
+        .status()
+        .unwrap();
+    daemon
 }
