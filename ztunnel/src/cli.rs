@@ -16,6 +16,7 @@ use ztunnel::{
     identity::{CaClientConfig, CaToken, ManagerConfig, TrustDomain},
     kubernetes::KubeConfig,
     node::{self, NodeConfig, Source},
+    proxy::limits::Limits,
     registry::{Enrolment, LabelSelector},
     tls::{CipherSuites, TunnelTls},
     tunnel::plaintext::Transport,
@@ -136,6 +137,19 @@ struct NodeArgs {
     /// Close a proxied connection on which no byte moved for this long, in seconds.
     #[arg(long, default_value_t = 3600)]
     idle_timeout_secs: u64,
+    /// Connections one pod may have open through the daemon at once, in each
+    /// direction; the excess is reset at once. Default: a quarter of the
+    /// daemon's open-file limit (each connection costs two descriptors), at
+    /// least 1024.
+    #[arg(long)]
+    max_connections_per_pod: Option<usize>,
+    /// Tunnel handshakes in progress at once on this node; the excess is
+    /// refused at once.
+    #[arg(long, default_value_t = ztunnel::proxy::limits::PENDING_HANDSHAKES)]
+    max_pending_handshakes: usize,
+    /// Tunnel handshakes in progress at once from one source address.
+    #[arg(long, default_value_t = ztunnel::proxy::limits::PENDING_HANDSHAKES_PER_SOURCE)]
+    max_pending_handshakes_per_source: usize,
     /// Directory of Istio policy YAML (PeerAuthentication, AuthorizationPolicy),
     /// reloaded on change.
     #[arg(long, conflicts_with = "kubernetes")]
@@ -253,7 +267,7 @@ struct CaArgs {
 impl Cli {
     /// Runs the chosen subcommand to completion.
     pub fn run(self) -> anyhow::Result<()> {
-        use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+        use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
         let filter = tracing_subscriber::EnvFilter::try_new(&self.log).context("parsing --log")?;
         let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
         tracing_subscriber::registry()
@@ -261,7 +275,8 @@ impl Cli {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_filter(ztunnel::log_rate::RateLimit::default()),
             )
             .init();
         let log = Arc::new(ReloadableFilter {
@@ -270,15 +285,18 @@ impl Cli {
         });
         // Every proxied connection holds two sockets: take all the file
         // descriptors the hard limit allows (the soft default is often 1024).
-        match rlimit::increase_nofile_limit(u64::MAX) {
-            Ok(limit) => tracing::debug!(limit, "open-file limit"),
-            Err(err) => tracing::warn!("cannot raise the open-file limit: {err}"),
-        }
+        let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => limit,
+            Err(err) => {
+                tracing::warn!("cannot raise the open-file limit: {err}");
+                rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+            }
+        };
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         runtime.block_on(async {
             match self.command {
                 Command::Ca(args) => run_ca(*args).await,
-                Command::Node(args) => run_node(*args, log).await,
+                Command::Node(args) => run_node(*args, log, open_files).await,
                 Command::CaInit(args) => {
                     ztunnel::ca::authority::Authority::init_cacerts(&args.out, &args.trust_domain)?;
                     println!("wrote a new root of trust to {}", args.out.display());
@@ -393,7 +411,7 @@ impl LogControl for ReloadableFilter {
     }
 }
 
-async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
+async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>, open_files: u64) -> anyhow::Result<()> {
     // Read now to fail fast; read again for every request, as projected
     // ServiceAccount tokens are replaced before they expire.
     std::fs::read_to_string(&args.ca_token_file)
@@ -453,6 +471,17 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>) -> anyhow::Result<()
             resumption: !args.no_tls_resumption,
         },
         tunnel_reuse: !args.no_tunnel_reuse,
+        limits: {
+            let defaults = Limits::for_open_files(open_files);
+            Limits {
+                connections_per_pod: args
+                    .max_connections_per_pod
+                    .unwrap_or(defaults.connections_per_pod),
+                pending_handshakes: args.max_pending_handshakes,
+                pending_handshakes_per_source: args.max_pending_handshakes_per_source,
+            }
+        },
+        open_files,
         transport: if args.benchmark_plaintext_tunnel {
             Transport::PlaintextForBenchmarks
         } else {

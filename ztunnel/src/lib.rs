@@ -37,6 +37,8 @@ pub mod ca;
 pub mod ctl;
 pub mod identity;
 pub mod kubernetes;
+pub mod log_rate;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod policy;

@@ -78,6 +78,21 @@ pub struct RequestLabels {
     pub result: &'static str,
 }
 
+/// Labels naming a limit that refused something ([`crate::proxy::limits`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `outbound_per_pod`, `inbound_per_pod`, `pending_handshakes` or
+    /// `pending_handshakes_per_source`.
+    pub limit: &'static str,
+}
+
+/// Labels naming one of a pod's listeners.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `outbound`, `inbound` or `tunnel`.
+    pub listener: &'static str,
+}
+
 /// Labels of a dry-run outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DryRunLabels {
@@ -122,6 +137,14 @@ pub struct Metrics {
     pub certificate_requests: Family<RequestLabels, Counter>,
     /// `ztunnel_ca_request_duration_seconds`: how long CA requests take.
     pub ca_request_duration: Histogram,
+    /// `ztunnel_limit_refusals_total`: connections and handshakes refused by
+    /// a limit, by limit.
+    pub limit_refusals: Family<LimitLabels, Counter>,
+    /// `ztunnel_accept_errors_total`: failed `accept()` calls (the
+    /// open-file limit reached, most often), by listener.
+    pub accept_errors: Family<ListenerLabels, Counter>,
+    /// `ztunnel_open_files_limit`: the file descriptors the daemon may open.
+    pub open_files_limit: Gauge,
 }
 
 impl Default for Metrics {
@@ -225,8 +248,34 @@ impl Metrics {
             "How long certificate requests to the CA take",
             ca_request_duration.clone(),
         );
+        let limit_refusals = Family::default();
+        let accept_errors = Family::default();
+        let open_files_limit = Gauge::default();
+        registry.register(
+            "ztunnel_limit_refusals",
+            "Connections and tunnel handshakes refused by a limit, by limit",
+            limit_refusals.clone(),
+        );
+        registry.register(
+            "ztunnel_accept_errors",
+            "Failed accepts on pods' listeners (the open-file limit, most often), by listener",
+            accept_errors.clone(),
+        );
+        registry.register(
+            "ztunnel_open_files_limit",
+            "File descriptors the daemon may open (its soft limit, raised to the hard one at start)",
+            open_files_limit.clone(),
+        );
+        registry.register(
+            "ztunnel_log_lines_suppressed",
+            "Warnings and errors not written because their call site wrote its share this second",
+            crate::log_rate::SUPPRESSED.clone(),
+        );
         Self {
             registry,
+            limit_refusals,
+            accept_errors,
+            open_files_limit,
             certificate_requests,
             ca_request_duration,
             tunnel_failures,

@@ -121,8 +121,10 @@ fn run_on(
     }
 
     scenario::apply(cluster, Scenario::Mtls)?;
-    // Fresh daemons, so the idle figure is not what earlier runs left.
-    cluster.restart_daemons(&[])?;
+    // Fresh daemons, so the idle figure is not what earlier runs left; one
+    // pod holds every connection, past the default per-pod limit (a
+    // quarter of the open-file limit).
+    cluster.restart_daemons(&["--max-connections-per-pod".to_owned(), "1000000".to_owned()])?;
     // Each held connection is two sockets in each daemon: stay within the
     // daemons' open-file limit (raising a hard limit needs CAP_SYS_RESOURCE).
     let daemons = scenario::daemon_pids(cluster);

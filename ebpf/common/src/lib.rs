@@ -25,12 +25,24 @@ pub mod map_names {
     /// pod's netns cookie). Traffic for such an address whose listener is gone
     /// (the daemon is down) is dropped, never delivered around the mesh.
     pub const ENROLLED_ADDRS: &str = "ENROLLED_ADDRS";
-    /// `LruHashMap<DeliveryKey, u8>`: connections the daemon is opening to an
-    /// application inside its pod from the original client's address, which
-    /// `sk_lookup` must leave alone (it cannot tell them from connections
-    /// arriving from outside: both may carry a foreign source address).
+    /// `LruHashMap<DeliveryKey, u8>`: connections `sk_lookup` must leave alone,
+    /// filed by `sock_ops` as they are made and removed when they close: the
+    /// daemon's deliveries to an application from the original client's
+    /// address ([`UNCAPTURED_DELIVERY`]; `sk_lookup` cannot tell them from
+    /// connections arriving from outside, both carry a foreign source
+    /// address) and connections from the node's own network namespace, the
+    /// kubelet's probes ([`UNCAPTURED_NODE`]). The value says which.
     pub const DELIVERING: &str = "DELIVERING";
+    /// `Array<Daemon>` of one entry: who the node daemon is ([`Daemon`]),
+    /// written by the daemon right after loading. Not pinned: each load of
+    /// the programs knows the daemon that loaded it.
+    pub const DAEMON: &str = "DAEMON";
 }
+
+/// Value in `DELIVERING`: a delivery by the daemon to an application.
+pub const UNCAPTURED_DELIVERY: u8 = 1;
+/// Value in `DELIVERING`: a connection from the node's network namespace.
+pub const UNCAPTURED_NODE: u8 = 2;
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
@@ -52,14 +64,17 @@ pub mod program_names {
     pub const SK_LOOKUP: &str = "ztunnel_sk_lookup";
 }
 
-/// `SO_MARK` of the daemon's own sockets inside pods: the programs leave
-/// them alone, so the daemon's upstream connections are never captured again.
+/// `SO_MARK` of the daemon's own sockets inside pods (Istio's ztunnel marks
+/// its sockets the same way). It is a label for routing and packet captures
+/// only: the programs recognise the daemon by its process ([`Daemon`]),
+/// since any pod with `CAP_NET_ADMIN` can set a mark.
 pub const DAEMON_MARK: u32 = 0x539;
 
 /// `SO_MARK` of the daemon's sockets delivering to an application inside its
-/// pod from the original client's address (`IP_TRANSPARENT`). The programs
-/// leave them alone too; the pod routes the application's replies on them
-/// back to its loopback with a rule on this mark.
+/// pod from the original client's address (`IP_TRANSPARENT`): the pod routes
+/// the application's replies on them (and the kernel's resets, with
+/// `fwmark_reflect`) back to its loopback with a rule on this mark.
+/// `sock_ops` files the daemon's sockets with this mark in `DELIVERING`.
 pub const DELIVER_MARK: u32 = 0x53a;
 
 /// The loopback interface's index, the same in every network namespace.
@@ -141,6 +156,30 @@ pub struct DeliveryKey {
     pub family: u32,
 }
 
+/// The value of the `DAEMON` map: how the programs recognise the node daemon's
+/// own sockets and the node's network namespace.
+///
+/// The daemon is the process whose thread group id is `tgid` in the pid
+/// namespace `(pidns_dev, pidns_ino)` (`bpf_get_ns_current_pid_tgid`): a pod
+/// cannot be that process, whatever it sets on its sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Daemon {
+    /// Device of the daemon's pid namespace file, in the kernel's encoding
+    /// (`major << 20 | minor`), as the helper compares it.
+    pub pidns_dev: u64,
+    /// Inode of the daemon's pid namespace file (`/proc/self/ns/pid`).
+    pub pidns_ino: u64,
+    /// Netns cookie of the node's network namespace (the daemon's own):
+    /// connections made there to an enrolled pod are the node's (kubelet
+    /// probes) and reach the application directly.
+    pub node_netns: u64,
+    /// The daemon's process id in that pid namespace; 0 matches nothing.
+    pub tgid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
 /// Key of the `ORIG_DST` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -167,13 +206,14 @@ impl OrigDstKey {
 #[cfg(feature = "user")]
 mod pod_impls {
     #![allow(unsafe_code)]
-    // SAFETY (all three): `#[repr(C)]`, `Copy`, only integer fields and
+    // SAFETY (all of them): `#[repr(C)]`, `Copy`, only integer fields and
     // explicit padding, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::EnrolledPod {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::OrigDstKey {}
     unsafe impl aya::Pod for super::PodAddr {}
     unsafe impl aya::Pod for super::DeliveryKey {}
+    unsafe impl aya::Pod for super::Daemon {}
 }
 
 #[cfg(test)]
@@ -189,5 +229,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<OrigDstKey>(), 16);
         assert_eq!(core::mem::size_of::<PodAddr>(), 20);
         assert_eq!(core::mem::size_of::<DeliveryKey>(), 44);
+        assert_eq!(core::mem::size_of::<Daemon>(), 32);
     }
 }

@@ -4,8 +4,9 @@
 //! for every socket on the machine. Each one therefore starts with the same
 //! gate: act only for a TCP socket in the network namespace of a pod that this
 //! daemon enrolled (its netns cookie is a key of `ENROLLED`), never for the
-//! daemon's own sockets (marked [`DAEMON_MARK`]); for every other socket,
-//! return "allow" untouched.
+//! daemon's own sockets (recognised by the calling process, see [`Daemon`]:
+//! a mark can be set by any pod with `CAP_NET_ADMIN`); for every other
+//! socket, return "allow" untouched.
 //!
 //! The path of one outbound connection:
 //! 1. `connect4`/`connect6` records the destination the application asked for
@@ -17,6 +18,12 @@
 //! 3. `getpeername4`/`getpeername6` show the application its original
 //!    destination, so it never sees the proxy.
 //!
+//! `sock_ops` also files, for `sk_lookup`, the connections that must reach an
+//! enrolled pod's application directly (`DELIVERING`, for as long as they
+//! live): the daemon's own deliveries, and connections from the node's
+//! network namespace (the kubelet's probes, as Istio's ambient mode exempts
+//! them).
+//!
 //! The maps are pinned by name (and the daemon pins the links), so the
 //! programs and the set of enrolled pods outlive the daemon: while it is down,
 //! enrolled pods' connects are still steered to its (absent) listener and are
@@ -27,15 +34,19 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr, sk_action},
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, bpf_pidns_info, bpf_sock_addr, sk_action,
+    },
+    helpers::{bpf_get_netns_cookie, bpf_get_ns_current_pid_tgid, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
-    maps::{HashMap, LruHashMap, SockHash},
+    maps::{Array, HashMap, LruHashMap, SockHash},
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use ztunnel_ebpf_common::{
-    AF_INET, AF_INET6, DAEMON_MARK, DELIVER_MARK, DeliveryKey, EnrolledPod, INBOUND_MTLS_PORT,
-    INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, OrigDst, OrigDstKey, PodAddr,
+    AF_INET, AF_INET6, DELIVER_MARK, Daemon, DeliveryKey, EnrolledPod, INBOUND_MTLS_PORT,
+    INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, OrigDst, OrigDstKey, PodAddr, UNCAPTURED_DELIVERY,
+    UNCAPTURED_NODE,
 };
 
 /// Verdict that lets the syscall proceed (cgroup programs return 1 to allow).
@@ -72,25 +83,51 @@ static INBOUND: SockHash<PodAddr> = SockHash::pinned(2 * MAX_ENROLLED_PODS, 0);
 #[map(name = "ENROLLED_ADDRS")]
 static ENROLLED_ADDRS: HashMap<PodAddr, u64> = HashMap::pinned(2 * MAX_ENROLLED_PODS, 0);
 
-/// Connections the daemon is opening to applications from their clients'
-/// addresses, filled by the daemon for the length of each `connect()`.
+/// Connections `sk_lookup` leaves alone (the daemon's deliveries, the node's
+/// connections), filed by `sock_ops` while they live.
 #[map(name = "DELIVERING")]
 static DELIVERING: LruHashMap<DeliveryKey, u8> = LruHashMap::pinned(MAX_CONNECTING, 0);
+
+/// Who the daemon that loaded these programs is; written once at load.
+#[map(name = "DAEMON")]
+static DAEMON: Array<Daemon> = Array::with_max_entries(1, 0);
+
+/// The daemon that loaded these programs, once it has said who it is.
+fn daemon() -> Option<Daemon> {
+    DAEMON.get(0).copied().filter(|daemon| daemon.tgid != 0)
+}
+
+/// Whether the current task belongs to the node daemon's process. Only
+/// meaningful in process context (a `connect()`), never in softirq.
+fn called_by(daemon: &Daemon) -> bool {
+    let mut current = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `current` is a valid, writable `bpf_pidns_info` of the size given.
+    let found = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            daemon.pidns_dev,
+            daemon.pidns_ino,
+            &mut current,
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    // A task outside the daemon's pid namespace gets an error, never a match.
+    found == 0 && current.tgid == daemon.tgid
+}
 
 /// The enrolled pod a TCP socket of an application belongs to, if any.
 fn enrolled_app_socket(ctx: &SockAddrContext) -> Option<EnrolledPod> {
     let sock_addr: *mut bpf_sock_addr = ctx.sock_addr;
     // SAFETY: `sock_addr` is the kernel-provided context, valid for the whole run.
-    let (protocol, sk) = unsafe { ((*sock_addr).protocol, (*sock_addr).__bindgen_anon_1.sk) };
-    if protocol != IPPROTO_TCP {
+    if unsafe { (*sock_addr).protocol } != IPPROTO_TCP {
         return None;
     }
     // SAFETY: the helper accepts this program type's context.
     let netns = unsafe { bpf_get_netns_cookie(sock_addr as *mut c_void) };
     // SAFETY: the map value is copied out; the map holds plain data.
     let pod = unsafe { ENROLLED.get(&netns) }.copied()?;
-    // SAFETY: `sk` comes from the context; the verifier checks the field read.
-    if !sk.is_null() && matches!(unsafe { (*sk).mark }, DAEMON_MARK | DELIVER_MARK) {
+    // The daemon's own connections from inside the pod (tunnels, passthrough,
+    // deliveries) are never captured again; no mark a pod sets changes that.
+    if daemon().is_some_and(|daemon| called_by(&daemon)) {
         return None;
     }
     Some(pod)
@@ -213,26 +250,107 @@ pub fn ztunnel_getpeername6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// `sockops`: when a redirected socket connects, its client port is known;
-/// file its original destination where the daemon will look for it.
+/// `sockops`, at `TCP_CONNECT_CB` (the client port is known, the SYN has not
+/// left): files a redirected socket's original destination where the daemon
+/// will look for it, or files a connection `sk_lookup` must leave alone. At
+/// `STATE_CB` (asked for only by the latter): forgets it once it closes.
 #[sock_ops]
 pub fn ztunnel_sock_ops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
-        return 0;
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            if let Some(key) = arrival_key(&ctx) {
+                let _ = DELIVERING.remove(&key);
+            }
+        }
+        _ => {}
     }
+    0
+}
+
+fn on_connect(ctx: &SockOpsContext) {
     // SAFETY: the helper accepts this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
-    // SAFETY: the map value is copied out; the map holds plain data.
-    let Some(orig) = (unsafe { CONNECTING.get(&cookie) }).copied() else {
-        return 0;
-    };
     // SAFETY: the helper accepts this program type's context.
     let netns = unsafe { bpf_get_netns_cookie(ctx.ops as *mut c_void) };
-    let key = OrigDstKey::new(netns, ctx.local_port() as u16);
-    // A failed insert leaves the daemon without a destination: it then closes
-    // the connection (fail closed) rather than guess.
-    let _ = ORIG_DST.insert(&key, &orig, 0);
-    0
+    // SAFETY: the map value is copied out; the map holds plain data.
+    if let Some(orig) = (unsafe { CONNECTING.get(&cookie) }).copied() {
+        let key = OrigDstKey::new(netns, ctx.local_port() as u16);
+        // A failed insert leaves the daemon without a destination: it then
+        // closes the connection (fail closed) rather than guess.
+        let _ = ORIG_DST.insert(&key, &orig, 0);
+        return;
+    }
+    let Some(daemon) = daemon() else {
+        return;
+    };
+    let Some(key) = arrival_key(ctx) else {
+        return;
+    };
+    let kind = if netns == daemon.node_netns {
+        // The node's own connection (a kubelet probe) to one of this node's
+        // enrolled pods: the application answers it directly.
+        let pod = PodAddr {
+            addr: key.local,
+            family: key.family,
+        };
+        // SAFETY: the map value is read by copy; the map holds plain data.
+        if unsafe { ENROLLED_ADDRS.get(&pod) }.is_none() {
+            return;
+        }
+        UNCAPTURED_NODE
+    } else if socket_mark(ctx) == Some(DELIVER_MARK) && called_by(&daemon) {
+        UNCAPTURED_DELIVERY
+    } else {
+        return;
+    };
+    // Without the entry `sk_lookup` would take the connection for one from
+    // outside: a delivery would loop, a probe would meet the pod's policy.
+    if DELIVERING.insert(&key, &kind, 0).is_ok() {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
+}
+
+/// The mark of the socket `ctx` is about.
+fn socket_mark(ctx: &SockOpsContext) -> Option<u32> {
+    // SAFETY: the kernel-provided context; `sk` is checked for null before use.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null `sk` of this context is a full socket the verifier lets us read.
+    Some(unsafe { (*sk).mark })
+}
+
+/// The key under which `sk_lookup` will see the connection of `ctx` arrive:
+/// its own addresses swapped (this socket's local end is the remote one
+/// there). IPv4-mapped addresses of an IPv6 socket arrive as IPv4.
+fn arrival_key(ctx: &SockOpsContext) -> Option<DeliveryKey> {
+    let (remote, local, family) = if ctx.family() == u32::from(AF_INET) {
+        (
+            [ctx.local_ip4(), 0, 0, 0],
+            [ctx.remote_ip4(), 0, 0, 0],
+            AF_INET,
+        )
+    } else if ctx.family() == u32::from(AF_INET6) {
+        let (remote, local) = (ctx.local_ip6(), ctx.remote_ip6());
+        let mapped = |ip: &[u32; 4]| ip[0] == 0 && ip[1] == 0 && ip[2] == 0xffff_u32.to_be();
+        if mapped(&local) {
+            ([remote[3], 0, 0, 0], [local[3], 0, 0, 0], AF_INET)
+        } else {
+            (remote, local, AF_INET6)
+        }
+    } else {
+        return None;
+    };
+    Some(DeliveryKey {
+        remote,
+        local,
+        remote_port: ctx.local_port(),
+        // `remote_port` holds the network-order port in its upper 16 bits.
+        local_port: u32::from_be(ctx.remote_port()),
+        family: u32::from(family),
+    })
 }
 
 /// `sk_lookup`, attached to an enrolled pod's network namespace: a TCP
@@ -241,8 +359,9 @@ pub fn ztunnel_sock_ops(ctx: SockOpsContext) -> u32 {
 /// daemon is down (its listener gone) such connections are dropped.
 ///
 /// Left alone: connections to the daemon's own ports, connections made inside
-/// the pod (from its own address or loopback), and the daemon's deliveries to
-/// the application from the original client's address (in `DELIVERING`).
+/// the pod (from its own address or loopback), and those `sock_ops` filed in
+/// `DELIVERING`: the daemon's deliveries to the application from the original
+/// client's address, and connections from the node (kubelet probes).
 #[sk_lookup]
 pub fn ztunnel_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel-provided context, valid for the whole run.
@@ -281,7 +400,8 @@ pub fn ztunnel_sk_lookup(ctx: SkLookupContext) -> u32 {
     if from_loopback || remote == local {
         return sk_action::SK_PASS;
     }
-    // The daemon delivering to the application from the client's address.
+    // The daemon delivering to the application from the client's address, or
+    // the node probing the application.
     let delivery = DeliveryKey {
         remote,
         local,

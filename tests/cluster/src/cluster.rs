@@ -122,12 +122,17 @@ impl Cluster {
             })
     }
 
-    /// A command running `program` inside pod `pod`'s network namespace.
+    /// A command running `program` inside the network namespace of pod `pod`
+    /// or, given a node's name, of that node: what runs there (the kubelet,
+    /// host-network pods) is the node itself to the mesh.
     pub fn command(&self, pod: &str, program: &str) -> Result<Command, ClusterError> {
+        if let Some(node) = self.status.node(pod) {
+            return Ok(netns::exec(&node.netns, program));
+        }
         Ok(netns::exec(&self.pod(pod)?.netns, program))
     }
 
-    /// Runs `program args...` in pod `pod` to completion; returns its stdout,
+    /// Runs `program args...` in pod (or node) `pod` to completion; returns its stdout,
     /// or an error carrying its stderr if it fails.
     pub fn run(&self, pod: &str, program: &str, args: &[&str]) -> Result<String, ClusterError> {
         netns::output(self.command(pod, program)?.args(args))

@@ -305,3 +305,32 @@ pub fn wait_tunnel_idle(cluster: &ztunnel_cluster::Cluster, node: &str) {
         metric_sum(&scrape(cluster, node), "ztunnel_tunnel_idle", &[]) >= 1.0
     });
 }
+
+/// Writes `yaml` as `<name>.yaml` in the cluster's policy directory and waits
+/// until every daemon has reloaded (or refused) it.
+pub fn apply_policy(cluster: &ztunnel_cluster::Cluster, name: &str, yaml: &str) {
+    let nodes: Vec<String> = cluster
+        .status()
+        .nodes
+        .iter()
+        .map(|node| node.name.clone())
+        .collect();
+    let marks: Vec<usize> = nodes
+        .iter()
+        .map(|node| daemon_log(cluster, node).lines().count())
+        .collect();
+    let dir = cluster.status().config.policies.clone().unwrap();
+    std::fs::write(dir.join(format!("{name}.yaml")), yaml).unwrap();
+    within(
+        std::time::Duration::from_secs(3),
+        "every daemon takes the policies",
+        || {
+            nodes.iter().zip(&marks).all(|(node, mark)| {
+                daemon_log(cluster, node).lines().skip(*mark).any(|line| {
+                    line.contains("reloaded policies")
+                        || line.contains("keeping the previous policies")
+                })
+            })
+        },
+    );
+}

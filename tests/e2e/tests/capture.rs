@@ -133,6 +133,55 @@ fn a_thousand_concurrent_captured_connections_all_complete() {
     });
 }
 
+#[test]
+fn a_pod_setting_the_daemons_marks_on_its_sockets_is_still_captured() {
+    // A pod with CAP_NET_ADMIN can set any mark; the programs tell the
+    // daemon's sockets by its process, so the mark buys no way around capture.
+    let cluster = mesh(2);
+    let _server = http_server(&cluster, "web-2");
+    let web = format!("{}:8080", cluster.pod("web-2").unwrap().ipv4);
+    for mark in ["0x539", "0x53a"] {
+        let out = testapp(&cluster, "client-1", &["probe", "--mark", mark, &web]);
+        // A captured connect goes to the daemon's listener on the pod's
+        // loopback; getpeername() still shows the original destination.
+        assert!(
+            out.trim()
+                .starts_with(&format!("peer={web} local=127.0.0.1:")),
+            "mark {mark}: {out}"
+        );
+    }
+    eventually("node1 relayed both marked connections", || {
+        captured(&cluster, "node1", "client-1", &web) == 2
+    });
+}
+
+#[test]
+fn a_burst_of_short_connections_works_as_it_does_without_the_mesh() {
+    // Every delivery connects from the client's address inside the
+    // destination pod; the port is chosen per four-tuple, so tens of
+    // thousands of connections in TIME_WAIT do not exhaust the ports.
+    let cluster = mesh(2);
+    let _server = http_server(&cluster, "web-2");
+    let web = format!("{}:8080", cluster.pod("web-2").unwrap().ipv4);
+    let out = testapp(
+        &cluster,
+        "client-1",
+        &[
+            "burst",
+            &web,
+            "--connections",
+            "20000",
+            "--concurrency",
+            "64",
+        ],
+    );
+    assert_eq!(out.trim(), "ok 20000 failed 0");
+    assert!(
+        !daemon_log(&cluster, "node2").contains("Address already in use"),
+        "node2 ran out of ports"
+    );
+}
+
 /// The rule sets of iptables and nftables in network namespace `netns`
 /// (`None`: the machine's own), without comments and counters.
 fn rule_sets(netns: Option<&str>) -> String {

@@ -5,32 +5,9 @@ use std::time::Duration;
 
 use ztunnel_cluster::Cluster;
 use ztunnel_e2e::{
-    ALLOW_CLIENT, READY, daemon_log, http_server, mesh, metric_sum, scrape, testapp_path,
-    wait_tunnel_idle, within,
+    ALLOW_CLIENT, READY, apply_policy as apply, daemon_log, http_server, mesh, metric_sum, scrape,
+    testapp_path, wait_tunnel_idle, within,
 };
-
-/// Writes `yaml` as `<name>.yaml` in the cluster's policy directory and waits
-/// until both daemons have reloaded (or refused) it.
-fn apply(cluster: &Cluster, name: &str, yaml: &str) {
-    let marks: Vec<usize> = ["node1", "node2"]
-        .iter()
-        .map(|node| daemon_log(cluster, node).lines().count())
-        .collect();
-    let dir = cluster.status().config.policies.clone().unwrap();
-    std::fs::write(dir.join(format!("{name}.yaml")), yaml).unwrap();
-    within(
-        Duration::from_secs(3),
-        "both daemons take the policies",
-        || {
-            ["node1", "node2"].iter().zip(&marks).all(|(node, mark)| {
-                daemon_log(cluster, node).lines().skip(*mark).any(|line| {
-                    line.contains("reloaded policies")
-                        || line.contains("keeping the previous policies")
-                })
-            })
-        },
-    );
-}
 
 /// Whether `from` gets an answer from `to` on `port`.
 fn reaches(cluster: &Cluster, from: &str, to: &str, port: u16) -> bool {

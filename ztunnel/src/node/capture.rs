@@ -24,7 +24,7 @@ use crate::{
         abi::{EnrolledPod, INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT},
         listeners::{self, PodListeners, Ports},
         netns::PodNetns,
-        programs::{Attached, DeliveryTable, InboundListeners, OrigDstTable, Programs},
+        programs::{Attached, InboundListeners, OrigDstTable, Programs},
         transparent,
     },
     registry::Pod,
@@ -58,7 +58,6 @@ pub struct Capture {
     programs: Programs,
     context: Arc<ProxyContext>,
     orig_dst: Arc<OrigDstTable>,
-    deliveries: Arc<DeliveryTable>,
     pods: HashMap<PodKey, CapturedPod>,
     /// Pods an earlier daemon enrolled (in the pinned map), until the first
     /// [`Capture::set_pods`] decides which of them are still wanted.
@@ -79,7 +78,6 @@ impl Capture {
         let Attached {
             programs,
             orig_dst,
-            deliveries,
             inherited,
         } = Programs::attach(pin_dir, cgroup_root)?;
         if !inherited.is_empty() {
@@ -92,7 +90,6 @@ impl Capture {
             programs,
             context,
             orig_dst: Arc::new(orig_dst),
-            deliveries: Arc::new(deliveries),
             pods: HashMap::new(),
             inherited,
         })
@@ -183,10 +180,10 @@ impl Capture {
         let netns = PodNetns::open(netns_path).map_err(io("opening the network namespace"))?;
         // Without it, applications see the pod's own address as every peer's.
         let transparent = match transparent::install(&netns) {
-            Ok(()) => Some(self.deliveries.clone()),
+            Ok(()) => true,
             Err(err) => {
                 tracing::warn!(pod = %pod.name, namespace = %pod.namespace, "applications will not see client addresses: cannot set up transparent delivery: {err}");
-                None
+                false
             }
         };
         let ports = Ports {
@@ -214,6 +211,7 @@ impl Capture {
             labels: pod.labels.clone(),
             netns,
             transparent,
+            connections: Default::default(),
         });
         let PodListeners {
             outbound: out,
@@ -263,7 +261,7 @@ impl Capture {
             tracing::error!(pod = %key.1, namespace = %key.0, "cannot stop steering inbound traffic: {err}");
         }
         captured.accept_tasks.iter().for_each(JoinHandle::abort);
-        if captured.pod.transparent.is_some()
+        if captured.pod.transparent
             && let Err(err) = transparent::remove(&captured.pod.netns)
         {
             tracing::warn!(pod = %key.1, namespace = %key.0, "cannot remove the transparent delivery routes: {err}");

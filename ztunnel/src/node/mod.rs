@@ -29,7 +29,7 @@ use crate::{
     kubernetes::{self, KubeConfig, KubeError},
     metrics::{IdentityLabels, Metrics},
     policy::{LoadError, PolicySet},
-    proxy::ProxyContext,
+    proxy::{ProxyContext, limits::Limits},
     redirect::RedirectError,
     registry::{Enrolment, Pod, Registry, RegistryError},
     reload::Watched,
@@ -79,6 +79,10 @@ pub struct NodeConfig {
     pub access_log: String,
     /// On SIGTERM, how long open connections may take to finish.
     pub drain_timeout: Duration,
+    /// What one pod or peer may hold of the daemon.
+    pub limits: Limits,
+    /// The file descriptors this process may open (reported as a metric).
+    pub open_files: u64,
 }
 
 /// Where the daemon learns about the cluster and its policies.
@@ -411,6 +415,16 @@ pub async fn run(
         "trust bundle loaded"
     );
     let metrics = Arc::new(Metrics::new());
+    metrics
+        .open_files_limit
+        .set(i64::try_from(config.open_files).unwrap_or(i64::MAX));
+    tracing::info!(
+        open_files = config.open_files,
+        connections_per_pod = config.limits.connections_per_pod,
+        pending_handshakes = config.limits.pending_handshakes,
+        pending_handshakes_per_source = config.limits.pending_handshakes_per_source,
+        "limits"
+    );
     let mut manager = CertManager::new(CaClient::new(&config.ca)?, config.certificates.clone())
         .observed_by(metrics.clone());
     let applied = watch::Sender::new(None);
@@ -463,12 +477,18 @@ pub async fn run(
             source,
         })?,
         idle_timeout: config.idle_timeout,
+        limits: config.limits,
+        handshakes: Default::default(),
         endpoints: Default::default(),
         active: Default::default(),
         pool: Pool::new(config.tunnel_reuse, tunnel_idle),
     });
     let enforcer = tokio::spawn(crate::proxy::authorize::enforce_changes(context.clone()));
     let sweeper = tokio::spawn(sweep_tunnels(context.clone()));
+    let trimmer = tokio::spawn({
+        let context = context.clone();
+        async move { crate::memory::trim_after_surges(&context.active).await }
+    });
     let certificate_metrics = tokio::spawn(count_certificates(
         manager.subscribe(),
         context.metrics.clone(),
@@ -544,6 +564,7 @@ pub async fn run(
     admin.abort();
     enforcer.abort();
     sweeper.abort();
+    trimmer.abort();
     certificate_metrics.abort();
     metrics_server.abort();
     tracing::info!("node daemon stopped");

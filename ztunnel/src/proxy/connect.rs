@@ -11,7 +11,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::redirect::{
     abi::{DAEMON_MARK, DELIVER_MARK},
     netns::PodNetns,
-    programs::DeliveryTable,
+    socket_options,
 };
 
 /// How long connecting may take.
@@ -32,13 +32,15 @@ pub async fn from_pod(netns: &PodNetns, destination: SocketAddr) -> std::io::Res
 /// `client`, an address that is not the pod's (`IP_TRANSPARENT`), so the
 /// application sees who the connection came from. The pod must have been
 /// prepared by [`crate::redirect::transparent::install`], which routes the
-/// replies on such connections back to this socket; the connection is
-/// announced in `deliveries` while it is made, so `sk_lookup` lets it through.
+/// replies on such connections back to this socket. `sock_ops` files the
+/// connection (the daemon's, with [`DELIVER_MARK`]) as it is made, so
+/// `sk_lookup` lets it through to the application. The port is chosen by
+/// `connect()` for the whole four-tuple (`IP_BIND_ADDRESS_NO_PORT`), so one
+/// client address can have as many connections as it would without the mesh.
 pub async fn as_client(
     netns: &PodNetns,
     client: IpAddr,
     destination: SocketAddr,
-    deliveries: &DeliveryTable,
 ) -> std::io::Result<TcpStream> {
     let socket = netns.run(|| -> std::io::Result<socket2::Socket> {
         let socket = socket(destination)?;
@@ -48,17 +50,11 @@ pub async fn as_client(
             socket.set_ip_transparent_v6(true)?;
         }
         socket.set_mark(DELIVER_MARK)?;
+        socket_options::set_bind_address_no_port(&socket)?;
         socket.bind(&SocketAddr::new(client, 0).into())?;
         Ok(socket)
     })??;
-    let bound = socket
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| std::io::Error::other("the socket has no IP address"))?;
-    deliveries
-        .during(bound, destination, connect(socket, destination))
-        .await
-        .map_err(std::io::Error::other)?
+    connect(socket, destination).await
 }
 
 fn socket(destination: SocketAddr) -> std::io::Result<socket2::Socket> {

@@ -7,9 +7,12 @@
 //! reads end-of-stream shuts down writing on the other side (half-close: the
 //! FIN travels on, the other direction keeps flowing). Backpressure is the
 //! write: a direction reads again only once the other side took the last
-//! chunk. If either side fails (a reset, a broken TLS stream) both sides are
-//! reset, so the peer on each end sees the failure rather than a clean end.
-//! A connection on which no byte moves for the idle timeout is closed.
+//! chunk. Until both directions have ended cleanly, both sides are set to be
+//! reset when closed (`SO_LINGER` 0): if either side fails (a reset, a broken
+//! TLS stream), policy revokes the connection, it idles out, the daemon
+//! gives up at its drain deadline or the daemon process dies, the
+//! application on each end sees a reset, never an end of stream that would
+//! make a cut-short response look complete.
 
 use std::{
     io,
@@ -34,7 +37,8 @@ use crate::{
 pub enum Ending {
     /// Both sides finished writing (each direction saw end-of-stream).
     Closed,
-    /// No byte moved in either direction for the idle timeout.
+    /// No byte moved in either direction for the idle timeout; both sides
+    /// were reset.
     Idle,
     /// A policy change denied the connection; both sides were reset.
     Revoked(String),
@@ -83,32 +87,41 @@ pub struct Relayed {
 
 /// A stream over TCP that can be reset (closed with RST instead of FIN).
 pub trait Resettable {
-    /// Makes the next close send a reset.
-    fn reset_on_close(&self);
+    /// Makes closing the stream (by the daemon, or by the kernel when the
+    /// daemon's process ends) send a reset (`true`) or end it normally.
+    fn reset_on_close(&self, reset: bool);
 }
 
 impl Resettable for TcpStream {
-    fn reset_on_close(&self) {
-        // Linger 0: close discards unsent data and sends RST.
-        let _ = self.set_zero_linger();
+    fn reset_on_close(&self, reset: bool) {
+        // Linger 0: close discards unsent data and sends RST. Failing to set
+        // it changes only how a cut connection ends, so it is not an error.
+        let _ = if reset {
+            self.set_zero_linger()
+        } else {
+            // Linger off (tokio deprecates setting it: a non-zero linger
+            // would block on close; off never does).
+            socket2::SockRef::from(self).set_linger(None)
+        };
     }
 }
 
 impl Resettable for tokio_rustls::client::TlsStream<ReadAhead<TcpStream>> {
-    fn reset_on_close(&self) {
-        self.get_ref().0.get_ref().reset_on_close();
+    fn reset_on_close(&self, reset: bool) {
+        self.get_ref().0.get_ref().reset_on_close(reset);
     }
 }
 
 impl Resettable for tokio_rustls::server::TlsStream<ReadAhead<TcpStream>> {
-    fn reset_on_close(&self) {
-        self.get_ref().0.get_ref().reset_on_close();
+    fn reset_on_close(&self, reset: bool) {
+        self.get_ref().0.get_ref().reset_on_close(reset);
     }
 }
 
 /// Copies between `downstream` and `upstream` until both directions end, one
 /// fails, nothing moves for `idle`, or `revoked` completes (with the reason).
-/// On failure or revocation both streams are set to reset when dropped.
+/// Both streams are set to reset when closed unless both directions ended
+/// cleanly, and stay so while the copy runs (the daemon may die meanwhile).
 pub async fn relay<D, U>(
     downstream: &mut D,
     upstream: &mut U,
@@ -119,6 +132,8 @@ where
     D: AsyncRead + AsyncWrite + Resettable + Unpin,
     U: AsyncRead + AsyncWrite + Resettable + Unpin,
 {
+    downstream.reset_on_close(true);
+    upstream.reset_on_close(true);
     let sent = AtomicU64::new(0);
     let received = AtomicU64::new(0);
     let ending = {
@@ -151,9 +166,9 @@ where
             reason = revoked => Ending::Revoked(reason),
         }
     };
-    if matches!(ending, Ending::Failed(_) | Ending::Revoked(_)) {
-        downstream.reset_on_close();
-        upstream.reset_on_close();
+    if matches!(ending, Ending::Closed) {
+        downstream.reset_on_close(false);
+        upstream.reset_on_close(false);
     }
     Relayed {
         sent: sent.into_inner(),
@@ -358,7 +373,7 @@ mod tests {
     async fn a_reset_on_one_side_resets_the_other() {
         let (mut client, server, task) = relayed(Duration::from_secs(30)).await;
         client.write_all(b"hello").await.unwrap();
-        server.reset_on_close();
+        server.reset_on_close(true);
         drop(server);
         let mut buf = [0u8; 16];
         let err = loop {
@@ -377,9 +392,21 @@ mod tests {
         );
     }
 
+    /// Reads `stream` until it ends; the error if it ended with one.
+    async fn read_until_end(stream: &mut TcpStream) -> Result<usize, io::Error> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            match stream.read(&mut buf).await? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    }
+
     #[tokio::test]
-    async fn an_idle_connection_is_closed() {
-        let (mut client, _server, task) = relayed(Duration::from_millis(200)).await;
+    async fn an_idle_connection_is_reset() {
+        let (mut client, mut server, task) = relayed(Duration::from_millis(200)).await;
         client.write_all(b"ping").await.unwrap();
         let relayed = tokio::time::timeout(Duration::from_secs(5), task)
             .await
@@ -391,5 +418,40 @@ mod tests {
             relayed.ending
         );
         assert_eq!(relayed.sent, 4);
+        for side in [&mut client, &mut server] {
+            let err = read_until_end(side).await.expect_err("a reset, not an end");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relay_dropped_mid_transfer_resets_both_applications() {
+        // What the drain deadline does, and what the kernel does to every
+        // socket when the daemon's process dies.
+        let (mut client, mut server, task) = relayed(Duration::from_secs(30)).await;
+        server.write_all(&[1u8; 100_000]).await.unwrap();
+        client.write_all(b"partial request").await.unwrap();
+        let mut first = [0u8; 1000];
+        client.read_exact(&mut first).await.unwrap();
+        task.abort();
+        let _ = task.await;
+        for side in [&mut client, &mut server] {
+            let err = read_until_end(side)
+                .await
+                .expect_err("a cut connection must not end like a complete one");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clean_end_stays_a_clean_end() {
+        let (mut client, mut server, task) = relayed(Duration::from_secs(30)).await;
+        server.write_all(&[1u8; 100_000]).await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(read_until_end(&mut client).await.unwrap(), 100_000);
+        client.shutdown().await.unwrap();
+        assert_eq!(read_until_end(&mut server).await.unwrap(), 0);
+        assert!(matches!(task.await.unwrap().ending, Ending::Closed));
+        drop((client, server));
     }
 }

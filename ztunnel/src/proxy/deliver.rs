@@ -6,7 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
 
-use super::{connect, pod::LocalPod};
+use super::{
+    ProxyContext, connect,
+    limits::{Direction, Slot},
+    pod::LocalPod,
+};
+use crate::metrics::LimitLabels;
 use crate::redirect::abi::{INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 
 /// Why a connection could not be delivered to the application.
@@ -26,6 +31,16 @@ pub enum DeliverError {
     /// Addressed to one of the daemon's own ports: refusing avoids a loop.
     #[error("{0} is one of the daemon's own ports")]
     OwnPort(u16),
+    /// The pod has as many inbound connections open as it may.
+    #[error("pod {namespace}/{pod} has {limit} inbound connections open")]
+    TooMany {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+        /// Its limit.
+        limit: usize,
+    },
     /// The application could not be reached.
     #[error("connecting to the application at {destination}: {source}")]
     Connect {
@@ -38,12 +53,15 @@ pub enum DeliverError {
 
 /// Connects to the application at `destination` in `pod`, on behalf of
 /// `client`: the application sees `client` as the peer when the pod is set
-/// up for it (and the address is not the pod's own), the pod's address otherwise.
-pub async fn to_app(
-    pod: &LocalPod,
+/// up for it (and the address is not the pod's own), the pod's address
+/// otherwise. The connection counts against the pod's inbound limit for as
+/// long as the returned slot lives.
+pub async fn to_app<'p>(
+    context: &ProxyContext,
+    pod: &'p LocalPod,
     destination: SocketAddr,
     client: IpAddr,
-) -> Result<TcpStream, DeliverError> {
+) -> Result<(TcpStream, Slot<'p>), DeliverError> {
     if !pod.ips.contains(&destination.ip()) {
         return Err(DeliverError::NotThisPod {
             destination,
@@ -54,17 +72,30 @@ pub async fn to_app(
     if [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_MTLS_PORT].contains(&destination.port()) {
         return Err(DeliverError::OwnPort(destination.port()));
     }
-    let deliveries = pod.transparent.as_ref().filter(|_| {
-        client.is_ipv4() == destination.is_ipv4()
-            && !client.is_loopback()
-            && !pod.ips.contains(&client)
-    });
-    let connected = match deliveries {
-        Some(deliveries) => connect::as_client(&pod.netns, client, destination, deliveries).await,
-        None => connect::from_pod(&pod.netns, destination).await,
+    let limit = context.limits.connections_per_pod;
+    let Some(slot) = pod.connections.open(Direction::Inbound, limit) else {
+        let labels = LimitLabels {
+            limit: Direction::Inbound.limit_label(),
+        };
+        context.metrics.limit_refusals.get_or_create(&labels).inc();
+        return Err(DeliverError::TooMany {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            limit,
+        });
     };
-    connected.map_err(|source| DeliverError::Connect {
+    let transparent = pod.transparent
+        && client.is_ipv4() == destination.is_ipv4()
+        && !client.is_loopback()
+        && !pod.ips.contains(&client);
+    let connected = if transparent {
+        connect::as_client(&pod.netns, client, destination).await
+    } else {
+        connect::from_pod(&pod.netns, destination).await
+    };
+    let stream = connected.map_err(|source| DeliverError::Connect {
         destination,
         source,
-    })
+    })?;
+    Ok((stream, slot))
 }

@@ -54,7 +54,7 @@ where
         started,
     } = arrival;
     let mut admission = authorize::admit(context, pod, peer.ip(), source, destination)?;
-    let mut app = deliver::to_app(pod, destination, peer.ip()).await?;
+    let (mut app, _slot) = deliver::to_app(context, pod, destination, peer.ip()).await?;
     let registry = context.registry.borrow().clone();
     let labels = record::destination_reporter(&registry, pod, peer.ip(), source);
     let mut tcp = TcpRecord::open(&context.metrics, labels);

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{
     ProxyContext, accept_each,
     authorize::Denied,
-    copy::Relayed,
+    copy::{Relayed, Resettable},
     deliver::DeliverError,
     destination::{self, Arrival},
     pod::LocalPod,
@@ -36,8 +36,7 @@ pub enum InboundError {
 /// Accepts connections on `listener` for `pod` until the task is dropped.
 pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<ProxyContext>) {
     let name = pod.name.clone();
-    let active = &context.active;
-    accept_each(listener, active, &name, "inbound", |stream, peer, running| {
+    accept_each(listener, &context, &name, "inbound", |stream, peer, running| {
         let (pod, context) = (pod.clone(), context.clone());
         async move {
             let _running = running;
@@ -77,6 +76,8 @@ async fn handle(
     let started = Instant::now();
     let destination = client.local_addr().map_err(InboundError::LocalAddr)?;
     let _ = client.set_nodelay(true);
+    // Until it ends cleanly, a cut reaches the client as a reset.
+    client.reset_on_close(true);
     let arrival = Arrival {
         peer,
         source: None,

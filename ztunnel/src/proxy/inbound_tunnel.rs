@@ -20,6 +20,7 @@ use super::{
     copy::Resettable,
     deliver::DeliverError,
     destination::{self, Arrival},
+    limits::{self, Handshake},
     pod::LocalPod,
     record,
 };
@@ -53,16 +54,24 @@ pub enum InboundTunnelError {
 /// Accepts tunnels on `listener` for `pod` until the task is dropped.
 pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<ProxyContext>) {
     let name = pod.name.clone();
-    let active = &context.active;
     accept_each(
         listener,
-        active,
+        &context,
         &name,
         "tunnel",
         |stream, peer, running| {
             let (pod, context) = (pod.clone(), context.clone());
             async move {
-                if let Err(err) = handle(stream, peer, &pod, &context, running).await {
+                // Counted from accept to the end of the handshake.
+                let handshake = match context.handshakes.begin(peer.ip(), &context.limits) {
+                    Ok(handshake) => handshake,
+                    Err(refused) => {
+                        let label = refused.limit_label();
+                        limits::refuse(stream, peer, &pod.name, label, &refused, &context.metrics);
+                        return;
+                    }
+                };
+                if let Err(err) = handle(stream, peer, &pod, &context, handshake, running).await {
                     if let InboundTunnelError::Tunnel(failure) = &err {
                         record::tunnel_failure(&context, "server", failure, peer);
                     }
@@ -87,6 +96,7 @@ async fn handle(
     peer: SocketAddr,
     pod: &Arc<LocalPod>,
     context: &ProxyContext,
+    handshake: Handshake<'_>,
     running: Running,
 ) -> Result<(), InboundTunnelError> {
     let _ = tcp.set_nodelay(true);
@@ -97,6 +107,7 @@ async fn handle(
                 .server(&pod.identity)
                 .map_err(TunnelError::from)?;
             let (tls, session) = Box::pin(tunnel::server::accept(tcp, config)).await?;
+            drop(handshake);
             let tunnel = Accepted {
                 stream: tls,
                 peer,
@@ -106,6 +117,7 @@ async fn handle(
             carry(tunnel, pod, context, running).await
         }
         Transport::PlaintextForBenchmarks => {
+            drop(handshake);
             let tunnel = Accepted {
                 stream: tcp,
                 peer,

@@ -11,6 +11,7 @@
 //! - [`authorize`]: the destination side's policy check, on every inbound path.
 //! - [`deliver`]: the last hop of every inbound path, to the application.
 //! - [`copy`]: the byte copy all of them end with.
+//! - [`limits`]: what keeps one pod or peer from exhausting the daemon.
 
 pub mod admitted;
 pub mod authorize;
@@ -20,6 +21,7 @@ pub mod deliver;
 pub mod destination;
 pub mod inbound;
 pub mod inbound_tunnel;
+pub mod limits;
 pub mod outbound;
 pub mod pod;
 pub mod record;
@@ -42,7 +44,7 @@ use tokio::{
 use crate::{
     access_log::AccessLog,
     identity::TrustDomain,
-    metrics::Metrics,
+    metrics::{ListenerLabels, Metrics},
     policy::PolicySet,
     registry::{Enrolment, Registry},
     tunnel::{configs::TunnelConfigs, plaintext::Transport, pool::Pool},
@@ -74,6 +76,10 @@ pub struct ProxyContext {
     pub access_log: AccessLog,
     /// A connection on which nothing moves this long is closed.
     pub idle_timeout: Duration,
+    /// What one pod or peer may hold of the daemon.
+    pub limits: limits::Limits,
+    /// Tunnel handshakes in progress, by source address.
+    pub handshakes: limits::PendingHandshakes,
     /// Spreads service connections over endpoints.
     pub endpoints: RoundRobin,
     /// The connections being proxied.
@@ -93,27 +99,45 @@ impl RoundRobin {
     }
 }
 
+/// First pause after a failed accept; doubled up to [`ACCEPT_BACKOFF_MAX`]
+/// while accepts keep failing.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+/// Longest pause after failed accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Accepts connections on `listener` (a listener of pod `pod`) until the
 /// task is dropped, running `handle` on each in a task of its own, with the
 /// guard that counts it in `active` (a handler that waits between
 /// connections, as a tunnel does, drops it meanwhile). `what` names the
-/// listener in logs.
+/// listener in logs and metrics.
+///
+/// A failed accept (most often the open-file limit: the connection waits in
+/// the kernel's queue) is retried after a pause that doubles while accepts
+/// keep failing: retrying at once would spin a core and flood the log.
 pub(crate) async fn accept_each<F, Fut>(
     listener: TcpListener,
-    active: &Active,
+    context: &ProxyContext,
     pod: &str,
-    what: &str,
+    what: &'static str,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr, Running) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut backoff = ACCEPT_BACKOFF;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, peer, active.enter()));
+                backoff = ACCEPT_BACKOFF;
+                tokio::spawn(handle(stream, peer, context.active.enter()));
             }
-            Err(err) => tracing::warn!(pod, "{what} accept failed: {err}"),
+            Err(err) => {
+                let labels = ListenerLabels { listener: what };
+                context.metrics.accept_errors.get_or_create(&labels).inc();
+                tracing::warn!(pod, "{what} accept failed, retrying in {backoff:?}: {err}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
         }
     }
 }

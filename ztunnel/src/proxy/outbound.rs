@@ -29,6 +29,7 @@ use super::{
     connect,
     copy::{self, Relayed, Resettable},
     deliver::{self, DeliverError},
+    limits::{self, Direction},
     pod::LocalPod,
     record::{self, Peer},
     route::{Route, route},
@@ -128,11 +129,17 @@ pub async fn serve(
     orig_dst: Arc<OrigDstTable>,
 ) {
     let name = pod.name.clone();
-    let active = &context.active;
-    accept_each(listener, active, &name, "outbound", |stream, peer, running| {
+    accept_each(listener, &context, &name, "outbound", |stream, peer, running| {
         let (pod, context, orig_dst) = (pod.clone(), context.clone(), orig_dst.clone());
         async move {
             let _running = running;
+            let limit = context.limits.connections_per_pod;
+            let Some(_slot) = pod.connections.open(Direction::Outbound, limit) else {
+                let why = format!("the pod has {limit} outbound connections open");
+                let label = Direction::Outbound.limit_label();
+                limits::refuse(stream, peer, &pod.name, label, &why, &context.metrics);
+                return;
+            };
             let started = Instant::now();
             match handle(stream, peer, &pod, &context, &orig_dst).await {
                 Ok(mut closed) => {
@@ -173,6 +180,10 @@ async fn handle(
         .take(pod.netns.cookie(), peer.port())
         .ok_or(OutboundError::NoOriginalDestination(peer.port()))?;
     let _ = client.set_nodelay(true);
+    // From here until it ends cleanly: a connection the mesh cuts (the
+    // daemon dies while the tunnel is set up, or later) reaches the
+    // application as a reset.
+    client.reset_on_close(true);
 
     let (upstream, labels) = decide(context, pod, original)?;
     let source_ip = pod
@@ -223,7 +234,8 @@ async fn handle(
                 Some(&pod.identity),
                 endpoint,
             )?;
-            let mut app = deliver::to_app(&destination, endpoint, source_ip).await?;
+            let (mut app, _slot) =
+                deliver::to_app(context, &destination, endpoint, source_ip).await?;
             // Both sides are this node: it reports as source and as destination.
             let registry = context.registry.borrow().clone();
             let inbound = record::destination_reporter(

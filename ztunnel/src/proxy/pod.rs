@@ -7,11 +7,8 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use crate::{
-    identity::Identity,
-    redirect::{netns::PodNetns, programs::DeliveryTable},
-    registry::Labels,
-};
+use super::limits::PodConnections;
+use crate::{identity::Identity, redirect::netns::PodNetns, registry::Labels};
 
 /// An enrolled pod of this node.
 #[derive(Debug)]
@@ -30,10 +27,11 @@ pub struct LocalPod {
     pub labels: Labels,
     /// Its network namespace.
     pub netns: PodNetns,
-    /// When its namespace is set up for delivery from the original client's
-    /// address ([`crate::redirect::transparent`]): the table such deliveries
-    /// are announced in.
-    pub transparent: Option<Arc<DeliveryTable>>,
+    /// Whether its namespace is set up for delivery from the original
+    /// client's address ([`crate::redirect::transparent`]).
+    pub transparent: bool,
+    /// Its connections open now, counted against its limits.
+    pub connections: PodConnections,
 }
 
 /// The captured pods of this node by address, for same-node delivery.

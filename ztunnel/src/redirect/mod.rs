@@ -7,6 +7,7 @@
 pub mod listeners;
 pub mod netns;
 pub mod programs;
+pub mod socket_options;
 pub mod transparent;
 
 pub use ztunnel_ebpf_common as abi;

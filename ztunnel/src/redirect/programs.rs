@@ -10,6 +10,7 @@
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::fs::MetadataExt,
     path::PathBuf,
     sync::Mutex,
 };
@@ -18,7 +19,7 @@ use std::{collections::BTreeSet, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, SockHash},
+    maps::{Array, HashMap, MapData, SockHash},
     programs::{
         CgroupAttachMode, Program, SkLookup,
         links::{FdLink, PinnedLink},
@@ -28,9 +29,10 @@ use aya::{
 use super::{
     RedirectError,
     abi::{
-        AF_INET, AF_INET6, DeliveryKey, EnrolledPod, OrigDst, OrigDstKey, PodAddr, map_names,
+        AF_INET, AF_INET6, Daemon, EnrolledPod, OrigDst, OrigDstKey, PodAddr, map_names,
         program_names,
     },
+    netns::netns_cookie,
 };
 
 /// The embedded ELF object holding every ztunnel eBPF program and map.
@@ -61,17 +63,8 @@ pub struct Attached {
     pub programs: Programs,
     /// Original destinations, for the outbound listeners.
     pub orig_dst: OrigDstTable,
-    /// In-flight transparent deliveries, for the inbound paths.
-    pub deliveries: DeliveryTable,
     /// Pods (netns cookies) the pinned `ENROLLED` map already held.
     pub inherited: BTreeSet<u64>,
-}
-
-/// The `DELIVERING` map: each transparent delivery is in it for the length
-/// of its `connect()`, so `sk_lookup` lets it through to the application.
-#[derive(Debug)]
-pub struct DeliveryTable {
-    map: Mutex<HashMap<MapData, DeliveryKey, u8>>,
 }
 
 /// The `ORIG_DST` map, shared by every connection task.
@@ -100,6 +93,16 @@ impl Programs {
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
             .map_err(|err| RedirectError::Load(err.to_string()))?;
+        // Before any program runs: they tell the daemon's sockets by it.
+        let daemon = this_daemon().map_err(io("finding this process's namespaces".to_owned()))?;
+        let mut daemon_map: Array<&mut MapData, Daemon> =
+            Array::try_from(ebpf.map_mut(map_names::DAEMON).ok_or_else(|| {
+                RedirectError::Load(format!("map {} missing", map_names::DAEMON))
+            })?)
+            .map_err(map_error(map_names::DAEMON))?;
+        daemon_map
+            .set(0, daemon, 0)
+            .map_err(map_error(map_names::DAEMON))?;
         for name in program_names::ALL {
             let link = attach_program(&mut ebpf, name, &cgroup)?;
             replace_pin(link, &pin_dir.join(format!("link_{name}")), name)?;
@@ -120,7 +123,6 @@ impl Programs {
             take_map(&mut ebpf, map_names::ENROLLED)?;
         let previously_enrolled = enrolled.keys().filter_map(Result::ok).collect();
         let orig_dst = take_map(&mut ebpf, map_names::ORIG_DST)?;
-        let deliveries = take_map(&mut ebpf, map_names::DELIVERING)?;
         tracing::info!(
             cgroup = %root.display(),
             pins = %pin_dir.display(),
@@ -137,9 +139,6 @@ impl Programs {
             },
             orig_dst: OrigDstTable {
                 map: Mutex::new(orig_dst),
-            },
-            deliveries: DeliveryTable {
-                map: Mutex::new(deliveries),
             },
             inherited: previously_enrolled,
         })
@@ -259,48 +258,26 @@ impl OrigDstTable {
     }
 }
 
-impl DeliveryTable {
-    /// Lets the connection from `client` to `app` through to the application
-    /// while `connect` runs, then forgets it.
-    pub async fn during<T>(
-        &self,
-        client: SocketAddr,
-        app: SocketAddr,
-        connect: impl Future<Output = T>,
-    ) -> Result<T, RedirectError> {
-        let key = DeliveryKey {
-            remote: address_words(client.ip()),
-            local: address_words(app.ip()),
-            remote_port: u32::from(client.port()),
-            local_port: u32::from(app.port()),
-            family: u32::from(if client.is_ipv4() { AF_INET } else { AF_INET6 }),
-        };
-        self.lock()
-            .insert(key, 0, 0)
-            .map_err(map_error(map_names::DELIVERING))?;
-        let result = connect.await;
-        let _ = self.lock().remove(&key);
-        Ok(result)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MapData, DeliveryKey, u8>> {
-        self.map
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 /// Names the map in a map error.
 fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectError {
     move |err| RedirectError::Map(format!("{name}: {err}"))
 }
 
-/// An address as the programs hold it: network byte order, IPv4 in the first word.
-fn address_words(ip: IpAddr) -> [u32; 4] {
-    match ip {
-        IpAddr::V4(v4) => [u32::from(v4).to_be(), 0, 0, 0],
-        IpAddr::V6(v6) => ipv6_words(v6),
-    }
+/// Who this process is, as the programs recognise it: its process id in its
+/// own pid namespace (`bpf_get_ns_current_pid_tgid` compares the namespace's
+/// device in the kernel's `major << 20 | minor` encoding), and the network
+/// namespace it runs in, the node's.
+fn this_daemon() -> std::io::Result<Daemon> {
+    let pidns = std::fs::metadata("/proc/self/ns/pid")?;
+    let dev = pidns.dev();
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    Ok(Daemon {
+        pidns_dev: (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev)),
+        pidns_ino: pidns.ino(),
+        node_netns: netns_cookie(&probe)?,
+        tgid: std::process::id(),
+        _pad: 0,
+    })
 }
 
 /// The address an [`OrigDst`] record names; IPv4-mapped IPv6 becomes IPv4.
@@ -483,6 +460,7 @@ mod tests {
             map_names::INBOUND,
             map_names::ENROLLED_ADDRS,
             map_names::DELIVERING,
+            map_names::DAEMON,
         ] {
             assert!(object.maps.contains_key(name), "map {name} missing");
         }

@@ -8,6 +8,10 @@
 //! bring them back to the daemon's socket instead, for that mark only:
 //! - `net.ipv4.tcp_fwmark_accept=1`: a connection accepted from a marked SYN
 //!   carries the mark, so the application's replies are marked too;
+//! - `net.ipv4.fwmark_reflect=1` and `net.ipv6.fwmark_reflect=1`: a reset the
+//!   kernel sends for a marked SYN to a closed port carries the mark, so the
+//!   daemon's `connect()` is refused at once (without them the reset left
+//!   the pod for the client's address and the connect timed out);
 //! - a routing rule `fwmark DELIVER_MARK lookup TABLE` and, in `TABLE`, a
 //!   `local` default route on loopback (IPv4 and IPv6).
 //!
@@ -27,7 +31,12 @@ use super::{
 /// The routing table holding the `local` default routes (and the rule's priority).
 pub const TABLE: u32 = DELIVER_MARK;
 
-const SYSCTL: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
+/// The sysctls set to 1 in the pod (see the module's documentation).
+const SYSCTLS: [&str; 3] = [
+    "/proc/sys/net/ipv4/tcp_fwmark_accept",
+    "/proc/sys/net/ipv4/fwmark_reflect",
+    "/proc/sys/net/ipv6/fwmark_reflect",
+];
 
 // rtnetlink message types and flags (linux/rtnetlink.h, linux/netlink.h).
 const RTM_NEWROUTE: u16 = 24;
@@ -55,7 +64,10 @@ const RTPROT_STATIC: u8 = 4;
 /// Sets up `netns` for transparent delivery. Idempotent: what exists is kept.
 pub fn install(netns: &PodNetns) -> io::Result<()> {
     let socket = netns.run(|| -> io::Result<Socket> {
-        std::fs::write(SYSCTL, "1")?;
+        for sysctl in SYSCTLS {
+            std::fs::write(sysctl, "1")
+                .map_err(|err| io::Error::new(err.kind(), format!("setting {sysctl}: {err}")))?;
+        }
         rtnetlink_socket()
     })??;
     for family in [AF_INET, AF_INET6] {
@@ -75,7 +87,7 @@ pub fn install(netns: &PodNetns) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes what [`install`] added (the sysctl stays: it changes nothing for
+/// Removes what [`install`] added (the sysctls stay: they change nothing for
 /// unmarked connections). What is already gone is fine.
 pub fn remove(netns: &PodNetns) -> io::Result<()> {
     let socket = netns.run(rtnetlink_socket)??;

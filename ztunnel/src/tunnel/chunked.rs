@@ -245,8 +245,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Chunked<'_, S> {
 }
 
 impl<S: Resettable> Resettable for Chunked<'_, S> {
-    fn reset_on_close(&self) {
-        self.inner.reset_on_close();
+    fn reset_on_close(&self, reset: bool) {
+        self.inner.reset_on_close(reset);
     }
 }
 

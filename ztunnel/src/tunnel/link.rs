@@ -103,7 +103,7 @@ impl AsyncWrite for Link {
 }
 
 impl Resettable for Link {
-    fn reset_on_close(&self) {
-        self.tcp().reset_on_close();
+    fn reset_on_close(&self, reset: bool) {
+        self.tcp().reset_on_close(reset);
     }
 }

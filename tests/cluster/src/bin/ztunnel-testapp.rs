@@ -16,8 +16,14 @@
 //!   connection open for a minute.
 //!
 //! As a client:
-//! - `probe <addr>` connects and prints what `getpeername()` and
-//!   `getsockname()` say (`peer=<addr> local=<addr>`);
+//! - `probe <addr> [--mark M]` connects (from a socket with `SO_MARK` M) and
+//!   prints what `getpeername()` and `getsockname()` say
+//!   (`peer=<addr> local=<addr>`);
+//! - `hold <addr> --connections N` opens N connections (256 at a time), prints
+//!   `held X failed Y` and keeps them, sending nothing, until stdin closes;
+//! - `burst <addr> --connections N --concurrency C` sends `GET /` on N
+//!   short connections, C at a time, and prints `ok X failed Y` (the first
+//!   errors on stderr);
 //! - `fetch <addr> --bytes N --connections C` opens C connections at once,
 //!   fetches `/bytes/N` on each, checks every body, and prints `ok C`;
 //! - `half-close <addr> --bytes N` sends N payload bytes to an `echo`
@@ -104,6 +110,28 @@ enum App {
     Probe {
         /// `host:port` to connect to.
         address: SocketAddr,
+        /// `SO_MARK` of the socket (decimal or `0x` hex; needs CAP_NET_ADMIN).
+        #[arg(long, value_parser = parse_mark)]
+        mark: Option<u32>,
+    },
+    /// Open many connections and keep them idle until stdin closes.
+    Hold {
+        /// `host:port` to connect to.
+        address: SocketAddr,
+        /// Connections to open.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+    /// `GET /` on many short connections, a few at a time; count failures.
+    Burst {
+        /// `host:port` of an `http` test app.
+        address: SocketAddr,
+        /// Connections in all, one request each.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Connections open at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
     },
     /// Fetch `/bytes/<n>` over many concurrent connections and verify each body.
     Fetch {
@@ -127,10 +155,19 @@ async fn main() -> Result<()> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     match Cli::parse().app {
         App::Http { listen, name } => http(listen, name).await,
-        App::Probe { address } => {
-            let stream = TcpStream::connect(address)
-                .await
+        App::Probe { address, mark } => {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(address),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            if let Some(mark) = mark {
+                socket.set_mark(mark).context("setting SO_MARK")?;
+            }
+            socket
+                .connect(&address.into())
                 .with_context(|| format!("connecting to {address}"))?;
+            let stream = std::net::TcpStream::from(socket);
             println!(
                 "peer={} local={}",
                 stream.peer_addr()?,
@@ -138,6 +175,15 @@ async fn main() -> Result<()> {
             );
             Ok(())
         }
+        App::Burst {
+            address,
+            connections,
+            concurrency,
+        } => burst(address, connections, concurrency).await,
+        App::Hold {
+            address,
+            connections,
+        } => hold(address, connections).await,
         App::Fetch {
             address,
             bytes,
@@ -269,6 +315,98 @@ async fn http(listen: SocketAddr, name: String) -> Result<()> {
             }
         });
     }
+}
+
+/// Opens `connections` connections to `address`, 256 at a time, reports how
+/// many connected, and keeps them (sending nothing) until stdin closes.
+async fn hold(address: SocketAddr, connections: usize) -> Result<()> {
+    // `main` raised the soft limit to the hard one; more takes several holders.
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)?.0;
+    anyhow::ensure!(
+        connections as u64 + 64 <= limit,
+        "{connections} connections do not fit the open-file limit of {limit}: use several holders"
+    );
+    let mut held = Vec::with_capacity(connections);
+    let mut failed = 0;
+    let mut opened = 0;
+    while opened < connections {
+        let batch = (connections - opened).min(256);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            tasks.spawn(TcpStream::connect(address));
+        }
+        while let Some(result) = tasks.join_next().await {
+            match result? {
+                Ok(stream) => held.push(stream),
+                Err(_) => failed += 1,
+            }
+        }
+        opened += batch;
+    }
+    println!("held {} failed {failed}", held.len());
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while stdin.read(&mut buf).await.unwrap_or(0) > 0 {}
+    drop(held);
+    Ok(())
+}
+
+/// `0x`-prefixed hexadecimal or decimal.
+fn parse_mark(text: &str) -> Result<u32, std::num::ParseIntError> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+}
+
+/// `GET /` on `connections` new connections, `concurrency` at a time: each
+/// must answer `200` and end cleanly. Prints `ok X failed Y`.
+async fn burst(address: SocketAddr, connections: usize, concurrency: usize) -> Result<()> {
+    async fn one(address: SocketAddr) -> Result<()> {
+        let mut stream = TcpStream::connect(address).await.context("connecting")?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .context("sending")?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.context("reading")?;
+        anyhow::ensure!(
+            response.starts_with(b"HTTP/1.1 200"),
+            "answered {:?}",
+            String::from_utf8_lossy(&response[..response.len().min(40)])
+        );
+        Ok(())
+    }
+    let (mut ok, mut failed) = (0, 0);
+    let mut tasks = tokio::task::JoinSet::new();
+    for started in 0..connections {
+        if started >= concurrency {
+            match tasks.join_next().await.context("a task")? {
+                Ok(Ok(())) => ok += 1,
+                Ok(Err(err)) => {
+                    failed += 1;
+                    if failed <= 5 {
+                        eprintln!("{err:#}");
+                    }
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        tasks.spawn(one(address));
+    }
+    while let Some(result) = tasks.join_next().await {
+        match result? {
+            Ok(()) => ok += 1,
+            Err(err) => {
+                failed += 1;
+                if failed <= 5 {
+                    eprintln!("{err:#}");
+                }
+            }
+        }
+    }
+    println!("ok {ok} failed {failed}");
+    Ok(())
 }
 
 /// Opens `connections` connections at once (all connected before any request

@@ -74,12 +74,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command inside a pod's network namespace.
+    /// Run a command inside a pod's network namespace, or a node's (where the
+    /// kubelet runs: `exec node1 -- curl http://<pod ip>:8080/` is a probe).
     Exec {
         /// Cluster name.
         #[arg(long, default_value = DEFAULT_NAME)]
         name: String,
-        /// Pod name, or `namespace/name`.
+        /// Pod name, `namespace/name`, or a node's name.
         pod: String,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
@@ -134,7 +135,7 @@ fn main() -> Result<()> {
             let cluster = Cluster::open(&name)?;
             let (program, args) = command.split_first().context("no command given")?;
             let err = cluster.command(&pod, program)?.args(args).exec();
-            bail!("running {program} in pod {pod}: {err}")
+            bail!("running {program} in {pod}: {err}")
         }
         Command::Label {
             name,
