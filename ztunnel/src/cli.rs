@@ -276,7 +276,12 @@ impl Cli {
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_filter(ztunnel::log_rate::RateLimit::default()),
+                    // The node daemon's warnings are paced by what pods and
+                    // peers do; the CA's refusals stay an exhaustive record.
+                    .with_filter(
+                        matches!(self.command, Command::Node(_))
+                            .then(ztunnel::log_rate::RateLimit::default),
+                    ),
             )
             .init();
         let log = Arc::new(ReloadableFilter {

@@ -1,4 +1,4 @@
-//! Warnings and errors rate-limited per call site.
+//! Warnings and errors of the node daemon rate-limited per call site.
 //!
 //! Many warnings are written once per connection or handshake (a refused
 //! tunnel, a failed accept, a connection over its pod's limit). A hostile or

@@ -59,6 +59,14 @@ pub mod program_names {
     pub const SOCK_OPS: &str = "ztunnel_sock_ops";
     /// Every cgroup program, in the order they are attached.
     pub const ALL: [&str; 5] = [CONNECT4, CONNECT6, GETPEERNAME4, GETPEERNAME6, SOCK_OPS];
+    /// What to attach in place of a program of [`ALL`] when the kernel
+    /// refuses it: `connect4`/`connect6` that recognise the daemon's sockets
+    /// by their mark, for kernels without `bpf_get_ns_current_pid_tgid` in
+    /// these hooks (before Linux 6.10).
+    pub const FALLBACKS: [(&str, &str); 2] = [
+        (CONNECT4, "ztunnel_connect4_by_mark"),
+        (CONNECT6, "ztunnel_connect6_by_mark"),
+    ];
     /// `sk_lookup`, attached to each enrolled pod's network namespace: TCP
     /// arriving at the pod goes to the daemon's inbound listener in it.
     pub const SK_LOOKUP: &str = "ztunnel_sk_lookup";

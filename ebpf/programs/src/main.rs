@@ -44,9 +44,9 @@ use aya_ebpf::{
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use ztunnel_ebpf_common::{
-    AF_INET, AF_INET6, DELIVER_MARK, Daemon, DeliveryKey, EnrolledPod, INBOUND_MTLS_PORT,
-    INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, OrigDst, OrigDstKey, PodAddr, UNCAPTURED_DELIVERY,
-    UNCAPTURED_NODE,
+    AF_INET, AF_INET6, DAEMON_MARK, DELIVER_MARK, Daemon, DeliveryKey, EnrolledPod,
+    INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, OrigDst, OrigDstKey, PodAddr,
+    UNCAPTURED_DELIVERY, UNCAPTURED_NODE,
 };
 
 /// Verdict that lets the syscall proceed (cgroup programs return 1 to allow).
@@ -97,8 +97,8 @@ fn daemon() -> Option<Daemon> {
     DAEMON.get(0).copied().filter(|daemon| daemon.tgid != 0)
 }
 
-/// Whether the current task belongs to the node daemon's process. Only
-/// meaningful in process context (a `connect()`), never in softirq.
+/// Whether the current task belongs to the node daemon's process (called
+/// from `connect()`, in the caller's context).
 fn called_by(daemon: &Daemon) -> bool {
     let mut current = bpf_pidns_info { pid: 0, tgid: 0 };
     // SAFETY: `current` is a valid, writable `bpf_pidns_info` of the size given.
@@ -114,11 +114,24 @@ fn called_by(daemon: &Daemon) -> bool {
     found == 0 && current.tgid == daemon.tgid
 }
 
+/// How the connect hooks recognise the daemon's own sockets.
+#[derive(Clone, Copy)]
+enum DaemonBy {
+    /// By the calling process ([`called_by`]): a pod cannot pass for it.
+    /// Needs `bpf_get_ns_current_pid_tgid` in these hooks (Linux 6.10+).
+    Process,
+    /// By the socket's mark, for older kernels: a pod with `CAP_NET_ADMIN`
+    /// can set the mark and skip capture (the daemon warns at load).
+    Mark,
+}
+
 /// The enrolled pod a TCP socket of an application belongs to, if any.
-fn enrolled_app_socket(ctx: &SockAddrContext) -> Option<EnrolledPod> {
+#[inline(always)]
+fn enrolled_app_socket(ctx: &SockAddrContext, by: DaemonBy) -> Option<EnrolledPod> {
     let sock_addr: *mut bpf_sock_addr = ctx.sock_addr;
     // SAFETY: `sock_addr` is the kernel-provided context, valid for the whole run.
-    if unsafe { (*sock_addr).protocol } != IPPROTO_TCP {
+    let (protocol, sk) = unsafe { ((*sock_addr).protocol, (*sock_addr).__bindgen_anon_1.sk) };
+    if protocol != IPPROTO_TCP {
         return None;
     }
     // SAFETY: the helper accepts this program type's context.
@@ -126,8 +139,15 @@ fn enrolled_app_socket(ctx: &SockAddrContext) -> Option<EnrolledPod> {
     // SAFETY: the map value is copied out; the map holds plain data.
     let pod = unsafe { ENROLLED.get(&netns) }.copied()?;
     // The daemon's own connections from inside the pod (tunnels, passthrough,
-    // deliveries) are never captured again; no mark a pod sets changes that.
-    if daemon().is_some_and(|daemon| called_by(&daemon)) {
+    // deliveries) are never captured again.
+    let daemons = match by {
+        DaemonBy::Process => daemon().is_some_and(|daemon| called_by(&daemon)),
+        // SAFETY: `sk` comes from the context; the verifier checks the field read.
+        DaemonBy::Mark => {
+            !sk.is_null() && matches!(unsafe { (*sk).mark }, DAEMON_MARK | DELIVER_MARK)
+        }
+    };
+    if daemons {
         return None;
     }
     Some(pod)
@@ -152,7 +172,18 @@ fn recorded(ctx: &SockAddrContext) -> Option<OrigDst> {
 /// outbound listener on the pod's own loopback.
 #[cgroup_sock_addr(connect4)]
 pub fn ztunnel_connect4(ctx: SockAddrContext) -> i32 {
-    let Some(pod) = enrolled_app_socket(&ctx) else {
+    connect4(&ctx, DaemonBy::Process)
+}
+
+/// `cgroup/connect4` for kernels before 6.10 (see [`DaemonBy::Mark`]).
+#[cgroup_sock_addr(connect4)]
+pub fn ztunnel_connect4_by_mark(ctx: SockAddrContext) -> i32 {
+    connect4(&ctx, DaemonBy::Mark)
+}
+
+#[inline(always)]
+fn connect4(ctx: &SockAddrContext, by: DaemonBy) -> i32 {
+    let Some(pod) = enrolled_app_socket(ctx, by) else {
         return ALLOW;
     };
     // SAFETY: the kernel-provided context, valid and writable for this program type.
@@ -168,7 +199,7 @@ pub fn ztunnel_connect4(ctx: SockAddrContext) -> i32 {
         family: AF_INET,
         _pad: [0; 4],
     };
-    if !record(&ctx, &orig) {
+    if !record(ctx, &orig) {
         return DENY;
     }
     sock_addr.user_ip4 = LOOPBACK_V4.to_be();
@@ -180,7 +211,18 @@ pub fn ztunnel_connect4(ctx: SockAddrContext) -> i32 {
 /// (`::ffff:a.b.c.d` on an IPv6 socket reaches only this hook).
 #[cgroup_sock_addr(connect6)]
 pub fn ztunnel_connect6(ctx: SockAddrContext) -> i32 {
-    let Some(pod) = enrolled_app_socket(&ctx) else {
+    connect6(&ctx, DaemonBy::Process)
+}
+
+/// `cgroup/connect6` for kernels before 6.10 (see [`DaemonBy::Mark`]).
+#[cgroup_sock_addr(connect6)]
+pub fn ztunnel_connect6_by_mark(ctx: SockAddrContext) -> i32 {
+    connect6(&ctx, DaemonBy::Mark)
+}
+
+#[inline(always)]
+fn connect6(ctx: &SockAddrContext, by: DaemonBy) -> i32 {
+    let Some(pod) = enrolled_app_socket(ctx, by) else {
         return ALLOW;
     };
     // SAFETY: the kernel-provided context, valid and writable for this program type.
@@ -206,7 +248,7 @@ pub fn ztunnel_connect6(ctx: SockAddrContext) -> i32 {
         family: AF_INET6,
         _pad: [0; 4],
     };
-    if !record(&ctx, &orig) {
+    if !record(ctx, &orig) {
         return DENY;
     }
     // IPv4-mapped destinations go to the IPv4 listener, through its mapped form.
@@ -281,25 +323,26 @@ fn on_connect(ctx: &SockOpsContext) {
         let _ = ORIG_DST.insert(&key, &orig, 0);
         return;
     }
-    let Some(daemon) = daemon() else {
-        return;
-    };
     let Some(key) = arrival_key(ctx) else {
         return;
     };
-    let kind = if netns == daemon.node_netns {
+    let pod = PodAddr {
+        addr: key.local,
+        family: key.family,
+    };
+    // SAFETY: the map value is read by copy; the map holds plain data.
+    let Some(owner) = (unsafe { ENROLLED_ADDRS.get(&pod) }).copied() else {
+        // Not to an enrolled pod of this node: nothing for `sk_lookup`.
+        return;
+    };
+    let kind = if daemon().is_some_and(|daemon| netns == daemon.node_netns) {
         // The node's own connection (a kubelet probe) to one of this node's
         // enrolled pods: the application answers it directly.
-        let pod = PodAddr {
-            addr: key.local,
-            family: key.family,
-        };
-        // SAFETY: the map value is read by copy; the map holds plain data.
-        if unsafe { ENROLLED_ADDRS.get(&pod) }.is_none() {
-            return;
-        }
         UNCAPTURED_NODE
-    } else if socket_mark(ctx) == Some(DELIVER_MARK) && called_by(&daemon) {
+    } else if netns == owner && socket_mark(ctx) == Some(DELIVER_MARK) {
+        // The daemon delivering inside the pod. Made in the pod's own
+        // namespace: another pod cannot file a connection to this one, and
+        // what the pod files for itself only reaches itself.
         UNCAPTURED_DELIVERY
     } else {
         return;

@@ -104,7 +104,12 @@ impl Programs {
             .set(0, daemon, 0)
             .map_err(map_error(map_names::DAEMON))?;
         for name in program_names::ALL {
-            let link = attach_program(&mut ebpf, name, &cgroup)?;
+            let link = match attach_program(&mut ebpf, name, &cgroup) {
+                Ok(link) => link,
+                Err(refused) => attach_fallback(&mut ebpf, name, &cgroup, refused)?,
+            };
+            // Pinned under the program's own name whichever variant runs, so
+            // the next daemon replaces it.
             replace_pin(link, &pin_dir.join(format!("link_{name}")), name)?;
         }
         sk_lookup(&mut ebpf)?
@@ -336,6 +341,30 @@ fn attach_program(
     }
 }
 
+/// Attaches the fallback of program `name` after the kernel `refused` it, and
+/// says why; without a fallback, `refused` is the error.
+fn attach_fallback(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+    refused: RedirectError,
+) -> Result<FdLink, RedirectError> {
+    let Some(&(_, fallback)) = program_names::FALLBACKS
+        .iter()
+        .find(|(program, _)| *program == name)
+    else {
+        return Err(refused);
+    };
+    let link = attach_program(ebpf, fallback, cgroup)?;
+    tracing::warn!(
+        program = name,
+        "this kernel cannot tell the daemon's own connections by process in the connect hook \
+         (Linux 6.10 or later can): using {fallback}, which tells them by their socket mark, so a \
+         pod with CAP_NET_ADMIN could set the mark and skip capture ({refused})"
+    );
+    Ok(link)
+}
+
 /// Detaches every program and removes every map pinned under `pin_dir`:
 /// pods return to plain networking. Run it with the daemon stopped.
 pub fn uninstall(pin_dir: &Path) -> Result<(), RedirectError> {
@@ -450,7 +479,8 @@ mod tests {
     fn embedded_object_holds_the_programs_and_maps_userspace_expects() {
         let object =
             aya_obj::Object::parse(OBJECT).expect("the embedded object is a valid eBPF ELF");
-        for name in program_names::ALL {
+        let fallbacks = program_names::FALLBACKS.map(|(_, fallback)| fallback);
+        for name in program_names::ALL.into_iter().chain(fallbacks) {
             assert!(object.programs.contains_key(name), "program {name} missing");
         }
         for name in [

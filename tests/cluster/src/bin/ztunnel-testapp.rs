@@ -22,8 +22,8 @@
 //! - `hold <addr> --connections N` opens N connections (256 at a time), prints
 //!   `held X failed Y` and keeps them, sending nothing, until stdin closes;
 //! - `burst <addr> --connections N --concurrency C` sends `GET /` on N
-//!   short connections, C at a time, and prints `ok X failed Y` (the first
-//!   errors on stderr);
+//!   short connections, C at a time, each shut down for writing after the
+//!   request, and prints `ok X failed Y` (the first errors on stderr);
 //! - `fetch <addr> --bytes N --connections C` opens C connections at once,
 //!   fetches `/bytes/N` on each, checks every body, and prints `ok C`;
 //! - `half-close <addr> --bytes N` sends N payload bytes to an `echo`
@@ -368,6 +368,10 @@ async fn burst(address: SocketAddr, connections: usize, concurrency: usize) -> R
             .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
             .context("sending")?;
+        // The client ends first (as most clients of short requests do): on
+        // each hop the side that connected closes first, and its socket, the
+        // destination daemon's included, waits in TIME_WAIT holding its port.
+        stream.shutdown().await.context("shutting down writing")?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.context("reading")?;
         anyhow::ensure!(
