@@ -28,14 +28,15 @@ pub mod map_names {
     /// `LruHashMap<DeliveryKey, u8>`: connections `sk_lookup` must leave alone,
     /// filed by `sock_ops` as they are made and removed when they close: the
     /// daemon's deliveries to an application from the original client's
-    /// address ([`UNCAPTURED_DELIVERY`]; `sk_lookup` cannot tell them from
-    /// connections arriving from outside, both carry a foreign source
-    /// address) and connections from the node's own network namespace, the
-    /// kubelet's probes ([`UNCAPTURED_NODE`]). The value says which.
+    /// address ([`UNCAPTURED_DELIVERY`](super::UNCAPTURED_DELIVERY):
+    /// `sk_lookup` cannot tell them from connections arriving from outside,
+    /// both carry a foreign source address) and connections from the node's
+    /// own network namespace, the kubelet's probes
+    /// ([`UNCAPTURED_NODE`](super::UNCAPTURED_NODE)). The value says which.
     pub const DELIVERING: &str = "DELIVERING";
-    /// `Array<Daemon>` of one entry: who the node daemon is ([`Daemon`]),
-    /// written by the daemon right after loading. Not pinned: each load of
-    /// the programs knows the daemon that loaded it.
+    /// `Array<Daemon>` of one entry: who the node daemon is
+    /// ([`Daemon`](super::Daemon)), written by the daemon right after loading.
+    /// Not pinned: each load of the programs knows the daemon that loaded it.
     pub const DAEMON: &str = "DAEMON";
 }
 

@@ -334,3 +334,21 @@ pub fn apply_policy(cluster: &ztunnel_cluster::Cluster, name: &str, yaml: &str) 
         },
     );
 }
+
+/// The process id of node `node`'s daemon.
+pub fn daemon_pid(cluster: &ztunnel_cluster::Cluster, node: &str) -> u32 {
+    let node = cluster.status().node(node).expect("the node exists");
+    node.daemon.as_ref().expect("the node runs a daemon").pid
+}
+
+/// Sends SIGTERM to node `node`'s daemon (it drains, then exits); returns its
+/// process id.
+pub fn sigterm_daemon(cluster: &ztunnel_cluster::Cluster, node: &str) -> u32 {
+    let daemon = daemon_pid(cluster, node);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.to_string()])
+        .status()
+        .expect("kill can be run");
+    assert!(status.success(), "kill -TERM {daemon}: {status}");
+    daemon
+}

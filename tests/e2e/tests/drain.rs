@@ -3,10 +3,12 @@
 //! then resets the rest and exits; its pods fail closed meanwhile. Tunnels
 //! idle between connections are not open connections.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use ztunnel_cluster::netns;
-use ztunnel_e2e::{READY, daemon_log, http_server, mesh, testapp_path, wait_tunnel_idle, within};
+use ztunnel_e2e::{
+    READY, daemon_log, http_server, mesh, sigterm_daemon, testapp_path, wait_tunnel_idle, within,
+};
 
 #[test]
 fn sigterm_drains_open_connections_then_closes_the_rest_at_the_deadline() {
@@ -125,21 +127,4 @@ fn a_tunnel_waiting_between_connections_does_not_hold_up_a_drain_nor_outlive_its
         .run("client-1", "curl", &["-sS", "--max-time", "3", &url])
         .unwrap();
     assert_eq!(body, "hello from web-2\n");
-}
-
-/// Sends SIGTERM to node `node`'s daemon; returns its process id.
-fn sigterm_daemon(cluster: &ztunnel_cluster::Cluster, node: &str) -> u32 {
-    let daemon = cluster
-        .status()
-        .node(node)
-        .unwrap()
-        .daemon
-        .clone()
-        .unwrap()
-        .pid;
-    Command::new("kill")
-        .args(["-TERM", &daemon.to_string()])
-        .status()
-        .unwrap();
-    daemon
 }

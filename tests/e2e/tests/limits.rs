@@ -11,7 +11,8 @@ use std::{
 
 use ztunnel_cluster::Cluster;
 use ztunnel_e2e::{
-    READY, daemon_log, http_server, mesh, metric_sum, scrape, testapp, testapp_path, within,
+    READY, daemon_log, daemon_pid, http_server, mesh, metric_sum, scrape, testapp, testapp_path,
+    within,
 };
 
 /// Connections held idle by each holder process (two per flood: one process
@@ -54,14 +55,7 @@ impl Drop for Holder {
 
 /// Resident memory of node `node`'s daemon, in KiB.
 fn rss_kib(cluster: &Cluster, node: &str) -> u64 {
-    let pid = cluster
-        .status()
-        .node(node)
-        .unwrap()
-        .daemon
-        .clone()
-        .unwrap()
-        .pid;
+    let pid = daemon_pid(cluster, node);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()

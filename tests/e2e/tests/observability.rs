@@ -432,6 +432,14 @@ spec:
         "{findings}"
     );
     assert!(!findings.contains("web-allow-client"), "{findings}");
+    // The deliberate differences from Istio's ztunnel are reported too.
+    for difference in [
+        "differs from Istio's ztunnel: each pod may hold",
+        "differs from Istio's ztunnel: tunnel handshakes in progress are limited",
+        "differs from Istio's ztunnel: kubelet probes are recognised",
+    ] {
+        assert!(findings.contains(difference), "{findings}");
+    }
 
     let workloads = ctl(&cluster, "node1", &["workloads"]);
     assert!(

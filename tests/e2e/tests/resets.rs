@@ -10,7 +10,7 @@ use std::{
 };
 
 use ztunnel_cluster::{Cluster, PodProcess};
-use ztunnel_e2e::{apply_policy, http_server, mesh, within};
+use ztunnel_e2e::{apply_policy, http_server, mesh, sigterm_daemon, within};
 
 /// curl's exit code for "failure receiving network data" (here: a reset).
 const CURL_RECV_ERROR: i32 = 56;
@@ -127,17 +127,7 @@ fn revocation_and_the_drain_deadline_reset_the_connections_they_cut() {
     // SIGTERM: the daemon drains for 3 s (the local cluster's deadline), then
     // cuts what is left.
     let download = slow_download(&cluster, "client-1", "web-2");
-    let daemon = cluster
-        .status()
-        .node("node1")
-        .unwrap()
-        .daemon
-        .clone()
-        .unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &daemon.pid.to_string()])
-        .status()
-        .unwrap();
+    sigterm_daemon(&cluster, "node1");
     assert_reset(download, "drain deadline");
 }
 

@@ -179,6 +179,33 @@ struct NodeState {
     log: Arc<dyn LogControl>,
     enrolment: Enrolment,
     trust_domain: TrustDomain,
+    /// Deliberate differences from Istio's ztunnel in this configuration,
+    /// reported by `analyze`.
+    differences: Vec<String>,
+}
+
+/// Where this daemon, as configured, deliberately behaves differently from
+/// Istio's ztunnel (each a safer choice, documented in ARCHITECTURE.md).
+fn differences_from_istio(limits: &Limits) -> Vec<String> {
+    let differs = "differs from Istio's ztunnel:";
+    vec![
+        format!(
+            "{differs} each pod may hold {} connections through the daemon in each direction \
+             (--max-connections-per-pod); the excess is reset. Istio's ztunnel sets no such limit",
+            limits.connections_per_pod
+        ),
+        format!(
+            "{differs} tunnel handshakes in progress are limited to {} on the node and {} per \
+             source address (--max-pending-handshakes, --max-pending-handshakes-per-source); \
+             the excess is refused",
+            limits.pending_handshakes, limits.pending_handshakes_per_source
+        ),
+        format!(
+            "{differs} kubelet probes are recognised as connections made in the node's network \
+             namespace, not SNATed to 169.254.7.127: they keep the node's address, so \
+             NetworkPolicies need no rule for 169.254.7.127, and no other host can claim the exemption"
+        ),
+    ]
 }
 
 /// The outcome of applying the registry to this node.
@@ -279,7 +306,9 @@ impl AdminState for NodeState {
     }
 
     fn analyze(&self) -> Vec<String> {
-        self.policies.borrow().analyze(&self.registry.borrow())
+        let mut findings = self.policies.borrow().analyze(&self.registry.borrow());
+        findings.extend(self.differences.iter().cloned());
+        findings
     }
 }
 
@@ -437,6 +466,7 @@ pub async fn run(
         log,
         enrolment: config.enrolment.clone(),
         trust_domain: config.trust_domain.clone(),
+        differences: differences_from_istio(&config.limits),
     });
     let bind = |address| async move {
         admin::bind(address)

@@ -8,10 +8,9 @@ use tokio::net::TcpStream;
 
 use super::{
     ProxyContext, connect,
-    limits::{Direction, Slot},
+    limits::{self, Direction, Slot},
     pod::LocalPod,
 };
-use crate::metrics::LimitLabels;
 use crate::redirect::abi::{INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 
 /// Why a connection could not be delivered to the application.
@@ -74,10 +73,7 @@ pub async fn to_app<'p>(
     }
     let limit = context.limits.connections_per_pod;
     let Some(slot) = pod.connections.open(Direction::Inbound, limit) else {
-        let labels = LimitLabels {
-            limit: Direction::Inbound.limit_label(),
-        };
-        context.metrics.limit_refusals.get_or_create(&labels).inc();
+        limits::count_refusal(&context.metrics, Direction::Inbound.limit_label());
         return Err(DeliverError::TooMany {
             namespace: pod.namespace.clone(),
             pod: pod.name.clone(),

@@ -230,11 +230,16 @@ pub fn refuse(
 ) {
     stream.reset_on_close(true);
     drop(stream);
+    count_refusal(metrics, limit);
+    tracing::warn!(pod, %peer, limit, "connection refused: {why}");
+}
+
+/// Counts a refusal by the limit named `limit` (`ztunnel_limit_refusals_total`).
+pub fn count_refusal(metrics: &Metrics, limit: &'static str) {
     metrics
         .limit_refusals
         .get_or_create(&LimitLabels { limit })
         .inc();
-    tracing::warn!(pod, %peer, limit, "connection refused: {why}");
 }
 
 #[cfg(test)]

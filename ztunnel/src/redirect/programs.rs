@@ -497,6 +497,36 @@ mod tests {
     }
 
     #[test]
+    fn the_fallback_connect_hooks_call_no_helper_older_kernels_lack() {
+        // `bpf_get_ns_current_pid_tgid` (helper 120) is what kernels before
+        // 6.10 refuse in these hooks: the fallbacks must not call it, even in
+        // code that never runs (the verifier checks every call).
+        const BPF_CALL: u8 = 0x85;
+        const GET_NS_CURRENT_PID_TGID: i32 = 120;
+        let object =
+            aya_obj::Object::parse(OBJECT).expect("the embedded object is a valid eBPF ELF");
+        let calls = |name: &str| {
+            let function = object
+                .functions
+                .values()
+                .find(|function| function.name == name)
+                .unwrap_or_else(|| panic!("{name} is in the object"));
+            function
+                .instructions
+                .iter()
+                .filter(|insn| insn.code == BPF_CALL && insn.imm == GET_NS_CURRENT_PID_TGID)
+                .count()
+        };
+        for (program, fallback) in program_names::FALLBACKS {
+            assert!(
+                calls(program) > 0,
+                "{program} tells the daemon by its process"
+            );
+            assert_eq!(calls(fallback), 0, "{fallback}");
+        }
+    }
+
+    #[test]
     fn orig_dst_records_decode_to_the_addresses_the_application_used() {
         let v4 = OrigDst {
             addr: [u32::from(Ipv4Addr::new(10, 244, 2, 2)).to_be(), 0, 0, 0],
