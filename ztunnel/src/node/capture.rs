@@ -95,6 +95,12 @@ impl Capture {
         })
     }
 
+    /// Whether the programs tell the daemon's own sockets by their mark
+    /// (kernels before 6.10), which a pod with `CAP_NET_ADMIN` can set too.
+    pub fn daemon_by_mark(&self) -> bool {
+        self.programs.daemon_by_mark()
+    }
+
     /// Captures exactly `wanted`: enrols the new pods, releases the others.
     /// A pod that cannot be enrolled is logged, returned (`namespace/name`),
     /// and tried again on the next call.

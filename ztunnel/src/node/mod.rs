@@ -182,6 +182,9 @@ struct NodeState {
     /// Deliberate differences from Istio's ztunnel in this configuration,
     /// reported by `analyze`.
     differences: Vec<String>,
+    /// Set once the programs are attached, if the kernel made the connect
+    /// hooks fall back to telling the daemon's sockets by their mark.
+    capture_by_mark: std::sync::OnceLock<()>,
 }
 
 /// Where this daemon, as configured, deliberately behaves differently from
@@ -308,6 +311,14 @@ impl AdminState for NodeState {
     fn analyze(&self) -> Vec<String> {
         let mut findings = self.policies.borrow().analyze(&self.registry.borrow());
         findings.extend(self.differences.iter().cloned());
+        if self.capture_by_mark.get().is_some() {
+            findings.push(
+                "capture: this kernel (before Linux 6.10) lets the connect hooks tell the daemon's \
+                 sockets only by their mark, so a pod with CAP_NET_ADMIN can set mark 0x539 and \
+                 skip capture; upgrade the node's kernel"
+                    .to_owned(),
+            );
+        }
         findings
     }
 }
@@ -467,6 +478,7 @@ pub async fn run(
         enrolment: config.enrolment.clone(),
         trust_domain: config.trust_domain.clone(),
         differences: differences_from_istio(&config.limits),
+        capture_by_mark: Default::default(),
     });
     let bind = |address| async move {
         admin::bind(address)
@@ -532,6 +544,9 @@ pub async fn run(
         config.cgroup_root.as_deref(),
         context.clone(),
     )?;
+    if capture.daemon_by_mark() {
+        let _ = state.capture_by_mark.set(());
+    }
     let attached = crate::redirect::abi::program_names::ALL.len() as i64;
     context.metrics.ebpf_programs_attached.set(attached);
     let mut changes = registry.subscribe();

@@ -47,6 +47,9 @@ pub struct Programs {
     inbound: SockHash<MapData, PodAddr>,
     enrolled_addrs: HashMap<MapData, PodAddr, u64>,
     pin_dir: PathBuf,
+    /// The connect hooks tell the daemon's sockets by their mark (the
+    /// fallback for kernels before 6.10), not by the daemon's process.
+    daemon_by_mark: bool,
 }
 
 /// The inbound listeners of one pod, by address family.
@@ -103,10 +106,14 @@ impl Programs {
         daemon_map
             .set(0, daemon, 0)
             .map_err(map_error(map_names::DAEMON))?;
+        let mut daemon_by_mark = false;
         for name in program_names::ALL {
             let link = match attach_program(&mut ebpf, name, &cgroup) {
                 Ok(link) => link,
-                Err(refused) => attach_fallback(&mut ebpf, name, &cgroup, refused)?,
+                Err(refused) => {
+                    daemon_by_mark = true;
+                    attach_fallback(&mut ebpf, name, &cgroup, refused)?
+                }
             };
             // Pinned under the program's own name whichever variant runs, so
             // the next daemon replaces it.
@@ -141,12 +148,19 @@ impl Programs {
                 inbound,
                 enrolled_addrs,
                 pin_dir: pin_dir.to_owned(),
+                daemon_by_mark,
             },
             orig_dst: OrigDstTable {
                 map: Mutex::new(orig_dst),
             },
             inherited: previously_enrolled,
         })
+    }
+
+    /// Whether the connect hooks tell the daemon's own sockets by their mark
+    /// (kernels before 6.10), which a pod with `CAP_NET_ADMIN` can set too.
+    pub fn daemon_by_mark(&self) -> bool {
+        self.daemon_by_mark
     }
 
     /// Steers the TCP connections of the pod whose netns cookie is `cookie`.
