@@ -352,3 +352,21 @@ pub fn sigterm_daemon(cluster: &ztunnel_cluster::Cluster, node: &str) -> u32 {
     assert!(status.success(), "kill -TERM {daemon}: {status}");
     daemon
 }
+
+/// `ztunnel ctl ARGS` run inside node `node`'s namespace, where its admin
+/// endpoint is; its output.
+pub fn ctl(cluster: &ztunnel_cluster::Cluster, node: &str, args: &[&str]) -> String {
+    let netns = cluster
+        .status()
+        .node(node)
+        .expect("the node exists")
+        .netns
+        .clone();
+    let ztunnel = bin("ztunnel");
+    ztunnel_cluster::netns::output(
+        ztunnel_cluster::netns::exec(&netns, &ztunnel.to_string_lossy())
+            .arg("ctl")
+            .args(args),
+    )
+    .unwrap_or_else(|err| panic!("ztunnel ctl {}: {err}", args.join(" ")))
+}

@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use ztunnel_cluster::Cluster;
 use ztunnel_e2e::{
-    ALLOW_CLIENT, daemon_log, http_server, mesh, metric_sum, scrape, wait_tunnel_idle, within,
+    ALLOW_CLIENT, ctl, daemon_log, http_server, mesh, metric_sum, scrape, wait_tunnel_idle, within,
 };
 
 fn get(cluster: &Cluster, from: &str, url: &str) -> bool {
@@ -353,18 +353,6 @@ fn admin_dumps_the_config_in_force_and_changes_the_log_level() {
         admin(&cluster, "node1", "/logging", &[]).trim(),
         "log level: debug"
     );
-}
-
-/// `ztunnel ctl ARGS` run inside node `node`'s namespace, where its admin endpoint is.
-fn ctl(cluster: &Cluster, node: &str, args: &[&str]) -> String {
-    let netns = cluster.status().node(node).unwrap().netns.clone();
-    let ztunnel = ztunnel_e2e::bin("ztunnel");
-    ztunnel_cluster::netns::output(
-        ztunnel_cluster::netns::exec(&netns, ztunnel.to_str().unwrap())
-            .arg("ctl")
-            .args(args),
-    )
-    .unwrap()
 }
 
 #[test]

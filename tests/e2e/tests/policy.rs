@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use ztunnel_cluster::Cluster;
 use ztunnel_e2e::{
-    ALLOW_CLIENT, READY, apply_policy as apply, daemon_log, http_server, mesh, metric_sum, scrape,
-    testapp_path, wait_tunnel_idle, within,
+    ALLOW_CLIENT, READY, apply_policy as apply, ctl, daemon_log, http_server, mesh, metric_sum,
+    scrape, testapp_path, wait_tunnel_idle, within,
 };
 
 /// Whether `from` gets an answer from `to` on `port`.
@@ -286,4 +286,78 @@ spec:
     };
     assert_eq!(closed("node2"), 1);
     assert_eq!(closed("node1"), 1);
+}
+
+#[test]
+fn attributes_a_node_proxy_cannot_see_never_open_a_door() {
+    // As Istio translates policies for its ztunnel: an ALLOW on
+    // remoteIpBlocks (HTTP headers) or on connection.sni matches nothing
+    // (here it used to match the source address, and a notValues on the SNI
+    // everything: both fail open), and a DENY whose `to` names only a path
+    // denies nothing at L4.
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    let legacy = cluster.pod("legacy-1").unwrap().ipv4;
+    apply(
+        &cluster,
+        "allow",
+        &format!(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: web-remote-ip
+  namespace: demo
+spec:
+  selector:
+    matchLabels:
+      app: web
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        remoteIpBlocks: ["{legacy}/32"]
+  - when:
+    - key: connection.sni
+      notValues: ["blocked.example"]
+"#
+        ),
+    );
+    for from in ["legacy-1", "client-1"] {
+        assert!(!reaches(&cluster, from, "web-2", 8080), "{from} got in");
+    }
+    assert!(
+        denials(
+            &cluster,
+            "node2",
+            "no rule of the ALLOW policies demo/web-remote-ip matches"
+        ) >= 2
+    );
+
+    apply(
+        &cluster,
+        "allow",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: web-admin
+  namespace: demo
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: ["/admin"]
+"#,
+    );
+    assert!(
+        reaches(&cluster, "client-1", "web-2", 8080),
+        "a DENY on a path alone denies nothing at L4"
+    );
+    let findings = ctl(&cluster, "node2", &["analyze"]);
+    assert!(
+        findings.contains("demo/web-admin: DENY rule 0 denies nothing at L4"),
+        "{findings}"
+    );
 }

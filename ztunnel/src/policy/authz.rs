@@ -69,16 +69,22 @@ struct CompiledRule {
     l7: bool,
 }
 
+/// One `from` entry's L4 attributes. With none (its source named only
+/// attributes an L4 proxy cannot see), it matches nothing, as in Istio's
+/// ztunnel, which skips an empty match.
 #[derive(Clone, Debug, Default)]
 struct SourceMatch {
     principals: Vec<StringMatch>,
     not_principals: Vec<StringMatch>,
     namespaces: Vec<StringMatch>,
     not_namespaces: Vec<StringMatch>,
+    service_accounts: Vec<(String, String)>,
+    not_service_accounts: Vec<(String, String)>,
     ip_blocks: Vec<IpBlock>,
     not_ip_blocks: Vec<IpBlock>,
 }
 
+/// One `to` entry's L4 attributes; with none it matches nothing.
 #[derive(Clone, Debug, Default)]
 struct PortMatch {
     ports: Vec<u16>,
@@ -101,13 +107,16 @@ enum WhenMatch {
         values: Vec<StringMatch>,
         not_values: Vec<StringMatch>,
     },
+    /// A key Istio does not give its node proxy (`remote.ip`,
+    /// `connection.sni`, `request.*`, ...): the condition never holds, with
+    /// `values` or `notValues` alike, so the rule never matches.
+    NotAtL4,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum TextAttribute {
     Principal,
     Namespace,
-    Sni,
 }
 
 impl AuthorizationPolicy {
@@ -133,7 +142,7 @@ impl AuthorizationPolicy {
             .rules
             .iter()
             .enumerate()
-            .map(|(i, rule)| compile_rule(rule, &format!("spec.rules[{i}]")))
+            .map(|(i, rule)| compile_rule(rule, &format!("spec.rules[{i}]"), &metadata.namespace))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             spec: spec.clone(),
@@ -171,6 +180,18 @@ impl AuthorizationPolicy {
             })
     }
 
+    /// The rules that can never match here: an ALLOW rule naming an HTTP
+    /// attribute, or a rule with a `from`, `to` or `when` part left with no
+    /// attribute an L4 proxy sees. For a DENY policy these deny nothing.
+    pub fn rules_without_effect(&self) -> Vec<usize> {
+        (0..self.rules.len())
+            .filter(|&i| {
+                let rule = &self.rules[i];
+                (rule.l7 && self.action == Action::Allow) || !rule.can_match()
+            })
+            .collect()
+    }
+
     /// The index of the first rule `connection` matches, if any.
     pub fn matching_rule(&self, connection: &Connection<'_>) -> Option<usize> {
         self.rules
@@ -180,13 +201,28 @@ impl AuthorizationPolicy {
 }
 
 impl CompiledRule {
+    /// Istio's translation for its node proxy: an ALLOW rule naming any HTTP
+    /// attribute is dropped (it never matches); a DENY rule keeps its L4
+    /// attributes, and a `from`, `to` or `when` entry left with none matches
+    /// nothing, so such a DENY rule may deny nothing at all (istio#61126).
     fn matches(&self, connection: &Connection<'_>, action: Action) -> bool {
         if self.l7 && action == Action::Allow {
             return false;
         }
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(connection)))
+        self.can_match()
+            && (self.from.is_empty() || self.from.iter().any(|s| s.matches(connection)))
             && (self.to.is_empty() || self.to.iter().any(|p| p.matches(connection)))
             && self.when.iter().all(|w| w.matches(connection))
+    }
+}
+
+impl CompiledRule {
+    /// Whether any connection could match: every part it has keeps an L4
+    /// attribute.
+    fn can_match(&self) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| !s.is_empty()))
+            && (self.to.is_empty() || self.to.iter().any(|p| !p.is_empty()))
+            && !self.when.iter().any(|w| matches!(w, WhenMatch::NotAtL4))
     }
 }
 
@@ -202,21 +238,46 @@ impl SourceMatch {
         // Without mutual TLS there is no principal: `principals` cannot match,
         // `notPrincipals` has nothing to exclude (as in Istio).
         let text = |value: Option<&str>, m: &StringMatch| value.is_some_and(|v| m.matches(v));
-        included(&self.principals, &self.not_principals, |m| {
-            text(principal.as_deref(), m)
-        }) && included(&self.namespaces, &self.not_namespaces, |m| {
-            text(namespace, m)
-        }) && included(&self.ip_blocks, &self.not_ip_blocks, |b| {
-            b.contains(connection.source_ip)
-        })
+        let account = |(namespace, name): &(String, String)| {
+            connection
+                .source_identity
+                .is_some_and(|id| id.namespace() == namespace && id.service_account() == name)
+        };
+        !self.is_empty()
+            && included(&self.principals, &self.not_principals, |m| {
+                text(principal.as_deref(), m)
+            })
+            && included(&self.namespaces, &self.not_namespaces, |m| {
+                text(namespace, m)
+            })
+            && included(&self.service_accounts, &self.not_service_accounts, account)
+            && included(&self.ip_blocks, &self.not_ip_blocks, |b| {
+                b.contains(connection.source_ip)
+            })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.principals.is_empty()
+            && self.not_principals.is_empty()
+            && self.namespaces.is_empty()
+            && self.not_namespaces.is_empty()
+            && self.service_accounts.is_empty()
+            && self.not_service_accounts.is_empty()
+            && self.ip_blocks.is_empty()
+            && self.not_ip_blocks.is_empty()
     }
 }
 
 impl PortMatch {
     fn matches(&self, connection: &Connection<'_>) -> bool {
-        included(&self.ports, &self.not_ports, |p| {
-            *p == connection.destination_port
-        })
+        !self.is_empty()
+            && included(&self.ports, &self.not_ports, |p| {
+                *p == connection.destination_port
+            })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ports.is_empty() && self.not_ports.is_empty()
     }
 }
 
@@ -248,18 +309,17 @@ impl WhenMatch {
                     TextAttribute::Namespace => connection
                         .source_identity
                         .map(|id| id.namespace().to_owned()),
-                    // The native tunnel carries no SNI of the application's.
-                    TextAttribute::Sni => None,
                 };
                 included(values, not_values, |m| {
                     value.as_deref().is_some_and(|v| m.matches(v))
                 })
             }
+            Self::NotAtL4 => false,
         }
     }
 }
 
-fn compile_rule(rule: &Rule, at: &str) -> Result<CompiledRule, PolicyError> {
+fn compile_rule(rule: &Rule, at: &str, namespace: &str) -> Result<CompiledRule, PolicyError> {
     let mut l7 = false;
     let from = rule
         .from
@@ -267,9 +327,8 @@ fn compile_rule(rule: &Rule, at: &str) -> Result<CompiledRule, PolicyError> {
         .enumerate()
         .map(|(i, from)| {
             let at = format!("{at}.from[{i}].source");
-            l7 |= !from.source.request_principals.is_empty()
-                || !from.source.not_request_principals.is_empty();
-            compile_source(&from.source, &at)
+            l7 |= source_uses_l7(&from.source);
+            compile_source(&from.source, &at, namespace)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let to = rule
@@ -287,10 +346,9 @@ fn compile_rule(rule: &Rule, at: &str) -> Result<CompiledRule, PolicyError> {
         .collect::<Result<Vec<_>, PolicyError>>()?;
     let mut when = Vec::new();
     for (i, condition) in rule.when.iter().enumerate() {
-        match compile_condition(condition, &format!("{at}.when[{i}]"))? {
-            Some(matcher) => when.push(matcher),
-            None => l7 = true,
-        }
+        let matcher = compile_condition(condition, &format!("{at}.when[{i}]"))?;
+        l7 |= matches!(matcher, WhenMatch::NotAtL4);
+        when.push(matcher);
     }
     Ok(CompiledRule { from, to, when, l7 })
 }
@@ -308,7 +366,27 @@ fn uses_l7(operation: &Operation) -> bool {
     .any(|values| !values.is_empty())
 }
 
-fn compile_source(source: &Source, at: &str) -> Result<SourceMatch, PolicyError> {
+/// Whether `source` names attributes Istio treats as HTTP-level.
+fn source_uses_l7(source: &Source) -> bool {
+    [
+        &source.request_principals,
+        &source.not_request_principals,
+        &source.remote_ip_blocks,
+        &source.not_remote_ip_blocks,
+    ]
+    .iter()
+    .any(|values| !values.is_empty())
+}
+
+/// `namespace/name`, or `name` in the policy's `namespace`.
+fn service_account(value: &str, namespace: &str) -> (String, String) {
+    match value.split_once('/') {
+        Some((namespace, name)) => (namespace.to_owned(), name.to_owned()),
+        None => (namespace.to_owned(), value.to_owned()),
+    }
+}
+
+fn compile_source(source: &Source, at: &str, namespace: &str) -> Result<SourceMatch, PolicyError> {
     let strings = |values: &[String]| values.iter().map(|v| StringMatch::new(v)).collect();
     let blocks = |values: &[String], field: &str| -> Result<Vec<IpBlock>, PolicyError> {
         values
@@ -321,24 +399,32 @@ fn compile_source(source: &Source, at: &str) -> Result<SourceMatch, PolicyError>
             })
             .collect()
     };
-    // At L4 the original client is the connection's source: remoteIpBlocks
-    // and ipBlocks both match the source address.
-    let mut ip_blocks = blocks(&source.ip_blocks, "ipBlocks")?;
-    ip_blocks.extend(blocks(&source.remote_ip_blocks, "remoteIpBlocks")?);
-    let mut not_ip_blocks = blocks(&source.not_ip_blocks, "notIpBlocks")?;
-    not_ip_blocks.extend(blocks(&source.not_remote_ip_blocks, "notRemoteIpBlocks")?);
+    // remoteIpBlocks come from HTTP headers (X-Forwarded-For): checked for
+    // form only, never matched here (see `source_uses_l7`).
+    blocks(&source.remote_ip_blocks, "remoteIpBlocks")?;
+    blocks(&source.not_remote_ip_blocks, "notRemoteIpBlocks")?;
+    let accounts = |values: &[String]| {
+        values
+            .iter()
+            .map(|v| service_account(v, namespace))
+            .collect()
+    };
     Ok(SourceMatch {
         principals: strings(&source.principals),
         not_principals: strings(&source.not_principals),
         namespaces: strings(&source.namespaces),
         not_namespaces: strings(&source.not_namespaces),
-        ip_blocks,
-        not_ip_blocks,
+        service_accounts: accounts(&source.service_accounts),
+        not_service_accounts: accounts(&source.not_service_accounts),
+        ip_blocks: blocks(&source.ip_blocks, "ipBlocks")?,
+        not_ip_blocks: blocks(&source.not_ip_blocks, "notIpBlocks")?,
     })
 }
 
-/// A `when` condition; `None` for an L7 key.
-fn compile_condition(condition: &Condition, at: &str) -> Result<Option<WhenMatch>, PolicyError> {
+/// A `when` condition. Only the keys Istio gives its node proxy are matched:
+/// `source.ip`, `source.namespace`, `source.principal`, `destination.ip`,
+/// `destination.port`; its other keys never hold here.
+fn compile_condition(condition: &Condition, at: &str) -> Result<WhenMatch, PolicyError> {
     let field = |message: String| PolicyError::Field {
         field: format!("{at}.key"),
         message,
@@ -349,7 +435,7 @@ fn compile_condition(condition: &Condition, at: &str) -> Result<Option<WhenMatch
             message: "a condition needs values or notValues".to_owned(),
         });
     }
-    let ip = |destination| -> Result<Option<WhenMatch>, PolicyError> {
+    let ip = |destination| -> Result<WhenMatch, PolicyError> {
         let parse = |values: &[String], name: &str| {
             values
                 .iter()
@@ -361,14 +447,14 @@ fn compile_condition(condition: &Condition, at: &str) -> Result<Option<WhenMatch
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        Ok(Some(WhenMatch::Ip {
+        Ok(WhenMatch::Ip {
             destination,
             values: parse(&condition.values, "values")?,
             not_values: parse(&condition.not_values, "notValues")?,
-        }))
+        })
     };
     let text = |attribute| {
-        Ok(Some(WhenMatch::Text {
+        Ok(WhenMatch::Text {
             attribute,
             values: condition
                 .values
@@ -380,21 +466,25 @@ fn compile_condition(condition: &Condition, at: &str) -> Result<Option<WhenMatch
                 .iter()
                 .map(|v| StringMatch::new(v))
                 .collect(),
-        }))
+        })
     };
     match condition.key.as_str() {
-        "source.ip" | "remote.ip" => ip(false),
+        "source.ip" => ip(false),
         "destination.ip" => ip(true),
-        "destination.port" => Ok(Some(WhenMatch::Port {
+        "destination.port" => Ok(WhenMatch::Port {
             values: ports(&condition.values, &format!("{at}.values"))?,
             not_values: ports(&condition.not_values, &format!("{at}.notValues"))?,
-        })),
+        }),
         "source.principal" => text(TextAttribute::Principal),
         "source.namespace" => text(TextAttribute::Namespace),
-        "connection.sni" => text(TextAttribute::Sni),
-        key if key.starts_with("request.") || key.starts_with("experimental.") => Ok(None),
+        // Known to Istio, not given to its node proxy: the original client
+        // from HTTP headers, the SNI of TLS it does not terminate, requests.
+        "remote.ip" | "connection.sni" => Ok(WhenMatch::NotAtL4),
+        key if key.starts_with("request.") || key.starts_with("experimental.") => {
+            Ok(WhenMatch::NotAtL4)
+        }
         key => Err(field(format!(
-            "unknown condition key {key:?} (L4 keys: source.ip, remote.ip, source.namespace, source.principal, destination.ip, destination.port, connection.sni)"
+            "unknown condition key {key:?} (keys at L4: source.ip, source.namespace, source.principal, destination.ip, destination.port; remote.ip, connection.sni, request.* and experimental.* never match at L4)"
         ))),
     }
 }

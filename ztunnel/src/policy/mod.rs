@@ -195,7 +195,7 @@ impl PolicySet {
                     tracing::warn!(
                         policy = %policy.id,
                         action = ?policy.action,
-                        "policy uses L7 attributes this L4 proxy cannot see: such ALLOW rules match nothing, such DENY rules deny on their L4 parts alone"
+                        "policy uses HTTP attributes this L4 proxy cannot see (as Istio's ztunnel): ALLOW rules naming them match nothing; DENY rules keep their L4 attributes, and one left without any denies nothing"
                     );
                 }
                 self.authorization.push(policy);
@@ -272,6 +272,14 @@ impl PolicySet {
                     "AuthorizationPolicy {}: uses HTTP attributes an L4 proxy cannot see (ALLOW rules with them match nothing, DENY rules deny on their L4 parts)",
                     policy.id
                 ));
+            }
+            if policy.action == Action::Deny {
+                for rule in policy.rules_without_effect() {
+                    findings.push(format!(
+                        "AuthorizationPolicy {}: DENY rule {rule} denies nothing at L4: a from, to or when part of it names only attributes a node proxy cannot see (as in Istio's ztunnel, istio#61126); a waypoint enforces it",
+                        policy.id
+                    ));
+                }
             }
             if !selects_a_pod(namespace, selector) {
                 findings.push(format!(

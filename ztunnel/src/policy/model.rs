@@ -214,12 +214,20 @@ pub struct Source {
     /// Source IPs or CIDRs that must not match.
     #[serde(default)]
     pub not_ip_blocks: Vec<String>,
-    /// Original client IPs (at L4: the source IP).
+    /// Original client IPs, from HTTP headers (L7: Istio does not give
+    /// them to its node proxy).
     #[serde(default)]
     pub remote_ip_blocks: Vec<String>,
-    /// Original client IPs that must not match.
+    /// Original client IPs that must not match (L7).
     #[serde(default)]
     pub not_remote_ip_blocks: Vec<String>,
+    /// Peer ServiceAccounts, `<namespace>/<name>` or `<name>` (in the
+    /// policy's namespace).
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
+    /// Peer ServiceAccounts that must not match.
+    #[serde(default)]
+    pub not_service_accounts: Vec<String>,
 }
 
 /// `rules[].to[]`.

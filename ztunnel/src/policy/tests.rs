@@ -285,19 +285,77 @@ fn authorization_follows_istio_semantics() {
             8080,
             false,
         ),
+        // remoteIpBlocks come from HTTP headers: Istio's translation for
+        // ztunnel (ambient/authorization.go, httpSources) drops an ALLOW rule
+        // using them and the fields from a DENY rule, whose empty match then
+        // matches nothing (ztunnel rbac.rs skips empty matches; istio#61126).
         case(
-            "remoteIpBlocks",
+            "ALLOW remoteIpBlocks is dropped (was: matched the source address)",
             allow(&from("remoteIpBlocks", "\"10.244.1.0/24\"")),
             PLAIN,
             "10.244.1.4",
             8080,
-            true,
+            false,
         ),
         case(
-            "DENY notRemoteIpBlocks",
+            "DENY notRemoteIpBlocks alone has no effect",
             deny(&from("notRemoteIpBlocks", "\"10.244.0.0/16\"")),
             PLAIN,
             "192.0.2.1",
+            8080,
+            true,
+        ),
+        case(
+            "DENY ipBlocks beside remoteIpBlocks denies on ipBlocks",
+            deny(&format!(
+                "{}\n        remoteIpBlocks: [\"192.0.2.0/24\"]",
+                from("ipBlocks", "\"10.244.1.0/24\"")
+            )),
+            PLAIN,
+            "10.244.1.4",
+            8080,
+            false,
+        ),
+        // serviceAccounts (security.istio.io/v1): `name` in the policy's
+        // namespace, or `namespace/name` (authorization.go,
+        // stringToServiceAccountMatch).
+        case(
+            "serviceAccounts, a name in the policy's namespace",
+            allow(&from("serviceAccounts", "\"client\"")),
+            CLIENT,
+            "10.244.1.3",
+            8080,
+            true,
+        ),
+        case(
+            "serviceAccounts, namespace/name",
+            allow(&from("serviceAccounts", "\"other/default\"")),
+            OTHER,
+            "10.244.1.3",
+            8080,
+            true,
+        ),
+        case(
+            "serviceAccounts, another account",
+            allow(&from("serviceAccounts", "\"client\"")),
+            OTHER,
+            "10.244.1.3",
+            8080,
+            false,
+        ),
+        case(
+            "serviceAccounts, plaintext has none",
+            allow(&from("serviceAccounts", "\"client\"")),
+            PLAIN,
+            "10.244.1.3",
+            8080,
+            false,
+        ),
+        case(
+            "DENY notServiceAccounts",
+            deny(&from("notServiceAccounts", "\"client\"")),
+            OTHER,
+            "10.244.1.3",
             8080,
             false,
         ),
@@ -391,6 +449,9 @@ fn authorization_follows_istio_semantics() {
             9090,
             false,
         ),
+        // Keys Istio does not give ztunnel (authorization.go,
+        // l4WhenAttributes): the condition never holds, with values or
+        // notValues, in either action.
         case(
             "when connection.sni (none at L4)",
             allow(&when("connection.sni", "values", "\"*\"")),
@@ -398,6 +459,38 @@ fn authorization_follows_istio_semantics() {
             "10.244.1.3",
             8080,
             false,
+        ),
+        case(
+            "ALLOW when connection.sni notValues (was: fail open)",
+            allow(&when("connection.sni", "notValues", "\"evil.example\"")),
+            CLIENT,
+            "10.244.1.3",
+            8080,
+            false,
+        ),
+        case(
+            "ALLOW when remote.ip (was: the source address)",
+            allow(&when("remote.ip", "values", "\"10.244.1.0/24\"")),
+            CLIENT,
+            "10.244.1.3",
+            8080,
+            false,
+        ),
+        case(
+            "DENY when remote.ip has no effect",
+            deny(&when("remote.ip", "values", "\"10.244.1.0/24\"")),
+            CLIENT,
+            "10.244.1.3",
+            8080,
+            true,
+        ),
+        case(
+            "DENY when connection.sni notValues has no effect",
+            deny(&when("connection.sni", "notValues", "\"a.example\"")),
+            CLIENT,
+            "10.244.1.3",
+            8080,
+            true,
         ),
         // L7 attributes: ALLOW matches nothing, DENY denies on its L4 parts.
         case(
@@ -424,17 +517,41 @@ fn authorization_follows_istio_semantics() {
             8080,
             false,
         ),
+        // DENY keeps only its L4 attributes; a `to` or `from` left with
+        // none matches nothing, so the rule has no effect (istio#61126).
         case(
-            "DENY with paths denies",
+            "DENY with paths alone has no effect",
             deny(&to("paths", "\"/admin\"")),
+            CLIENT,
+            "10.244.1.3",
+            8080,
+            true,
+        ),
+        case(
+            "DENY with ports and paths denies on the port",
+            deny(&format!(
+                "{}\n        paths: [\"/admin\"]",
+                to("ports", "\"8080\"")
+            )),
             CLIENT,
             "10.244.1.3",
             8080,
             false,
         ),
         case(
-            "DENY with requestPrincipals denies",
+            "DENY with requestPrincipals alone has no effect",
             deny(&from("requestPrincipals", "\"*\"")),
+            CLIENT,
+            "10.244.1.3",
+            8080,
+            true,
+        ),
+        case(
+            "DENY principals beside requestPrincipals denies on principals",
+            deny(&format!(
+                "{}\n        requestPrincipals: [\"*\"]",
+                from("principals", "\"*/sa/client\"")
+            )),
             CLIENT,
             "10.244.1.3",
             8080,
@@ -888,5 +1005,24 @@ fn an_object_defined_twice_is_refused() {
     assert!(
         err.to_string().contains("demo/p is defined more than once"),
         "{err}"
+    );
+}
+
+#[test]
+fn analyze_names_deny_rules_that_deny_nothing_at_l4() {
+    let deny = |rules: &str| policy("demo", &format!("spec:\n  action: DENY\n  rules:\n{rules}"));
+    let set = set(&deny(
+        "  - to:\n    - operation:\n        paths: [\"/admin\"]\n  - to:\n    - operation:\n        ports: [\"8080\"]\n        paths: [\"/admin\"]\n  - when:\n    - key: connection.sni\n      notValues: [\"a.example\"]",
+    ));
+    let findings = set.analyze(&crate::registry::Registry::default());
+    let without_effect: Vec<&String> = findings
+        .iter()
+        .filter(|finding| finding.contains("denies nothing at L4"))
+        .collect();
+    assert_eq!(without_effect.len(), 2, "{findings:#?}");
+    assert!(without_effect[0].contains("DENY rule 0 "), "{findings:#?}");
+    assert!(
+        without_effect[1].contains("DENY rule 2 "),
+        "rule 1 still denies on its port: {findings:#?}"
     );
 }
