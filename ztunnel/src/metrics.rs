@@ -113,6 +113,9 @@ pub struct Metrics {
     pub tcp_received: Family<TcpLabels, Counter>,
     /// `ztunnel_policy_denials_total`.
     pub policy_denials: Family<PolicyLabels, Counter>,
+    /// `ztunnel_policy_audits_total`: connections an AUDIT policy matched,
+    /// by policy.
+    pub policy_audits: Family<PolicyLabels, Counter>,
     /// `ztunnel_policy_dry_run_total`: connections where dry-run policies
     /// would have decided differently.
     pub policy_dry_run: Family<DryRunLabels, Counter>,
@@ -163,6 +166,7 @@ impl Metrics {
         let tcp_received = Family::default();
         let policy_denials = Family::default();
         let policy_dry_run = Family::default();
+        let policy_audits = Family::default();
         registry.register(
             "istio_tcp_connections_opened",
             "TCP connections opened",
@@ -187,6 +191,11 @@ impl Metrics {
             "ztunnel_policy_denials",
             "Connections refused by policy, by the policy that decided",
             policy_denials.clone(),
+        );
+        registry.register(
+            "ztunnel_policy_audits",
+            "Connections an AUDIT policy matched, by policy",
+            policy_audits.clone(),
         );
         registry.register(
             "ztunnel_policy_dry_run",
@@ -290,6 +299,7 @@ impl Metrics {
             tcp_sent,
             tcp_received,
             policy_denials,
+            policy_audits,
             policy_dry_run,
         }
     }

@@ -161,9 +161,15 @@ fn policy_denials_and_dry_run_decisions_are_counted() {
         dir.join("trial.yaml"),
         policy(
             "trial",
-            "  annotations:\n    istio.io/dry-run: \"true\"\n",
+            // Read as Go's strconv.ParseBool reads it, as Istio does.
+            "  annotations:\n    istio.io/dry-run: \"True\"\n",
             "demo",
         ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("audit.yaml"),
+        policy("audit-demo", "", "demo").replace("action: DENY", "action: AUDIT"),
     )
     .unwrap();
     std::fs::write(dir.join("deny.yaml"), policy("deny-legacy", "", "legacy")).unwrap();
@@ -184,6 +190,15 @@ fn policy_denials_and_dry_run_decisions_are_counted() {
         2.0
     );
     assert!(daemon_log(&cluster, "node2").contains("dry-run: the dry-run policies would deny this connection: denied by DENY policy demo/trial rule 0"));
+    // The AUDIT policy matched both, counted by policy.
+    assert_eq!(
+        metric_sum(
+            &node2,
+            "ztunnel_policy_audits_total",
+            &[("policy", "demo/audit-demo")]
+        ),
+        2.0
+    );
 
     // An enforced denial, counted by policy (legacy joins the mesh to carry a namespace).
     let mut cluster = cluster;

@@ -119,6 +119,19 @@ enum TextAttribute {
     Namespace,
 }
 
+/// The annotation that makes a policy a trial: evaluated, never enforced.
+const DRY_RUN: &str = "istio.io/dry-run";
+
+/// A boolean as Go's `strconv.ParseBool` reads it, which is how Istio reads
+/// its annotations (and its webhook refuses anything else).
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 impl AuthorizationPolicy {
     /// Compiles `spec`; `field` names the document's location in errors.
     pub fn compile(
@@ -150,10 +163,17 @@ impl AuthorizationPolicy {
             namespace: metadata.namespace.clone(),
             selector: spec.selector.as_ref().map(|s| s.match_labels.clone()),
             action: spec.action,
-            dry_run: metadata
-                .annotations
-                .get("istio.io/dry-run")
-                .is_some_and(|v| v == "true"),
+            dry_run: match metadata.annotations.get(DRY_RUN) {
+                None => false,
+                Some(value) => parse_bool(value).ok_or_else(|| {
+                    invalid(
+                        format!("metadata.annotations[{DRY_RUN}]"),
+                        format!(
+                            "{value:?} is not a boolean (as Go's strconv.ParseBool reads it: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False)"
+                        ),
+                    )
+                })?,
+            },
             uses_l7: rules.iter().any(|r| r.l7),
             rules,
         })

@@ -1026,3 +1026,35 @@ fn analyze_names_deny_rules_that_deny_nothing_at_l4() {
         "rule 1 still denies on its port: {findings:#?}"
     );
 }
+
+#[test]
+fn the_dry_run_annotation_is_read_as_go_reads_booleans() {
+    let trial = |value: &str| {
+        policy(
+            "demo",
+            &format!("  annotations:\n    istio.io/dry-run: \"{value}\"\nspec: {{}}"),
+        )
+    };
+    for (value, dry_run) in [
+        ("true", true),
+        ("True", true),
+        ("1", true),
+        ("t", true),
+        ("false", false),
+        ("0", false),
+        ("F", false),
+    ] {
+        let mut set = PolicySet::default();
+        let problems = set.add_documents(&trial(value));
+        assert!(problems.is_empty(), "{value}: {problems:?}");
+        assert_eq!(set.authorization[0].dry_run, dry_run, "{value}");
+    }
+    for value in ["yes", "on", "TRUE "] {
+        let mut set = PolicySet::default();
+        let problems = set.add_documents(&trial(value));
+        assert!(
+            problems.iter().any(|p| p.contains("is not a boolean")),
+            "{value}: {problems:?}"
+        );
+    }
+}

@@ -128,6 +128,12 @@ fn evaluate(
     let principal = identity.map(Identity::to_string).unwrap_or_default();
     for policy in &verdict.audited {
         tracing::info!(policy = %policy, dst.pod = %pod.name, src.addr = %source, src.identity = %principal, %destination, "audit: connection matched an AUDIT policy");
+        metrics
+            .policy_audits
+            .get_or_create(&PolicyLabels {
+                policy: policy.clone(),
+            })
+            .inc();
     }
     if let Some(would) = &verdict.dry_run {
         let (word, detail) = match would {
