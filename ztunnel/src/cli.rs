@@ -16,7 +16,7 @@ use ztunnel::{
     identity::{CaClientConfig, CaToken, ManagerConfig, TrustDomain},
     kubernetes::KubeConfig,
     node::{self, NodeConfig, Source},
-    proxy::limits::Limits,
+    proxy::limits::{self, Limits},
     registry::{Enrolment, LabelSelector},
     tls::{CipherSuites, TunnelTls},
     tunnel::plaintext::Transport,
@@ -145,10 +145,10 @@ struct NodeArgs {
     max_connections_per_pod: Option<usize>,
     /// Tunnel handshakes in progress at once on this node; the excess is
     /// refused at once.
-    #[arg(long, default_value_t = ztunnel::proxy::limits::PENDING_HANDSHAKES)]
+    #[arg(long, default_value_t = limits::PENDING_HANDSHAKES)]
     max_pending_handshakes: usize,
     /// Tunnel handshakes in progress at once from one source address.
-    #[arg(long, default_value_t = ztunnel::proxy::limits::PENDING_HANDSHAKES_PER_SOURCE)]
+    #[arg(long, default_value_t = limits::PENDING_HANDSHAKES_PER_SOURCE)]
     max_pending_handshakes_per_source: usize,
     /// Directory of Istio policy YAML (PeerAuthentication, AuthorizationPolicy),
     /// reloaded on change.
@@ -476,15 +476,12 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>, open_files: u64) -> 
             resumption: !args.no_tls_resumption,
         },
         tunnel_reuse: !args.no_tunnel_reuse,
-        limits: {
-            let defaults = Limits::for_open_files(open_files);
-            Limits {
-                connections_per_pod: args
-                    .max_connections_per_pod
-                    .unwrap_or(defaults.connections_per_pod),
-                pending_handshakes: args.max_pending_handshakes,
-                pending_handshakes_per_source: args.max_pending_handshakes_per_source,
-            }
+        limits: Limits {
+            connections_per_pod: args
+                .max_connections_per_pod
+                .unwrap_or_else(|| limits::connections_per_pod_for(open_files)),
+            pending_handshakes: args.max_pending_handshakes,
+            pending_handshakes_per_source: args.max_pending_handshakes_per_source,
         },
         open_files,
         transport: if args.benchmark_plaintext_tunnel {

@@ -440,6 +440,7 @@ spec:
         "differs from Istio's ztunnel: each pod may hold",
         "differs from Istio's ztunnel: tunnel handshakes in progress are limited",
         "differs from Istio's ztunnel: kubelet probes are recognised",
+        "differs from Istio's ztunnel: the daemon's own connections are recognised by its process",
     ] {
         assert!(findings.contains(difference), "{findings}");
     }

@@ -311,14 +311,20 @@ impl AdminState for NodeState {
     fn analyze(&self) -> Vec<String> {
         let mut findings = self.policies.borrow().analyze(&self.registry.borrow());
         findings.extend(self.differences.iter().cloned());
-        if self.capture_by_mark.get().is_some() {
-            findings.push(
-                "capture: this kernel (before Linux 6.10) lets the connect hooks tell the daemon's \
-                 sockets only by their mark, so a pod with CAP_NET_ADMIN can set mark 0x539 and \
-                 skip capture; upgrade the node's kernel"
-                    .to_owned(),
-            );
-        }
+        // Istio's in-pod rules let packets marked 0x539 skip redirection
+        // (istio/istio cni/pkg/iptables/iptables.go), which is what the
+        // fallback does too; by process, a pod's mark changes nothing.
+        findings.push(if self.capture_by_mark.get().is_some() {
+            "capture: this kernel (before Linux 6.10) lets the connect hooks tell the daemon's \
+             sockets only by their mark, so a pod with CAP_NET_ADMIN can set mark 0x539 and skip \
+             capture, as it can in Istio's in-pod rules; upgrade the node's kernel"
+                .to_owned()
+        } else {
+            "differs from Istio's ztunnel: the daemon's own connections are recognised by its \
+             process, so a pod that sets mark 0x539 on its sockets is still captured (Istio's \
+             in-pod rules let such packets skip redirection)"
+                .to_owned()
+        });
         findings
     }
 }

@@ -444,14 +444,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_clean_end_stays_a_clean_end() {
-        let (mut client, mut server, task) = relayed(Duration::from_secs(30)).await;
-        server.write_all(&[1u8; 100_000]).await.unwrap();
-        server.shutdown().await.unwrap();
-        assert_eq!(read_until_end(&mut client).await.unwrap(), 100_000);
+    async fn a_clean_end_delivers_what_is_still_queued() {
+        // The relay is done once the last bytes are in its socket's send
+        // queue; a slow client has not received them yet. Closing with a
+        // reset would throw them away: a clean end must close normally.
+        const LEN: usize = 1 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let slow =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        slow.set_recv_buffer_size(4096).unwrap();
+        slow.set_nonblocking(true).unwrap();
+        let connect = tokio::net::TcpSocket::from_std_stream(slow.into())
+            .connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(connect, listener.accept());
+        let (mut client, mut down) = (client.unwrap(), accepted.unwrap().0);
+        let (mut up, mut server) = pair().await;
+        let task = tokio::spawn(async move {
+            relay(
+                &mut down,
+                &mut up,
+                Duration::from_secs(30),
+                std::future::pending(),
+            )
+            .await
+        });
         client.shutdown().await.unwrap();
-        assert_eq!(read_until_end(&mut server).await.unwrap(), 0);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let mut total = 0;
+            loop {
+                match client.read(&mut buf).await? {
+                    0 => return Ok::<_, io::Error>(total),
+                    n => total += n,
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        server.write_all(&vec![1u8; LEN]).await.unwrap();
+        server.shutdown().await.unwrap();
         assert!(matches!(task.await.unwrap().ending, Ending::Closed));
-        drop((client, server));
+        assert_eq!(reader.await.unwrap().expect("the end, not a reset"), LEN);
+        assert_eq!(read_until_end(&mut server).await.unwrap(), 0);
     }
 }

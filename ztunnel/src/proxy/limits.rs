@@ -10,7 +10,7 @@
 //!   inbound ones (delivered to it, plaintext or tunnelled). The excess is
 //!   refused with a reset at once. The default is a quarter of the daemon's
 //!   open-file limit, so one pod can hold at most half the descriptors
-//!   ([`Limits::for_open_files`]);
+//!   ([`connections_per_pod_for`]);
 //! - **pending tunnel handshakes**, on the node and per source address:
 //!   anyone who can reach a pod's port 15008 can open a TCP connection and
 //!   send nothing. Handshakes beyond the caps are refused at once (the
@@ -53,20 +53,15 @@ pub const PENDING_HANDSHAKES: usize = 4096;
 /// flood is tens of thousands.
 pub const PENDING_HANDSHAKES_PER_SOURCE: usize = 1024;
 
-impl Limits {
-    /// The defaults for a daemon that may open `open_files` descriptors: a pod
-    /// may hold a quarter of them in each direction (each connection costs
-    /// two), at least 1024. With the 1,048,576 descriptors a container
-    /// usually has that is 262,144 per pod and direction, above what a
-    /// workload opens in practice; Istio's ztunnel has no such cap.
-    pub fn for_open_files(open_files: u64) -> Self {
-        let quarter = usize::try_from(open_files / 4).unwrap_or(usize::MAX);
-        Self {
-            connections_per_pod: quarter.max(1024),
-            pending_handshakes: PENDING_HANDSHAKES,
-            pending_handshakes_per_source: PENDING_HANDSHAKES_PER_SOURCE,
-        }
-    }
+/// The default per-pod limit for a daemon that may open `open_files`
+/// descriptors: a quarter of them in each direction (each connection costs
+/// two), at least 1024. With the 1,048,576 descriptors a container usually
+/// has that is 262,144 per pod and direction, above what a workload opens in
+/// practice; Istio's ztunnel has no such cap.
+pub fn connections_per_pod_for(open_files: u64) -> usize {
+    usize::try_from(open_files / 4)
+        .unwrap_or(usize::MAX)
+        .max(1024)
 }
 
 /// Which way a pod's connection goes.
@@ -315,11 +310,8 @@ mod tests {
 
     #[test]
     fn the_default_per_pod_cap_leaves_half_the_descriptors_to_others() {
-        assert_eq!(
-            Limits::for_open_files(1_048_576).connections_per_pod,
-            262_144
-        );
-        assert_eq!(Limits::for_open_files(20_000).connections_per_pod, 5_000);
-        assert_eq!(Limits::for_open_files(1024).connections_per_pod, 1024);
+        assert_eq!(connections_per_pod_for(1_048_576), 262_144);
+        assert_eq!(connections_per_pod_for(20_000), 5_000);
+        assert_eq!(connections_per_pod_for(1024), 1024);
     }
 }

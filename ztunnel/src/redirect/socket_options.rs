@@ -33,8 +33,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn two_connections_from_one_address_share_a_port_only_when_asked() {
-        // With the option, bind() leaves the port unassigned.
+    fn with_the_option_bind_leaves_the_port_to_connect() {
+        // Without it, bind() to port 0 assigns (and reserves) a port at once.
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("socket");
         set_bind_address_no_port(&socket).expect("setsockopt");

@@ -319,6 +319,9 @@ async fn http(listen: SocketAddr, name: String) -> Result<()> {
 
 /// Opens `connections` connections to `address`, 256 at a time, reports how
 /// many connected, and keeps them (sending nothing) until stdin closes.
+/// Unlike the benchmark load generator's `hold`, which proves each
+/// connection with an exchange and stops at the first failure, a flood sends
+/// nothing and expects most of its connections to be refused.
 async fn hold(address: SocketAddr, connections: usize) -> Result<()> {
     // `main` raised the soft limit to the hard one; more takes several holders.
     let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)?.0;
@@ -382,32 +385,24 @@ async fn burst(address: SocketAddr, connections: usize, concurrency: usize) -> R
         Ok(())
     }
     let (mut ok, mut failed) = (0, 0);
-    let mut tasks = tokio::task::JoinSet::new();
-    for started in 0..connections {
-        if started >= concurrency {
-            match tasks.join_next().await.context("a task")? {
-                Ok(Ok(())) => ok += 1,
-                Ok(Err(err)) => {
-                    failed += 1;
-                    if failed <= 5 {
-                        eprintln!("{err:#}");
-                    }
-                }
-                Err(err) => return Err(err.into()),
+    let mut tally = |result: Result<()>| match result {
+        Ok(()) => ok += 1,
+        Err(err) => {
+            failed += 1;
+            if failed <= 5 {
+                eprintln!("{err:#}");
             }
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        if tasks.len() >= concurrency {
+            tally(tasks.join_next().await.context("a task")??);
         }
         tasks.spawn(one(address));
     }
     while let Some(result) = tasks.join_next().await {
-        match result? {
-            Ok(()) => ok += 1,
-            Err(err) => {
-                failed += 1;
-                if failed <= 5 {
-                    eprintln!("{err:#}");
-                }
-            }
-        }
+        tally(result?);
     }
     println!("ok {ok} failed {failed}");
     Ok(())
