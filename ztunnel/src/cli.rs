@@ -192,7 +192,8 @@ enum CtlCommand {
     Certs,
     /// The pods of the registry, and which this node captures.
     Workloads,
-    /// The policies in force, as written.
+    /// The policies in force, as written, and the state of every object
+    /// found (applied, applied_l4_only, skipped, refused, ignored, with why).
     Policies,
     /// What policy decides for a connection, and why: `check client-1 web-2:8080`.
     Check {

@@ -100,6 +100,22 @@ pub struct DryRunLabels {
     pub decision: &'static str,
 }
 
+/// Labels of policy objects by state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyObjectLabels {
+    /// `AuthorizationPolicy`, `PeerAuthentication` or `other`.
+    pub kind: &'static str,
+    /// `applied`, `applied_l4_only`, `skipped`, `refused` or `ignored`.
+    pub state: &'static str,
+}
+
+/// Labels of a policy load's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabels {
+    /// `clean`, or `refused` when an object or a file was refused.
+    pub result: &'static str,
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -119,6 +135,10 @@ pub struct Metrics {
     /// `ztunnel_policy_dry_run_total`: connections where dry-run policies
     /// would have decided differently.
     pub policy_dry_run: Family<DryRunLabels, Counter>,
+    /// `ztunnel_policy_objects`: policy objects found, by kind and state.
+    pub policy_objects: Family<PolicyObjectLabels, Gauge>,
+    /// `ztunnel_policy_loads_total`: loads of the policy source, by result.
+    pub policy_loads: Family<LoadLabels, Counter>,
     /// `ztunnel_certificate_expiry_timestamp_seconds`: when each held
     /// certificate expires (Unix time).
     pub certificate_expiry: Family<IdentityLabels, Gauge>,
@@ -196,6 +216,18 @@ impl Metrics {
             "ztunnel_policy_audits",
             "Connections an AUDIT policy matched, by policy",
             policy_audits.clone(),
+        );
+        let policy_objects = Family::default();
+        registry.register(
+            "ztunnel_policy_objects",
+            "Policy objects found, by kind and state (applied, applied_l4_only, skipped, refused, ignored)",
+            policy_objects.clone(),
+        );
+        let policy_loads = Family::default();
+        registry.register(
+            "ztunnel_policy_loads",
+            "Loads of the policy source, by result (refused: an object or file was refused)",
+            policy_loads.clone(),
         );
         registry.register(
             "ztunnel_policy_dry_run",
@@ -300,6 +332,8 @@ impl Metrics {
             tcp_received,
             policy_denials,
             policy_audits,
+            policy_objects,
+            policy_loads,
             policy_dry_run,
         }
     }

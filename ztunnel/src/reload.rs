@@ -63,10 +63,10 @@ pub struct Watched<T> {
 impl<T: Send + Sync + 'static> Watched<T> {
     /// Loads `path` now (failing if it cannot be loaded: a process must not
     /// start on a broken file) and watches it from then on.
-    pub fn start<E, F>(path: PathBuf, what: &'static str, load: F) -> Result<Self, E>
+    pub fn start<E, F>(path: PathBuf, what: &'static str, mut load: F) -> Result<Self, E>
     where
         E: Display + Send + 'static,
-        F: Fn(&Path) -> Result<T, E> + Send + 'static,
+        F: FnMut(&Path) -> Result<T, E> + Send + 'static,
     {
         let mut last = stamp(&path);
         let (sender, receiver) = watch::channel(Arc::new(load(&path)?));

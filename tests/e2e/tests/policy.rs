@@ -190,7 +190,7 @@ spec:
 }
 
 #[test]
-fn a_broken_policy_file_is_refused_and_the_previous_policies_stay() {
+fn an_invalid_edit_keeps_the_objects_last_accepted_version() {
     let cluster = mesh(2);
     let _web = http_server(&cluster, "web-2");
     apply(&cluster, "allow", ALLOW_CLIENT);
@@ -204,14 +204,137 @@ fn a_broken_policy_file_is_refused_and_the_previous_policies_stay() {
     );
     let log = daemon_log(&cluster, "node2");
     assert!(
-        log.contains("keeping the previous policies")
-            && log.contains("allow.yaml: document 1")
+        log.contains("policy refused (its previous version stays in force)")
+            && log.contains("allow.yaml document 1")
             && log.contains("principles"),
         "{log}"
     );
-    // The previous set is still enforced.
+    // The previous version is still enforced.
     assert!(!reaches(&cluster, "legacy-1", "web-2", 8080));
     assert!(reaches(&cluster, "client-1", "web-2", 8080));
+    let samples = scrape(&cluster, "node2");
+    assert_eq!(
+        metric_sum(&samples, "ztunnel_policy_objects", &[("state", "refused")]),
+        1.0
+    );
+    assert!(
+        metric_sum(
+            &samples,
+            "ztunnel_policy_loads_total",
+            &[("result", "refused")]
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn a_deny_next_to_objects_a_node_proxy_does_not_enforce_takes_effect() {
+    // Istio applies each object on its own: a CUSTOM policy, one attached to
+    // a waypoint and another Istio kind are skipped or ignored, and the DENY
+    // shipped in the same file is enforced.
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    assert!(reaches(&cluster, "client-1", "web-2", 8080));
+    let deny_client = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: demo}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/demo/sa/client"]}
+"#;
+    apply(
+        &cluster,
+        "mixed",
+        &format!(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext-authz, namespace: demo}}
+spec:
+  action: CUSTOM
+  provider: {{name: opa}}
+  rules: [{{}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: waypoint-only, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: web}}]
+  rules: [{{}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: demo}}
+spec: {{hosts: [web]}}
+---{deny_client}"#
+        ),
+    );
+    assert!(
+        !reaches(&cluster, "client-1", "web-2", 8080),
+        "the DENY is enforced"
+    );
+    assert!(
+        reaches(&cluster, "legacy-1", "web-2", 8080),
+        "nothing else is"
+    );
+
+    let policies: serde_json::Value =
+        serde_json::from_str(&ctl(&cluster, "node2", &["policies"])).unwrap();
+    let states: Vec<(String, String)> = policies["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_str().unwrap().to_owned(),
+                o["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let state = |id: &str| {
+        states
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, s)| s.as_str())
+    };
+    assert_eq!(state("demo/deny-client"), Some("applied"), "{states:?}");
+    assert_eq!(state("demo/ext-authz"), Some("skipped"), "{states:?}");
+    assert_eq!(state("demo/waypoint-only"), Some("skipped"), "{states:?}");
+    assert_eq!(state("demo/web"), Some("ignored"), "{states:?}");
+    let samples = scrape(&cluster, "node2");
+    let objects = |state| metric_sum(&samples, "ztunnel_policy_objects", &[("state", state)]);
+    assert_eq!(
+        (objects("applied"), objects("skipped"), objects("ignored")),
+        (1.0, 2.0, 1.0)
+    );
+    let findings = ctl(&cluster, "node2", &["analyze"]);
+    assert!(
+        findings.contains("AuthorizationPolicy demo/ext-authz")
+            && findings.contains("skipped: spec.action: CUSTOM"),
+        "{findings}"
+    );
+
+    // A second file that stops parsing keeps its last good objects; the
+    // first moves on.
+    apply(&cluster, "mixed", deny_client);
+    apply(&cluster, "allow", ALLOW_CLIENT);
+    apply(&cluster, "allow", "kind: [");
+    assert!(
+        !reaches(&cluster, "legacy-1", "web-2", 8080),
+        "allow.yaml's ALLOW stays"
+    );
+    assert!(
+        !reaches(&cluster, "client-1", "web-2", 8080),
+        "mixed.yaml's DENY stays"
+    );
+    let findings = ctl(&cluster, "node2", &["analyze"]);
+    assert!(
+        findings.contains("allow.yaml: document 1 (line 1)")
+            && findings.contains("the objects of its last version that parsed stay in force"),
+        "{findings}"
+    );
 }
 
 #[test]

@@ -40,9 +40,12 @@ use kube::{
 };
 use tokio::sync::{oneshot, watch};
 
-use crate::{policy::PolicySet, registry::Registry, reload::Watched};
+use crate::{
+    policy::{Loader, PolicySet},
+    registry::Registry,
+    reload::Watched,
+};
 use netns_index::NetnsIndex;
-use policies::PolicyCompiler;
 use store::Store;
 
 /// How often pods of this node whose network namespace was not found yet
@@ -108,13 +111,12 @@ pub async fn start(
     let (policies_tx, policies_rx) = watch::channel(Arc::new(PolicySet::default()));
     let mut state = State {
         node: node.map(str::to_owned),
-        root_namespace: root_namespace.to_owned(),
         namespaces: Store::default(),
         pods: Store::default(),
         services: Store::default(),
         slices: Store::default(),
         policies: Default::default(),
-        compiler: PolicyCompiler::default(),
+        loader: Loader::new(root_namespace),
         netns: config.netns_dir.clone().map(NetnsIndex::new),
         missing_netns: false,
         registry: registry_tx,
@@ -240,13 +242,12 @@ fn watches(client: &Client, policies: bool) -> SelectAll<BoxStream<'static, Upda
 struct State {
     /// This node; none for the CA, which captures nothing.
     node: Option<String>,
-    root_namespace: String,
     namespaces: Store<Namespace>,
     pods: Store<Pod>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     policies: [Store<DynamicObject>; 2],
-    compiler: PolicyCompiler,
+    loader: Loader,
     netns: Option<NetnsIndex>,
     /// A pod of this node had no network namespace at the last rebuild.
     missing_netns: bool,
@@ -385,7 +386,9 @@ impl State {
     }
 
     fn publish_policies(&mut self) {
-        let set = self.compiler.compile(&self.policies, &self.root_namespace);
+        let set = self
+            .loader
+            .load_objects(policies::documents(&self.policies));
         tracing::info!(
             authorization = set.authorization.len(),
             peer_authentication = set.peer_authentication.len(),

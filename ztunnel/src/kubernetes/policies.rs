@@ -2,17 +2,13 @@
 //! compiled by the same code as policy files.
 //!
 //! The API server has already checked each object against its CRD schema,
-//! but not against what this proxy can enforce. An object that does not
-//! compile is refused alone, and its last version that did stays in force
-//! (a typo in an edited DENY policy must never make it vanish); a new object
-//! that never compiled is not enforced. Both are logged with the reason.
-
-use std::collections::{HashMap, HashSet};
+//! but not against what this proxy can enforce: the policy loader judges
+//! each object on its own, as it does for files (an invalid edit keeps the
+//! last accepted version in force).
 
 use kube::api::DynamicObject;
 
 use super::store::Store;
-use crate::policy::PolicySet;
 
 /// The API group, version and kinds watched.
 pub const GROUP: &str = "security.istio.io";
@@ -21,56 +17,14 @@ pub const VERSION: &str = "v1";
 /// The kinds, as the policy loader names them.
 pub const KINDS: [&str; 2] = ["PeerAuthentication", "AuthorizationPolicy"];
 
-/// Compiles policy objects, remembering each one's last good version.
-#[derive(Default)]
-pub struct PolicyCompiler {
-    last_good: HashMap<String, String>,
-}
-
-impl PolicyCompiler {
-    /// The policy set of every object of `stores` (one per kind of [`KINDS`]).
-    pub fn compile(
-        &mut self,
-        stores: &[Store<DynamicObject>; 2],
-        root_namespace: &str,
-    ) -> PolicySet {
-        let mut set = PolicySet {
-            root_namespace: root_namespace.to_owned(),
-            ..PolicySet::default()
-        };
-        let mut present = HashSet::new();
-        for (kind, store) in KINDS.iter().zip(stores) {
-            for (key, object) in store.objects() {
-                let id = format!("{kind} {key}");
-                let text = document(kind, object);
-                let mut compiled = PolicySet::default();
-                let problems = compiled.add_documents(&text);
-                if problems.is_empty() {
-                    self.last_good.insert(id.clone(), text);
-                } else {
-                    compiled = PolicySet::default();
-                    let previous = self.last_good.get(&id);
-                    if let Some(previous) = previous {
-                        // It compiled before: it compiles again.
-                        compiled.add_documents(previous);
-                    }
-                    tracing::warn!(
-                        policy = %id,
-                        "policy refused ({}): {}",
-                        if previous.is_some() { "its previous version stays in force" } else { "it is not enforced" },
-                        problems.join("; ")
-                    );
-                }
-                set.authorization.append(&mut compiled.authorization);
-                set.peer_authentication
-                    .append(&mut compiled.peer_authentication);
-                present.insert(id);
-            }
-        }
-        self.last_good.retain(|id, _| present.contains(id));
-        set.sort();
-        set
-    }
+/// The objects of `stores` (one per kind of [`KINDS`]) as policy documents,
+/// for [`crate::policy::Loader::load_objects`].
+pub fn documents(stores: &[Store<DynamicObject>; 2]) -> impl Iterator<Item = String> + '_ {
+    KINDS.iter().zip(stores).flat_map(|(kind, store)| {
+        store
+            .objects()
+            .map(move |(_, object)| document(kind, object))
+    })
 }
 
 /// The object as a policy document. List items may omit `apiVersion` and
@@ -86,6 +40,7 @@ fn document(kind: &str, object: &DynamicObject) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{Loader, ObjectState};
     use kube::runtime::watcher::Event;
 
     fn policy(name: &str, action: &str) -> DynamicObject {
@@ -100,15 +55,15 @@ mod tests {
     #[test]
     fn a_bad_edit_keeps_the_last_good_version_and_a_bad_new_object_is_not_enforced() {
         let mut stores: [Store<DynamicObject>; 2] = Default::default();
-        let mut compiler = PolicyCompiler::default();
+        let mut loader = Loader::new("istio-system");
         stores[1].apply(Event::Apply(policy("deny", "DENY")));
-        let set = compiler.compile(&stores, "istio-system");
+        let set = loader.load_objects(documents(&stores));
         assert_eq!(set.authorization.len(), 1);
         assert_eq!(set.authorization[0].id, "demo/deny");
 
         stores[1].apply(Event::Apply(policy("deny", "DENY-TYPO")));
         stores[1].apply(Event::Apply(policy("new", "NOPE")));
-        let set = compiler.compile(&stores, "istio-system");
+        let set = loader.load_objects(documents(&stores));
         let ids: Vec<_> = set.authorization.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(
             ids,
@@ -116,13 +71,20 @@ mod tests {
             "the DENY policy stays; the bad new one is out"
         );
         assert_eq!(set.authorization[0].action, crate::policy::Action::Deny);
+        let states: Vec<_> = set
+            .objects
+            .iter()
+            .map(|o| (o.id.as_str(), o.state, o.in_force))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("demo/deny", ObjectState::Refused, true),
+                ("demo/new", ObjectState::Refused, false)
+            ]
+        );
 
         stores[1].apply(Event::Delete(policy("deny", "DENY")));
-        assert!(
-            compiler
-                .compile(&stores, "istio-system")
-                .authorization
-                .is_empty()
-        );
+        assert!(loader.load_objects(documents(&stores)).authorization.len() == 0);
     }
 }

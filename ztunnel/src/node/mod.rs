@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod check;
+pub mod policies;
 
 use std::{
     collections::BTreeSet,
@@ -408,28 +409,6 @@ async fn count_certificates(
     }
 }
 
-/// The policy directory, watched: the watcher (kept alive by its holder) and
-/// its receiver. Without a directory, no policy.
-type PolicyFiles = (Option<Watched<PolicySet>>, watch::Receiver<Arc<PolicySet>>);
-
-fn watch_policy_files(dir: Option<&PathBuf>, root: &str) -> Result<PolicyFiles, NodeError> {
-    let Some(dir) = dir else {
-        return Ok((None, watch::channel(Arc::new(PolicySet::default())).1));
-    };
-    let root = root.to_owned();
-    let watched = Watched::start(dir.clone(), "policies", move |dir: &std::path::Path| {
-        PolicySet::load_dir(dir, &root)
-    })?;
-    let set = watched.current();
-    tracing::info!(
-        authorization = set.authorization.len(),
-        peer_authentication = set.peer_authentication.len(),
-        "policies loaded"
-    );
-    let receiver = watched.subscribe();
-    Ok((Some(watched), receiver))
-}
-
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(
     config: NodeConfig,
@@ -442,7 +421,7 @@ pub async fn run(
     let (registry, policies) = match &config.source {
         Source::Files { registry, policies } => (
             Watched::start(registry.clone(), "registry", Registry::load)?,
-            watch_policy_files(policies.as_ref(), &config.root_namespace)?,
+            policies::watch_files(policies.as_ref(), &config.root_namespace)?,
         ),
         Source::Kubernetes(kube) => {
             let source =
@@ -537,6 +516,10 @@ pub async fn run(
         let context = context.clone();
         async move { crate::memory::trim_after_surges(&context.active).await }
     });
+    let policy_metrics = tokio::spawn(policies::count(
+        context.policies.clone(),
+        context.metrics.clone(),
+    ));
     let certificate_metrics = tokio::spawn(count_certificates(
         manager.subscribe(),
         context.metrics.clone(),
@@ -617,6 +600,7 @@ pub async fn run(
     sweeper.abort();
     trimmer.abort();
     certificate_metrics.abort();
+    policy_metrics.abort();
     metrics_server.abort();
     tracing::info!("node daemon stopped");
     Ok(())

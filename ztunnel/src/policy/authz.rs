@@ -12,7 +12,7 @@
 //! - Dry-run policies (`istio.io/dry-run: "true"`) are evaluated on the side:
 //!   their would-be decision is reported, never enforced.
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use super::{
     PolicyError,
@@ -55,8 +55,9 @@ pub struct AuthorizationPolicy {
     /// Evaluated and reported, never enforced.
     pub dry_run: bool,
     rules: Vec<CompiledRule>,
-    /// Whether a rule uses attributes an L4 proxy cannot see.
-    pub uses_l7: bool,
+    /// The attributes its rules name that an L4 proxy cannot see (fields
+    /// and `when` keys, as written).
+    pub l7_attributes: BTreeSet<String>,
     /// The specification as written, for the config dump.
     pub spec: AuthorizationPolicySpec,
 }
@@ -139,23 +140,31 @@ impl AuthorizationPolicy {
         spec: &AuthorizationPolicySpec,
     ) -> Result<Self, PolicyError> {
         let invalid = |field: String, message: String| PolicyError::Field { field, message };
-        if spec.action == Action::Custom || spec.provider.is_some() {
-            return Err(invalid(
-                "spec.action".to_owned(),
-                "CUSTOM (external authorization) is not supported by this L4 proxy; use ALLOW, DENY or AUDIT".to_owned(),
-            ));
-        }
+        let unsupported = |field: &str, message: &str| PolicyError::Unsupported {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        };
         if spec.target_ref.is_some() || spec.target_refs.is_some() {
-            return Err(invalid(
-                "spec.targetRefs".to_owned(),
-                "targetRef(s) attach a policy to a waypoint or gateway, which this node proxy does not run; use spec.selector".to_owned(),
+            return Err(unsupported(
+                "spec.targetRefs",
+                "the policy is attached to a waypoint or gateway, which enforces it; a node proxy does not",
             ));
         }
+        if spec.action == Action::Custom || spec.provider.is_some() {
+            return Err(unsupported(
+                "spec.action",
+                "CUSTOM (external authorization) is enforced by a waypoint, not by a node proxy",
+            ));
+        }
+        let mut l7_attributes = BTreeSet::new();
         let rules = spec
             .rules
             .iter()
             .enumerate()
-            .map(|(i, rule)| compile_rule(rule, &format!("spec.rules[{i}]"), &metadata.namespace))
+            .map(|(i, rule)| {
+                let at = format!("spec.rules[{i}]");
+                compile_rule(rule, &at, &metadata.namespace, &mut l7_attributes)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             spec: spec.clone(),
@@ -174,7 +183,7 @@ impl AuthorizationPolicy {
                     )
                 })?,
             },
-            uses_l7: rules.iter().any(|r| r.l7),
+            l7_attributes,
             rules,
         })
     }
@@ -339,63 +348,77 @@ impl WhenMatch {
     }
 }
 
-fn compile_rule(rule: &Rule, at: &str, namespace: &str) -> Result<CompiledRule, PolicyError> {
-    let mut l7 = false;
-    let from = rule
-        .from
-        .iter()
-        .enumerate()
-        .map(|(i, from)| {
-            let at = format!("{at}.from[{i}].source");
-            l7 |= source_uses_l7(&from.source);
-            compile_source(&from.source, &at, namespace)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let to = rule
-        .to
-        .iter()
-        .enumerate()
-        .map(|(i, to)| {
-            let at = format!("{at}.to[{i}].operation");
-            l7 |= uses_l7(&to.operation);
-            Ok(PortMatch {
-                ports: ports(&to.operation.ports, &format!("{at}.ports"))?,
-                not_ports: ports(&to.operation.not_ports, &format!("{at}.notPorts"))?,
-            })
-        })
-        .collect::<Result<Vec<_>, PolicyError>>()?;
+/// Compiles one rule; the HTTP attributes it names are added to `l7`.
+fn compile_rule(
+    rule: &Rule,
+    at: &str,
+    namespace: &str,
+    l7: &mut BTreeSet<String>,
+) -> Result<CompiledRule, PolicyError> {
+    let mut found = Vec::new();
+    let mut from = Vec::new();
+    for (i, entry) in rule.from.iter().enumerate() {
+        found.extend(source_l7_fields(&entry.source));
+        from.push(compile_source(
+            &entry.source,
+            &format!("{at}.from[{i}].source"),
+            namespace,
+        )?);
+    }
+    let mut to = Vec::new();
+    for (i, entry) in rule.to.iter().enumerate() {
+        let at = format!("{at}.to[{i}].operation");
+        found.extend(operation_l7_fields(&entry.operation));
+        to.push(PortMatch {
+            ports: ports(&entry.operation.ports, &format!("{at}.ports"))?,
+            not_ports: ports(&entry.operation.not_ports, &format!("{at}.notPorts"))?,
+        });
+    }
     let mut when = Vec::new();
     for (i, condition) in rule.when.iter().enumerate() {
         let matcher = compile_condition(condition, &format!("{at}.when[{i}]"))?;
-        l7 |= matches!(matcher, WhenMatch::NotAtL4);
+        if matches!(matcher, WhenMatch::NotAtL4) {
+            found.push(condition.key.as_str());
+        }
         when.push(matcher);
     }
-    Ok(CompiledRule { from, to, when, l7 })
+    l7.extend(found.iter().map(|name| (*name).to_owned()));
+    Ok(CompiledRule {
+        from,
+        to,
+        when,
+        l7: !found.is_empty(),
+    })
 }
 
-fn uses_l7(operation: &Operation) -> bool {
+/// The fields of `operation` Istio treats as HTTP-level.
+fn operation_l7_fields(operation: &Operation) -> Vec<&'static str> {
     [
-        &operation.hosts,
-        &operation.not_hosts,
-        &operation.methods,
-        &operation.not_methods,
-        &operation.paths,
-        &operation.not_paths,
+        ("hosts", &operation.hosts),
+        ("notHosts", &operation.not_hosts),
+        ("methods", &operation.methods),
+        ("notMethods", &operation.not_methods),
+        ("paths", &operation.paths),
+        ("notPaths", &operation.not_paths),
     ]
-    .iter()
-    .any(|values| !values.is_empty())
+    .into_iter()
+    .filter(|(_, values)| !values.is_empty())
+    .map(|(name, _)| name)
+    .collect()
 }
 
-/// Whether `source` names attributes Istio treats as HTTP-level.
-fn source_uses_l7(source: &Source) -> bool {
+/// The fields of `source` Istio treats as HTTP-level.
+fn source_l7_fields(source: &Source) -> Vec<&'static str> {
     [
-        &source.request_principals,
-        &source.not_request_principals,
-        &source.remote_ip_blocks,
-        &source.not_remote_ip_blocks,
+        ("requestPrincipals", &source.request_principals),
+        ("notRequestPrincipals", &source.not_request_principals),
+        ("remoteIpBlocks", &source.remote_ip_blocks),
+        ("notRemoteIpBlocks", &source.not_remote_ip_blocks),
     ]
-    .iter()
-    .any(|values| !values.is_empty())
+    .into_iter()
+    .filter(|(_, values)| !values.is_empty())
+    .map(|(name, _)| name)
+    .collect()
 }
 
 /// `namespace/name`, or `name` in the policy's `namespace`.
@@ -420,7 +443,7 @@ fn compile_source(source: &Source, at: &str, namespace: &str) -> Result<SourceMa
             .collect()
     };
     // remoteIpBlocks come from HTTP headers (X-Forwarded-For): checked for
-    // form only, never matched here (see `source_uses_l7`).
+    // form only, never matched here (see `source_l7_fields`).
     blocks(&source.remote_ip_blocks, "remoteIpBlocks")?;
     blocks(&source.not_remote_ip_blocks, "notRemoteIpBlocks")?;
     let accounts = |values: &[String]| {

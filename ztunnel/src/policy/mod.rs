@@ -2,36 +2,38 @@
 //! on the destination side.
 //!
 //! Policies are read from a directory of YAML files (several documents per
-//! file; `security.istio.io/v1` or `v1beta1`). Loading is all or nothing: a
-//! set with any bad document is refused as a whole, with every problem named
-//! by file, document and field, and the last good set stays in force (a typo
-//! in an edited DENY policy must never make it vanish).
+//! file, `kind: List` exports; `security.istio.io/v1` or `v1beta1`) or from
+//! the Kubernetes API. Each object is applied, skipped or refused on its own,
+//! as Istio does ([`load`]); every object's state is kept for the admin
+//! endpoint, `ctl policies`, `ctl analyze` and metrics.
 //!
 //! - [`model`]: the YAML schema.
+//! - [`load`]: objects one at a time, with their states.
 //! - [`matcher`]: Istio's string and IP matching.
 //! - [`authz`]: AuthorizationPolicy compiled and evaluated.
 //! - [`peer_auth`]: PeerAuthentication modes and their precedence.
 
 pub mod authz;
+pub mod load;
 pub mod matcher;
 pub mod model;
 pub mod peer_auth;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use authz::{AuthorizationPolicy, Connection, Workload};
+pub use load::{Loader, ObjectState, ObjectStatus};
 pub use model::{Action, MtlsMode};
 pub use peer_auth::PeerAuthentication;
-
-use model::{AuthorizationPolicySpec, Header, PeerAuthenticationSpec, Resource};
 
 /// Istio's default root namespace: policies there apply mesh-wide.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
-/// A problem with one policy document.
-#[derive(Debug, thiserror::Error)]
+/// Why one policy object is not applied as written.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PolicyError {
-    /// A field has a value that cannot be enforced as written.
+    /// A field has a value that cannot be enforced as written: the object is
+    /// refused.
     #[error("{field}: {message}")]
     Field {
         /// Where, as a path (`spec.rules[0].from[1].source.ipBlocks`).
@@ -39,25 +41,35 @@ pub enum PolicyError {
         /// What is wrong and what to do.
         message: String,
     },
-    /// The document is not valid YAML for its kind (unknown field, wrong type).
+    /// The document is not valid YAML for its kind (unknown field, wrong
+    /// type): the object is refused.
     #[error("{0}")]
     Parse(String),
+    /// A valid object that is not meant for a node proxy: skipped, as Istio's
+    /// ztunnel skips it.
+    #[error("{field}: {message}")]
+    Unsupported {
+        /// The field that makes it so.
+        field: String,
+        /// Why, and what enforces it instead.
+        message: String,
+    },
+    /// Not a kind this proxy enforces: ignored.
+    #[error("{0}")]
+    OtherKind(String),
 }
 
-/// A problem with the policy directory, naming file and document.
+/// The policy directory cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The directory or a file could not be read.
-    #[error("reading {}: {source}", path.display())]
+    /// The directory could not be read.
+    #[error("reading the policy directory {}: {source}", path.display())]
     Read {
         /// The path.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
     },
-    /// One or more documents were refused; nothing of this version is applied.
-    #[error("policies refused, the previous set stays in force:\n{}", .0.join("\n"))]
-    Invalid(Vec<String>),
 }
 
 /// Every policy in force.
@@ -69,6 +81,14 @@ pub struct PolicySet {
     pub authorization: Vec<AuthorizationPolicy>,
     /// PeerAuthentications, sorted by namespace and name.
     pub peer_authentication: Vec<PeerAuthentication>,
+    /// Every object found, with what became of it.
+    pub objects: Vec<ObjectStatus>,
+    /// Files that did not parse, and what stays in force of them.
+    pub file_errors: Vec<String>,
+    /// How many times the source was loaded since the daemon started.
+    pub loads: u64,
+    /// How many of those loads refused an object or a file.
+    pub loads_with_problems: u64,
 }
 
 /// The outcome of authorizing one connection.
@@ -101,51 +121,10 @@ pub struct Verdict {
 }
 
 impl PolicySet {
-    /// Reads every `*.yaml`/`*.yml` file of `dir`. `root_namespace` holds
-    /// the mesh-wide policies.
-    pub fn load_dir(dir: &Path, root_namespace: &str) -> Result<Self, LoadError> {
-        let read_error = |path: &Path| {
-            let path = path.to_owned();
-            move |source| LoadError::Read { path, source }
-        };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(read_error(dir))?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|path| {
-                path.extension()
-                    .is_some_and(|ext| ext == "yaml" || ext == "yml")
-            })
-            .collect();
-        files.sort();
-        let mut set = Self {
-            root_namespace: root_namespace.to_owned(),
-            ..Self::default()
-        };
-        let mut problems = Vec::new();
-        for file in files {
-            let text = std::fs::read_to_string(&file).map_err(read_error(&file))?;
-            for problem in set.add_documents(&text) {
-                problems.push(format!("{}: {problem}", file.display()));
-            }
-        }
-        set.sort();
-        // One object per kind, namespace and name, as in Kubernetes: a second
-        // definition would silently add to the first here.
-        let twice = |ids: Vec<&String>| -> Vec<String> {
-            ids.windows(2)
-                .filter(|pair| pair[0] == pair[1])
-                .map(|pair| format!("{} is defined more than once", pair[0]))
-                .collect()
-        };
-        problems.extend(twice(set.authorization.iter().map(|p| &p.id).collect()));
-        problems.extend(twice(
-            set.peer_authentication.iter().map(|p| &p.id).collect(),
-        ));
-        if !problems.is_empty() {
-            return Err(LoadError::Invalid(problems));
-        }
-        Ok(set)
+    /// Loads one YAML stream with a loader of its own (tests, one-off
+    /// checks): each object's state is in [`PolicySet::objects`].
+    pub fn from_yaml(root_namespace: &str, text: &str) -> Self {
+        Loader::new(root_namespace).load_text("inline", text)
     }
 
     /// Puts the policies in the order evaluation and output rely on: by
@@ -153,71 +132,31 @@ impl PolicySet {
     pub fn sort(&mut self) {
         self.authorization.sort_by(|a, b| a.id.cmp(&b.id));
         self.peer_authentication.sort_by(|a, b| a.id.cmp(&b.id));
+        self.objects
+            .sort_by(|a, b| (&a.kind, &a.id, &a.origin).cmp(&(&b.kind, &b.id, &b.origin)));
     }
 
-    /// Parses the YAML documents of `text` into the set; returns a problem
-    /// per refused document.
-    pub fn add_documents(&mut self, text: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        for (index, (line, document)) in documents(text).into_iter().enumerate() {
-            let at = format!("document {} (line {line})", index + 1);
-            if let Err(problem) = self.add_document(document) {
-                problems.push(format!("{at}: {problem}"));
-            }
-        }
-        problems
+    /// The objects that were refused (invalid) and the files that did not
+    /// parse, in words.
+    pub fn problems(&self) -> Vec<String> {
+        let refused = self
+            .objects
+            .iter()
+            .filter(|o| o.state == ObjectState::Refused)
+            .map(|o| {
+                format!(
+                    "{}: {} {}: {}",
+                    o.origin,
+                    o.kind,
+                    o.id,
+                    o.reason.as_deref().unwrap_or_default()
+                )
+            });
+        refused.chain(self.file_errors.iter().cloned()).collect()
     }
 
-    fn add_document(&mut self, text: &str) -> Result<(), String> {
-        let header: Header = serde_saphyr::from_str(text)
-            .map_err(|err| format!("not a Kubernetes object: {err}"))?;
-        let name = format!(
-            "{} {}/{}",
-            header.kind, header.metadata.namespace, header.metadata.name
-        );
-        if !matches!(
-            header.api_version.as_str(),
-            "security.istio.io/v1" | "security.istio.io/v1beta1"
-        ) {
-            return Err(format!(
-                "{name}: apiVersion {:?} is not security.istio.io/v1 or v1beta1",
-                header.api_version
-            ));
-        }
-        let describe = |err: PolicyError| format!("{name}: {err}");
-        match header.kind.as_str() {
-            "AuthorizationPolicy" => {
-                let resource: Resource<AuthorizationPolicySpec> = serde_saphyr::from_str(text)
-                    .map_err(|err| describe(PolicyError::Parse(err.to_string())))?;
-                let policy = AuthorizationPolicy::compile(&resource.metadata, &resource.spec)
-                    .map_err(describe)?;
-                if policy.uses_l7 {
-                    tracing::warn!(
-                        policy = %policy.id,
-                        action = ?policy.action,
-                        "policy uses HTTP attributes this L4 proxy cannot see (as Istio's ztunnel): ALLOW rules naming them match nothing; DENY rules keep their L4 attributes, and one left without any denies nothing"
-                    );
-                }
-                self.authorization.push(policy);
-            }
-            "PeerAuthentication" => {
-                let resource: Resource<PeerAuthenticationSpec> = serde_saphyr::from_str(text)
-                    .map_err(|err| describe(PolicyError::Parse(err.to_string())))?;
-                self.peer_authentication.push(
-                    PeerAuthentication::compile(&resource.metadata, &resource.spec)
-                        .map_err(describe)?,
-                );
-            }
-            other => {
-                return Err(format!(
-                    "{name}: kind {other:?} is not PeerAuthentication or AuthorizationPolicy"
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The policies in force, as the admin config dump shows them.
+    /// The policies in force and every object's state, as the admin config
+    /// dump shows them.
     pub fn describe(&self) -> serde_json::Value {
         let authorization: Vec<_> = self
             .authorization
@@ -226,7 +165,7 @@ impl PolicySet {
                 serde_json::json!({
                     "id": p.id,
                     "dry_run": p.dry_run,
-                    "uses_l7": p.uses_l7,
+                    "uses_l7": !p.l7_attributes.is_empty(),
                     "spec": p.spec,
                 })
             })
@@ -240,6 +179,8 @@ impl PolicySet {
             "root_namespace": self.root_namespace,
             "authorization_policies": authorization,
             "peer_authentications": peer_authentication,
+            "objects": self.objects,
+            "file_errors": self.file_errors,
         })
     }
 
@@ -252,7 +193,26 @@ impl PolicySet {
                     && selector.is_none_or(|s| s.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
             })
         };
-        let mut findings = Vec::new();
+        let mut findings: Vec<String> = self
+            .objects
+            .iter()
+            .filter(|o| o.state != ObjectState::Applied)
+            .map(|o| {
+                format!(
+                    "{} {} ({}): {}: {}",
+                    o.kind,
+                    o.id,
+                    o.origin,
+                    o.state.as_str().replace('_', " "),
+                    o.reason.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        findings.extend(
+            self.file_errors
+                .iter()
+                .map(|error| format!("policy file refused: {error}")),
+        );
         for policy in &self.authorization {
             let (namespace, selector) = policy.scope();
             if policy.action == Action::Deny && policy.rule_count() == 0 {
@@ -264,12 +224,6 @@ impl PolicySet {
             if policy.action == Action::Allow && policy.rule_count() == 0 {
                 findings.push(format!(
                     "AuthorizationPolicy {}: an ALLOW policy without rules allows nothing (deny-all for the workloads it selects)",
-                    policy.id
-                ));
-            }
-            if policy.uses_l7 {
-                findings.push(format!(
-                    "AuthorizationPolicy {}: uses HTTP attributes an L4 proxy cannot see (ALLOW rules with them match nothing, DENY rules deny on their L4 parts)",
                     policy.id
                 ));
             }
@@ -297,7 +251,45 @@ impl PolicySet {
                 ));
             }
         }
+        findings.extend(self.peer_authentication_findings(registry));
         findings
+    }
+
+    /// Per pod: several workload PeerAuthentications (the oldest decides,
+    /// as in Istio) and the corners where Istio's ztunnel would accept
+    /// plaintext this proxy refuses. One finding per policy and kind.
+    fn peer_authentication_findings(&self, registry: &crate::registry::Registry) -> Vec<String> {
+        let mut findings = std::collections::BTreeSet::new();
+        for pod in &registry.pods {
+            let workload = Workload {
+                namespace: &pod.namespace,
+                labels: &pod.labels,
+            };
+            let layers =
+                peer_auth::layers(&self.peer_authentication, &workload, &self.root_namespace);
+            let Some(used) = layers.workload else {
+                continue;
+            };
+            let others: Vec<&str> = self
+                .peer_authentication
+                .iter()
+                .filter(|p| p.id != used.id && p.selects(&workload, &self.root_namespace))
+                .map(|p| p.id.as_str())
+                .collect();
+            if !others.is_empty() {
+                findings.insert(format!(
+                    "PeerAuthentication {}: several workload policies select pod {}/{} ({} too); the oldest, {}, decides (as in Istio)",
+                    used.id, pod.namespace, pod.name, others.join(", "), used.id
+                ));
+            }
+            if let Some(difference) = layers.istio_relaxes() {
+                findings.insert(format!(
+                    "PeerAuthentication {}: differs from Istio's ztunnel: {difference}",
+                    used.id
+                ));
+            }
+        }
+        findings.into_iter().collect()
     }
 
     /// The mutual TLS mode for connections to `port` of `workload`.
@@ -365,36 +357,6 @@ fn decide<'a>(
         policy: names.join(","),
         reason: format!("no rule of the ALLOW policies {} matches", names.join(", ")),
     }
-}
-
-/// Splits a YAML stream at `---` lines; returns each non-empty document with
-/// its first line number.
-fn documents(text: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut start_line = 1;
-    let mut offset = 0;
-    for (number, line) in text.split_inclusive('\n').enumerate() {
-        let is_separator = line.starts_with("---")
-            && line[3..]
-                .trim_start()
-                .chars()
-                .next()
-                .is_none_or(|c| c == '#');
-        if is_separator {
-            out.push((start_line, &text[start..offset]));
-            start = offset + line.len();
-            start_line = number + 2;
-        }
-        offset += line.len();
-    }
-    out.push((start_line, &text[start..]));
-    out.into_iter()
-        .filter(|(_, doc)| {
-            doc.lines()
-                .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -36,10 +36,23 @@ pub struct Metadata {
     /// Annotations (`istio.io/dry-run: "true"`).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// When the API server created the object (RFC 3339). Of several
+    /// PeerAuthentications at one level, Istio applies the oldest; objects
+    /// written by hand have none and count as newer than any that has one.
+    #[serde(default, rename = "creationTimestamp")]
+    pub creation_timestamp: Option<String>,
 }
 
 fn default_namespace() -> String {
     "default".to_owned()
+}
+
+/// `kind: List` (what `kubectl get -o yaml` writes for several objects).
+#[derive(Clone, Debug, Deserialize)]
+pub struct List {
+    /// The objects, each a whole resource.
+    #[serde(default)]
+    pub items: Vec<serde_json::Value>,
 }
 
 /// A whole resource: header fields plus its `spec`.
@@ -114,7 +127,8 @@ pub struct AuthorizationPolicySpec {
     /// Workloads it applies to; none: the whole namespace (or mesh, in the root namespace).
     #[serde(default)]
     pub selector: Option<WorkloadSelector>,
-    /// Waypoint or gateway targets: not supported by a node proxy (refused by the loader).
+    /// Waypoint or gateway targets: such a policy is not for a node proxy
+    /// (skipped, as Istio's ztunnel skips it).
     #[serde(default)]
     pub target_ref: Option<Present>,
     /// As above.
@@ -123,7 +137,7 @@ pub struct AuthorizationPolicySpec {
     /// What a matching rule does (ALLOW by default).
     #[serde(default)]
     pub action: Action,
-    /// The external authorizer of a CUSTOM policy (refused by the loader).
+    /// The external authorizer of a CUSTOM policy (skipped, as by Istio's ztunnel).
     #[serde(default)]
     pub provider: Option<Present>,
     /// Rules; a connection matches the policy when it matches any rule.
