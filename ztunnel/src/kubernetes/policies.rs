@@ -85,6 +85,11 @@ mod tests {
         );
 
         stores[1].apply(Event::Delete(policy("deny", "DENY")));
-        assert!(loader.load_objects(documents(&stores)).authorization.len() == 0);
+        assert!(
+            loader
+                .load_objects(documents(&stores))
+                .authorization
+                .is_empty()
+        );
     }
 }

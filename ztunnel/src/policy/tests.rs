@@ -99,12 +99,22 @@ fn authorize(set: &PolicySet, from: Option<&str>, ip: &str, port: u16) -> Verdic
     set.authorize(&workload, &connection)
 }
 
+/// (case, Istio source, policies, source principal, source IP, port, allowed)
+type AuthorizationCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    u16,
+    bool,
+);
+
 #[test]
 fn authorization_follows_istio_semantics() {
     const IP: &str = "10.244.1.3";
-    // (case, Istio source, policies, source principal, source IP, port, allowed)
     #[rustfmt::skip]
-    let cases: &[(&str, &str, &str, Option<&str>, &str, u16, bool)] = &[
+    let cases: &[AuthorizationCase] = &[
         ("no policy allows", CONCEPTS, "", CLIENT, IP, 8080, true),
         ("spec {} allows nothing", CONCEPTS, "demo: {}", CLIENT, IP, 8080, false),
         ("ALLOW without rules allows nothing, plaintext too", CONCEPTS, "demo: {action: ALLOW}", PLAIN, IP, 8080, false),
@@ -277,12 +287,22 @@ fn pa_level(namespace: &str, name: &str, selector: bool, level: &str) -> String 
     )
 }
 
+/// (case, Istio source, mesh, namespace, workload (selects app=web), port, mode)
+type PeerAuthenticationCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    u16,
+    MtlsMode,
+);
+
 #[test]
 fn peer_authentication_follows_the_ambient_translation() {
     use MtlsMode::{Permissive as P, Strict as S};
-    // (case, Istio source, mesh, namespace, workload (selects app=web), port, mode)
     #[rustfmt::skip]
-    let cases: &[(&str, &str, &str, &str, &str, u16, MtlsMode)] = &[
+    let cases: &[PeerAuthenticationCase] = &[
         ("no policy: PERMISSIVE", PA_DOC, "-", "-", "-", 8080, P),
         ("mesh STRICT", AMBIENT_PA_TEST, "STRICT", "-", "-", 8080, S),
         ("namespace PERMISSIVE over mesh STRICT", AMBIENT_PA_TEST, "STRICT", "PERMISSIVE", "-", 8080, P),
@@ -577,10 +597,8 @@ fn objects_a_node_proxy_does_not_enforce_are_skipped_or_ignored_and_the_rest_app
 
 #[test]
 fn list_exports_load_like_their_items() {
-    let kubectl = format!(
-        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: security.istio.io/v1\n  kind: AuthorizationPolicy\n  metadata: {{name: a, namespace: demo}}\n  spec: {{action: DENY, rules: [{{}}]}}\n- apiVersion: security.istio.io/v1\n  kind: PeerAuthentication\n  metadata: {{name: default, namespace: demo}}\n  spec: {{mtls: {{mode: STRICT}}}}\n"
-    );
-    let set = set(&kubectl);
+    let kubectl = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: security.istio.io/v1\n  kind: AuthorizationPolicy\n  metadata: {name: a, namespace: demo}\n  spec: {action: DENY, rules: [{}]}\n- apiVersion: security.istio.io/v1\n  kind: PeerAuthentication\n  metadata: {name: default, namespace: demo}\n  spec: {mtls: {mode: STRICT}}\n";
+    let set = set(kubectl);
     assert_eq!(set.authorization.len(), 1);
     assert_eq!(set.peer_authentication.len(), 1);
     assert!(
