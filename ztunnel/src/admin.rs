@@ -7,7 +7,7 @@
 //! | `/certs` | the certificates held (identity, serial, validity, issuer), identities still waiting for one, and the trusted roots |
 //! | `/config_dump` | the registry, the pods captured on this node, the policies in force |
 //! | `/logging` | GET: the log filter; POST `?level=<filter>`: change it at run time |
-//! | `/check?src=<pod>&dst=<pod>&port=<n>` | what policy decides for that connection, and why |
+//! | `/check?src=<pod>&dst=<pod or service>&port=<n>` | what policy decides for that connection, and why (pods and Services by name, `namespace/name` or address) |
 //! | `/analyze` | likely policy mistakes |
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::SystemTime};

@@ -196,10 +196,13 @@ enum CtlCommand {
     /// found (applied, applied_l4_only, skipped, refused, ignored, with why).
     Policies,
     /// What policy decides for a connection, and why: `check client-1 web-2:8080`.
+    /// Exits with status 1 when the connection would be denied.
     Check {
-        /// Source pod (`name` or `namespace/name`).
+        /// Source pod: `name`, `namespace/name` or its address.
         source: String,
-        /// Destination pod and port (`pod:port`).
+        /// Destination and port: a pod or a Service (`name`, `namespace/name`,
+        /// an address or a Service VIP), then `:port` (`demo/web:80`,
+        /// `10.96.0.10:80`, `[fd00::1]:80`). A Service's every endpoint is checked.
         destination: String,
     },
     /// Likely policy mistakes.
@@ -370,7 +373,13 @@ fn run_ctl(args: CtlArgs) -> anyhow::Result<()> {
                 .context("the destination is <pod>:<port>")?;
             let port: u16 = port.parse().context("the destination port is a number")?;
             let path = format!("/check?src={source}&dst={pod}&port={port}");
-            ctl::explain_check(&ctl::get_json(args.admin, &path)?)
+            let answer = ctl::get_json(args.admin, &path)?;
+            let out = ctl::explain_check(&answer);
+            if answer["decision"] == "deny" {
+                print!("{out}");
+                anyhow::bail!("the connection would be denied");
+            }
+            out
         }
         CtlCommand::Analyze => {
             let answer = ctl::get_json(args.admin, "/analyze")?;

@@ -98,6 +98,21 @@ pub fn workloads(dump: &Value) -> String {
 
 /// `check`'s answer in sentences.
 pub fn explain_check(answer: &Value) -> String {
+    if let Some(endpoints) = answer["endpoints"].as_array() {
+        let mut out = format!(
+            "service:     {} port {} (to port {} of its endpoints)\ndecision:    {}: {}\n",
+            answer["service"].as_str().unwrap_or("?"),
+            answer["port"],
+            answer["target_port"],
+            answer["decision"].as_str().unwrap_or("?").to_uppercase(),
+            answer["reason"].as_str().unwrap_or("?"),
+        );
+        for endpoint in endpoints {
+            out.push('\n');
+            out.push_str(&explain_check(endpoint));
+        }
+        return out;
+    }
     let side = |side: &Value| {
         format!(
             "{} on {} ({}{})",
@@ -132,6 +147,9 @@ pub fn explain_check(answer: &Value) -> String {
     ));
     if let Some(dry_run) = answer["dry_run"].as_str() {
         out.push_str(&format!("dry-run:     {dry_run}\n"));
+    }
+    for note in answer["notes"].as_array().into_iter().flatten() {
+        out.push_str(&format!("note:        {}\n", note.as_str().unwrap_or("?")));
     }
     out
 }

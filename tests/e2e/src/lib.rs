@@ -356,6 +356,14 @@ pub fn sigterm_daemon(cluster: &ztunnel_cluster::Cluster, node: &str) -> u32 {
 /// `ztunnel ctl ARGS` run inside node `node`'s namespace, where its admin
 /// endpoint is; its output.
 pub fn ctl(cluster: &ztunnel_cluster::Cluster, node: &str, args: &[&str]) -> String {
+    let (success, out) = ctl_status(cluster, node, args);
+    assert!(success, "ztunnel ctl {} failed: {out}", args.join(" "));
+    out
+}
+
+/// Runs `ztunnel ctl <args>` like [`ctl`]; returns whether it exited with
+/// status 0, and its standard output and error.
+pub fn ctl_status(cluster: &ztunnel_cluster::Cluster, node: &str, args: &[&str]) -> (bool, String) {
     let netns = cluster
         .status()
         .node(node)
@@ -363,10 +371,16 @@ pub fn ctl(cluster: &ztunnel_cluster::Cluster, node: &str, args: &[&str]) -> Str
         .netns
         .clone();
     let ztunnel = bin("ztunnel");
-    ztunnel_cluster::netns::output(
-        ztunnel_cluster::netns::exec(&netns, &ztunnel.to_string_lossy())
-            .arg("ctl")
-            .args(args),
-    )
-    .unwrap_or_else(|err| panic!("ztunnel ctl {}: {err}", args.join(" ")))
+    let out = ztunnel_cluster::netns::exec(&netns, &ztunnel.to_string_lossy())
+        .arg("ctl")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("ztunnel ctl {}: {err}", args.join(" ")));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }

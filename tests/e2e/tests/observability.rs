@@ -6,7 +6,8 @@ use std::{process::Command, time::Duration};
 
 use ztunnel_cluster::Cluster;
 use ztunnel_e2e::{
-    ALLOW_CLIENT, ctl, daemon_log, http_server, mesh, metric_sum, scrape, wait_tunnel_idle, within,
+    ALLOW_CLIENT, ctl, ctl_status, daemon_log, http_server, mesh, metric_sum, scrape,
+    wait_tunnel_idle, within,
 };
 
 fn get(cluster: &Cluster, from: &str, url: &str) -> bool {
@@ -388,6 +389,20 @@ spec:
   selector:
     matchLabels:
       app: db
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: client-get-only
+  namespace: demo
+spec:
+  selector:
+    matchLabels:
+      app: client
+  rules:
+  - to:
+    - operation:
+        methods: ["GET"]
 "#
         ),
     )
@@ -406,7 +421,12 @@ spec:
             .contains("decision:    ALLOW: allowed by ALLOW policy demo/web-allow-client rule 0"),
         "{allowed}"
     );
-    let denied = ctl(&cluster, "node1", &["check", "legacy-1", "web-2:8080"]);
+    let (success, denied) = ctl_status(
+        &cluster,
+        "node1",
+        &["check", "legacy/legacy-1", "web-2:8080"],
+    );
+    assert!(!success, "a denial exits non-zero: {denied}");
     assert!(
         denied.contains("plaintext into the destination pod"),
         "{denied}"
@@ -416,6 +436,34 @@ spec:
             "decision:    DENY: no rule of the ALLOW policies demo/web-allow-client matches"
         ),
         "{denied}"
+    );
+    // A Service by name or VIP: each of its endpoints is checked.
+    let service = cluster
+        .status()
+        .services
+        .iter()
+        .find(|s| s.name == "web" && s.namespace == "demo")
+        .cloned()
+        .unwrap();
+    for destination in [
+        format!("demo/web:{}", service.port),
+        format!("{}:{}", service.ipv4, service.port),
+        format!("[{}]:{}", service.ipv6, service.port),
+    ] {
+        let via_service = ctl(&cluster, "node1", &["check", "client-1", &destination]);
+        assert!(
+            via_service.contains("service:     web.demo.svc.cluster.local")
+                && via_service.contains("decision:    ALLOW: every endpoint allows it")
+                && via_service.contains("destination: demo/web-2 on node2"),
+            "{destination}: {via_service}"
+        );
+    }
+    // An ALLOW rule that names what a node proxy cannot see is explained.
+    let (success, l7) = ctl_status(&cluster, "node1", &["check", "web-1", "client-2:8080"]);
+    assert!(!success, "{l7}");
+    assert!(
+        l7.contains("note:        ALLOW policy demo/client-get-only rule 0 can never match at L4: it names attributes a node proxy cannot see (methods)"),
+        "{l7}"
     );
     // What ctl says is what the daemons do.
     let _web = http_server(&cluster, "web-2");

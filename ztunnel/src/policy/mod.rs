@@ -11,9 +11,12 @@
 //! - [`load`]: objects one at a time, with their states.
 //! - [`matcher`]: Istio's string and IP matching.
 //! - [`authz`]: AuthorizationPolicy compiled and evaluated.
+//! - [`decide`]: the one decision for a connection, used by the data path,
+//!   `ztunnel ctl check` and `/check`.
 //! - [`peer_auth`]: PeerAuthentication modes and their precedence.
 
 pub mod authz;
+pub mod decide;
 pub mod load;
 pub mod matcher;
 pub mod model;
@@ -22,6 +25,7 @@ pub mod peer_auth;
 use std::path::PathBuf;
 
 pub use authz::{AuthorizationPolicy, Connection, Workload};
+pub use decide::{Decision, STRICT_REFUSAL, Verdict};
 pub use load::{Loader, ObjectState, ObjectStatus};
 pub use model::{Action, MtlsMode};
 pub use peer_auth::PeerAuthentication;
@@ -89,35 +93,6 @@ pub struct PolicySet {
     pub loads: u64,
     /// How many of those loads refused an object or a file.
     pub loads_with_problems: u64,
-}
-
-/// The outcome of authorizing one connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Allowed: by the named ALLOW policy and rule, or because no ALLOW policy applies.
-    Allow {
-        /// `namespace/name` and rule index of the ALLOW rule that matched.
-        by: Option<(String, usize)>,
-    },
-    /// Denied.
-    Deny {
-        /// The deciding policy (`namespace/name`), or the ALLOW policies none
-        /// of whose rules matched (comma-separated).
-        policy: String,
-        /// Why, naming the policy and rule.
-        reason: String,
-    },
-}
-
-/// A decision with what was recorded on the side.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verdict {
-    /// What is enforced.
-    pub decision: Decision,
-    /// AUDIT policies whose rules matched (`namespace/name`).
-    pub audited: Vec<String>,
-    /// What the dry-run policies would have decided, when it differs.
-    pub dry_run: Option<Decision>,
 }
 
 impl PolicySet {
@@ -300,62 +275,6 @@ impl PolicySet {
             port,
             &self.root_namespace,
         )
-    }
-
-    /// Authorizes `connection` to `workload`.
-    pub fn authorize(&self, workload: &Workload<'_>, connection: &Connection<'_>) -> Verdict {
-        let applicable: Vec<&AuthorizationPolicy> = self
-            .authorization
-            .iter()
-            .filter(|p| p.applies_to(workload, &self.root_namespace))
-            .collect();
-        let enforced = decide(
-            applicable.iter().copied().filter(|p| !p.dry_run),
-            connection,
-        );
-        let with_dry_run = decide(applicable.iter().copied(), connection);
-        let audited = applicable
-            .iter()
-            .filter(|p| p.action == Action::Audit && p.matching_rule(connection).is_some())
-            .map(|p| p.id.clone())
-            .collect();
-        Verdict {
-            dry_run: (with_dry_run != enforced).then_some(with_dry_run),
-            decision: enforced,
-            audited,
-        }
-    }
-}
-
-/// Istio's order: DENY first, then ALLOW if any applies.
-fn decide<'a>(
-    policies: impl Iterator<Item = &'a AuthorizationPolicy> + Clone,
-    connection: &Connection<'_>,
-) -> Decision {
-    for policy in policies.clone().filter(|p| p.action == Action::Deny) {
-        if let Some(rule) = policy.matching_rule(connection) {
-            return Decision::Deny {
-                policy: policy.id.clone(),
-                reason: format!("denied by DENY policy {} rule {rule}", policy.id),
-            };
-        }
-    }
-    let mut allows = policies.filter(|p| p.action == Action::Allow).peekable();
-    if allows.peek().is_none() {
-        return Decision::Allow { by: None };
-    }
-    let mut names = Vec::new();
-    for policy in allows {
-        if let Some(rule) = policy.matching_rule(connection) {
-            return Decision::Allow {
-                by: Some((policy.id.clone(), rule)),
-            };
-        }
-        names.push(policy.id.clone());
-    }
-    Decision::Deny {
-        policy: names.join(","),
-        reason: format!("no rule of the ALLOW policies {} matches", names.join(", ")),
     }
 }
 

@@ -96,7 +96,7 @@ fn authorize(set: &PolicySet, from: Option<&str>, ip: &str, port: u16) -> Verdic
         destination_ip: "10.244.2.2".parse().unwrap(),
         destination_port: port,
     };
-    set.authorize(&workload, &connection)
+    set.decide(&workload, &connection)
 }
 
 /// (case, Istio source, policies, source principal, source IP, port, allowed)
@@ -348,6 +348,19 @@ fn peer_authentication_follows_the_ambient_translation() {
         .concat();
         let set = set(&yaml);
         assert_eq!(set.mtls_mode(&workload, *port), *want, "{what} ({source})");
+        let plaintext = Connection {
+            source_ip: "10.244.1.3".parse().unwrap(),
+            source_identity: None,
+            destination_ip: "10.244.2.2".parse().unwrap(),
+            destination_port: *port,
+        };
+        let verdict = set.decide(&workload, &plaintext);
+        assert_eq!(
+            verdict.decision.allowed(),
+            *want != MtlsMode::Strict,
+            "{what}: plaintext"
+        );
+        assert_eq!(verdict.mtls_mode, *want, "{what}");
         let layers = peer_auth::layers(&set.peer_authentication, &workload, DEFAULT_ROOT_NAMESPACE);
         assert_eq!(
             layers.istio_relaxes().is_some(),
@@ -586,11 +599,11 @@ fn objects_a_node_proxy_does_not_enforce_are_skipped_or_ignored_and_the_rest_app
         destination_port: port,
     };
     assert!(matches!(
-        set.authorize(&workload, &connection(9090)).decision,
+        set.decide(&workload, &connection(9090)).decision,
         Decision::Deny { .. }
     ));
     assert!(matches!(
-        set.authorize(&workload, &connection(8080)).decision,
+        set.decide(&workload, &connection(8080)).decision,
         Decision::Allow { .. }
     ));
 }
@@ -768,7 +781,7 @@ fn documented_examples_behave_as_documented() {
             .unwrap()
             .1;
         let identity = from.map(|p| Identity::parse(&format!("spiffe://{p}")).unwrap());
-        let verdict = load(text).authorize(
+        let verdict = load(text).decide(
             &workload,
             &Connection {
                 source_ip: ip.parse().unwrap(),

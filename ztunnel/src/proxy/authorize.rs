@@ -1,6 +1,6 @@
 //! The destination side's decision, the same on every inbound path (tunnel,
-//! plaintext, same node): PeerAuthentication first (STRICT refuses plaintext),
-//! then AuthorizationPolicy. Dry-run and AUDIT outcomes are logged here. An
+//! plaintext, same node): [`PolicySet::decide`], counted and logged here
+//! (denials, dry-run and AUDIT outcomes). An
 //! admitted connection is tracked until it closes, so that a policy change
 //! can close it ([`enforce_changes`]).
 
@@ -13,33 +13,19 @@ use super::{ProxyContext, admitted::Admission, pod::LocalPod};
 use crate::{
     identity::Identity,
     metrics::{DryRunLabels, Metrics, PolicyLabels},
-    policy::{Connection, Decision, MtlsMode, PolicySet, Workload},
+    policy::{Connection, Decision, PolicySet, Workload},
 };
 
-/// Why a connection was refused by policy.
+/// A connection refused by policy.
 #[derive(Debug, thiserror::Error)]
-pub enum Denied {
-    /// Plaintext to a port whose PeerAuthentication mode is STRICT.
-    #[error("plaintext refused: PeerAuthentication mode STRICT for port {0}")]
-    Strict(u16),
-    /// An AuthorizationPolicy refused it.
-    #[error("{reason}")]
-    Policy {
-        /// The deciding policy (`namespace/name`; several for unmatched ALLOW policies).
-        policy: String,
-        /// Why, naming the policy and rule.
-        reason: String,
-    },
-}
-
-impl Denied {
-    /// What decided, as the `policy` label of the denial metric.
-    pub fn policy(&self) -> &str {
-        match self {
-            Self::Strict(_) => "PeerAuthentication/STRICT",
-            Self::Policy { policy, .. } => policy,
-        }
-    }
+#[error("{reason}")]
+pub struct Denied {
+    /// What decided, as the `policy` label of the denial metric: a policy
+    /// (`namespace/name`; several for unmatched ALLOW policies) or
+    /// [`crate::policy::STRICT_REFUSAL`].
+    pub policy: String,
+    /// Why, naming the policy and rule.
+    pub reason: String,
 }
 
 /// Admits `source` (with its proven identity, `None` for plaintext) to
@@ -92,7 +78,7 @@ pub fn decide(
 ) -> Result<(), Denied> {
     let result = evaluate(policies, pod, source, identity, destination, metrics);
     if let Err(denied) = &result {
-        let policy = denied.policy().to_owned();
+        let policy = denied.policy.clone();
         metrics
             .policy_denials
             .get_or_create(&PolicyLabels { policy })
@@ -113,10 +99,7 @@ fn evaluate(
         namespace: &pod.namespace,
         labels: &pod.labels,
     };
-    if identity.is_none() && policies.mtls_mode(&workload, destination.port()) == MtlsMode::Strict {
-        return Err(Denied::Strict(destination.port()));
-    }
-    let verdict = policies.authorize(
+    let verdict = policies.decide(
         &workload,
         &Connection {
             source_ip: source,
@@ -148,6 +131,6 @@ fn evaluate(
     }
     match verdict.decision {
         Decision::Allow { .. } => Ok(()),
-        Decision::Deny { policy, reason } => Err(Denied::Policy { policy, reason }),
+        Decision::Deny { policy, reason } => Err(Denied { policy, reason }),
     }
 }

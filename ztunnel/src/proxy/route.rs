@@ -59,7 +59,7 @@ pub fn route<'a>(
     let (destination, pod) = match via {
         Some((service, target_port)) => {
             let endpoints: Vec<(&Pod, IpAddr)> =
-                endpoints(registry, service, original.ip()).collect();
+                registry.endpoints(service, original.ip()).collect();
             if endpoints.is_empty() {
                 return Route::NoEndpoint {
                     service: format!("{}/{}", service.namespace, service.name),
@@ -95,26 +95,6 @@ fn service_at(registry: &Registry, original: SocketAddr) -> Option<(&Service, u1
         .iter()
         .find(|port| port.port == original.port())?;
     Some((service, port.target_port))
-}
-
-/// The pods a service selects, each with its address of `family`'s kind.
-fn endpoints<'a>(
-    registry: &'a Registry,
-    service: &'a Service,
-    family: IpAddr,
-) -> impl Iterator<Item = (&'a Pod, IpAddr)> {
-    registry
-        .pods_in(&service.namespace)
-        .filter(move |pod| {
-            service
-                .selector
-                .iter()
-                .all(|(key, value)| pod.labels.get(key) == Some(value))
-        })
-        .filter_map(move |pod| {
-            let ip = pod.ips.iter().find(|ip| ip.is_ipv4() == family.is_ipv4())?;
-            Some((pod, *ip))
-        })
 }
 
 #[cfg(test)]

@@ -217,6 +217,26 @@ impl Registry {
             .filter_map(|position| self.pods.get(*position))
     }
 
+    /// The pods `service` selects, each with its address of `family`'s kind
+    /// (pods without one are left out).
+    pub fn endpoints<'a>(
+        &'a self,
+        service: &'a Service,
+        family: IpAddr,
+    ) -> impl Iterator<Item = (&'a Pod, IpAddr)> + 'a {
+        self.pods_in(&service.namespace)
+            .filter(move |pod| {
+                service
+                    .selector
+                    .iter()
+                    .all(|(key, value)| pod.labels.get(key) == Some(value))
+            })
+            .filter_map(move |pod| {
+                let ip = pod.ips.iter().find(|ip| ip.is_ipv4() == family.is_ipv4())?;
+                Some((pod, *ip))
+            })
+    }
+
     /// The pods scheduled on `node`.
     pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
         self.pods.iter().filter(move |pod| pod.node == node)
