@@ -25,10 +25,11 @@ use tokio::{
 
 use super::{
     ProxyContext, accept_each,
-    authorize::{self, Denied},
+    authorize::Denied,
     connect,
     copy::{self, Relayed, Resettable},
-    deliver::{self, DeliverError},
+    deliver::DeliverError,
+    destination,
     limits::{self, Direction},
     pod::LocalPod,
     record::{self, Peer},
@@ -193,7 +194,6 @@ async fn handle(
         .find(|ip| ip.is_ipv4() == original.is_ipv4())
         .unwrap_or(peer.ip());
     let source = SocketAddr::new(source_ip, peer.port());
-    let idle = context.idle_timeout;
     match upstream {
         Upstream::Tunnel { endpoint, identity } => {
             let (key, mut tunnel, reused) =
@@ -226,30 +226,19 @@ async fn handle(
                 .ok_or(OutboundError::NotCaptured(endpoint))?;
             // The application sees the source pod's address (of the same
             // family: a VIP resolves to an endpoint of the VIP's family).
-            // Same node: the destination's checks run here, with the proven source.
-            let mut admission = authorize::admit(
+            // Same node: the destination's steps run here, with the proven
+            // source, and this node reports as source and as destination.
+            let delivered = destination::deliver::<OutboundError>(
                 context,
                 &destination,
                 source_ip,
                 Some(&pod.identity),
                 endpoint,
-            )?;
-            let (mut app, _slot) =
-                deliver::to_app(context, &destination, endpoint, source_ip).await?;
-            // Both sides are this node: it reports as source and as destination.
-            let registry = context.registry.borrow().clone();
-            let inbound = record::destination_reporter(
-                &registry,
-                &destination,
-                source_ip,
-                Some(&pod.identity),
-            );
+            )
+            .await?;
             let mut tcp = TcpRecord::open(&context.metrics, labels);
-            let mut tcp_in = TcpRecord::open(&context.metrics, inbound);
-            let relay = copy::relay(&mut client, &mut app, idle, admission.revoked());
-            let relayed = Box::pin(relay).await;
+            let (relayed, _) = Box::pin(delivered.relay(&mut client, context)).await;
             (tcp.sent, tcp.received) = (relayed.received, relayed.sent);
-            (tcp_in.sent, tcp_in.received) = (relayed.received, relayed.sent);
             Ok(Closed {
                 source,
                 labels: tcp.labels().clone(),
