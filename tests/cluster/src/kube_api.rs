@@ -8,6 +8,8 @@
 //!   events after N (`ADDED`, `MODIFIED`, `DELETED`), `BOOKMARK`s when asked
 //!   for, and a `410 Gone` `ERROR` event when N is older than the history it
 //!   keeps ([`ApiServer::compact`]);
+//! - `POST` of an `events.k8s.io/v1` Event keeps it (and `PATCH` updates a
+//!   series), for tests to read ([`ApiServer::events`]);
 //! - `POST` of a `TokenReview` answers from the tokens it was given
 //!   ([`ApiServer::add_token`]): authenticated with the token's user and pod
 //!   claims, or not, with the `audiences` checked as the real server does;
@@ -228,6 +230,8 @@ struct Store {
     /// While false every request gets `503 Service Unavailable`.
     available: bool,
     requests: Vec<String>,
+    /// Events posted, by name.
+    events: BTreeMap<String, Value>,
 }
 
 /// A running stand-in API server.
@@ -254,6 +258,7 @@ impl ApiServer {
             watch_generation: 0,
             available: true,
             requests: Vec::new(),
+            events: BTreeMap::new(),
         }));
         let (changes, _) = broadcast::channel(1024);
         let (shared, notify) = (store.clone(), changes.clone());
@@ -433,6 +438,11 @@ impl ApiServer {
         )
     }
 
+    /// The Events posted so far (`events.k8s.io/v1`), in name order.
+    pub fn events(&self) -> Vec<Value> {
+        lock(&self.store).events.values().cloned().collect()
+    }
+
     /// Every request line served so far (`GET /api/v1/pods?watch=true...`).
     pub fn requests(&self) -> Vec<String> {
         lock(&self.store).requests.clone()
@@ -520,6 +530,45 @@ async fn handle(
                 &status(400, "BadRequest", &err.to_string()),
             ),
         };
+    }
+    if path.starts_with("/apis/events.k8s.io/v1/namespaces/")
+        && matches!(*request.method(), Method::POST | Method::PATCH)
+    {
+        let method = request.method().clone();
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &status(400, "BadRequest", "not a JSON Event"),
+            );
+        };
+        let name = event["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut store = lock(&store);
+        let kept = store.events.entry(name).or_insert(Value::Null);
+        // A merge patch of the fields a recorder changes (a series) is a
+        // replacement of those top-level fields.
+        match (
+            method == Method::PATCH,
+            kept.as_object_mut(),
+            event.as_object(),
+        ) {
+            (true, Some(kept), Some(patch)) => kept.extend(patch.clone()),
+            _ => *kept = event,
+        }
+        let code = if method == Method::POST {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return json_response(code, &kept.clone());
     }
     if let Some(document) = discovery(&path) {
         return json_response(StatusCode::OK, &document);

@@ -310,4 +310,81 @@ fn the_daemons_follow_the_api_server() {
     within(TAKES_EFFECT * 2, "the deleted policy stops denying", || {
         get(&cluster, "client-1", &url)
     });
+
+    // One object at a time, as Istio: a CUSTOM policy is skipped, an invalid
+    // one refused, and the DENY beside them is enforced. kubectl users see
+    // why in Events on the objects.
+    api.apply(
+        AUTHORIZATION_POLICIES,
+        json!({
+            "metadata": {"name": "ext-authz", "namespace": "demo", "uid": "uid-ext"},
+            "spec": {"action": "CUSTOM", "provider": {"name": "opa"}, "rules": [{}]}
+        }),
+    );
+    api.apply(
+        AUTHORIZATION_POLICIES,
+        json!({
+            "metadata": {"name": "typo", "namespace": "demo", "uid": "uid-typo"},
+            "spec": {"rules": [{"when": [{"key": "source.nonsense", "values": ["a"]}]}]}
+        }),
+    );
+    api.apply(
+        AUTHORIZATION_POLICIES,
+        json!({
+            "metadata": {"name": "web-deny-client", "namespace": "demo"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "action": "DENY",
+                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}]}]
+            }
+        }),
+    );
+    within(
+        TAKES_EFFECT * 2,
+        "the DENY beside a skipped and a refused object takes effect",
+        || !get(&cluster, "client-1", &url),
+    );
+    let event = |name: &str, reason: &str| {
+        api.events().into_iter().find(|event| {
+            event["regarding"]["name"] == name
+                && event["regarding"]["kind"] == "AuthorizationPolicy"
+                && event["reason"] == reason
+                && event["type"] == "Warning"
+        })
+    };
+    within(
+        Duration::from_secs(3),
+        "Events explain both objects",
+        || {
+            event("ext-authz", "PolicySkipped").is_some()
+                && event("typo", "PolicyRefused").is_some()
+        },
+    );
+    let skipped = event("ext-authz", "PolicySkipped").unwrap();
+    assert!(
+        skipped["note"].as_str().unwrap().contains("CUSTOM"),
+        "{skipped}"
+    );
+    assert_eq!(skipped["regarding"]["uid"], "uid-ext");
+    assert_eq!(skipped["reportingController"], "ztunnel-ebpf");
+    let refused = event("typo", "PolicyRefused").unwrap();
+    assert!(
+        refused["note"]
+            .as_str()
+            .unwrap()
+            .contains("unknown condition key")
+            && refused["note"]
+                .as_str()
+                .unwrap()
+                .contains("it is not enforced"),
+        "{refused}"
+    );
+    // One Event per node and change, not one per reload.
+    let posted = api.events().len();
+    api.apply(
+        AUTHORIZATION_POLICIES,
+        json!({"metadata": {"name": "unrelated", "namespace": "demo"}, "spec": {"action": "DENY"}}),
+    );
+    std::thread::sleep(TAKES_EFFECT);
+    assert_eq!(api.events().len(), posted, "{:#?}", api.events());
 }

@@ -16,8 +16,12 @@
 //! Nothing is published until every kind has been listed once, so a daemon
 //! restarting never applies a partial view (which would release pods). The
 //! policy kinds count as listed when their CRDs are not installed.
+//!
+//! A node daemon posts a Kubernetes Event on each policy object it does not
+//! apply as written (`events`).
 
 pub mod convert;
+mod events;
 mod netns_index;
 mod policies;
 mod store;
@@ -121,6 +125,9 @@ pub async fn start(
         missing_netns: false,
         registry: registry_tx,
         policy_set: policies_tx,
+        events: node
+            .filter(|_| config.policies)
+            .map(|node| events::PolicyEvents::new(client.clone(), node)),
     };
     if !config.policies {
         // Not watched: complete, and empty, from the start.
@@ -253,6 +260,8 @@ struct State {
     missing_netns: bool,
     registry: watch::Sender<Arc<Registry>>,
     policy_set: watch::Sender<Arc<PolicySet>>,
+    /// Events on the policy objects not applied as written (node daemons).
+    events: Option<events::PolicyEvents>,
 }
 
 /// What an update changed.
@@ -394,6 +403,9 @@ impl State {
             peer_authentication = set.peer_authentication.len(),
             "policies updated from the Kubernetes API"
         );
+        if let Some(events) = &mut self.events {
+            events.post(&set, &self.policies);
+        }
         self.policy_set.send_replace(Arc::new(set));
     }
 }

@@ -68,6 +68,11 @@ impl<K: Resource> Store<K> {
         self.synced
     }
 
+    /// The object called `key` (`namespace/name`), if present.
+    pub fn get(&self, key: &str) -> Option<&K> {
+        self.current.get(key)
+    }
+
     /// The objects in force, sorted by `namespace/name`.
     pub fn objects(&self) -> impl Iterator<Item = (&String, &K)> {
         self.current.iter()
