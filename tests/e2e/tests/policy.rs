@@ -484,3 +484,81 @@ spec:
         "{findings}"
     );
 }
+
+#[test]
+fn peer_authentication_as_the_ambient_translation_applies_it_from_a_list_export() {
+    // A `kubectl get -o yaml` export (kind: List): mesh STRICT, and web's
+    // workload policy UNSET with port 8080 DISABLE. In ambient mode a
+    // port-level DISABLE alone does not exempt a port from an inherited
+    // STRICT (istio/istio ambient/authorization.go): plaintext is refused.
+    let cluster = mesh(2);
+    let _web = http_server(&cluster, "web-2");
+    assert!(reaches(&cluster, "legacy-1", "web-2", 8080));
+    let export = |port_mode: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: security.istio.io/v1
+  kind: PeerAuthentication
+  metadata: {{name: default, namespace: istio-system}}
+  spec: {{mtls: {{mode: STRICT}}}}
+- apiVersion: security.istio.io/v1
+  kind: PeerAuthentication
+  metadata: {{name: web, namespace: demo}}
+  spec:
+    selector: {{matchLabels: {{app: web}}}}
+    mtls: {{mode: UNSET}}
+    portLevelMtls: {{8080: {{mode: {port_mode}}}}}
+"#
+        )
+    };
+    apply(&cluster, "mtls", &export("DISABLE"));
+    assert!(
+        !reaches(&cluster, "legacy-1", "web-2", 8080),
+        "DISABLE alone leaves 8080 STRICT"
+    );
+    assert!(
+        reaches(&cluster, "client-1", "web-2", 8080),
+        "mutual TLS still passes"
+    );
+    let policies = ctl(&cluster, "node2", &["policies"]);
+    assert!(
+        policies.contains("mtls.yaml document 1 (line 2) item 2"),
+        "{policies}"
+    );
+
+    apply(&cluster, "mtls", &export("PERMISSIVE"));
+    assert!(
+        reaches(&cluster, "legacy-1", "web-2", 8080),
+        "a PERMISSIVE port is exempt"
+    );
+
+    // Of two workload policies, the oldest decides (Istio's rule), whatever
+    // their names.
+    apply(
+        &cluster,
+        "mtls",
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: a-newer, namespace: demo, creationTimestamp: "2026-06-01T00:00:00Z"}
+spec: {selector: {matchLabels: {app: web}}, mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: b-older, namespace: demo, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec: {selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}}
+"#,
+    );
+    assert!(
+        !reaches(&cluster, "legacy-1", "web-2", 8080),
+        "the older STRICT decides"
+    );
+    let findings = ctl(&cluster, "node2", &["analyze"]);
+    assert!(
+        findings.contains("the oldest, demo/b-older, decides"),
+        "{findings}"
+    );
+}

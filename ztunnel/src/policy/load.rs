@@ -414,7 +414,7 @@ fn compile(header: &Header, text: &str, root: &str) -> Result<Policy, PolicyErro
 }
 
 /// Splits a YAML stream at `---` lines; returns each non-empty document with
-/// its first line number.
+/// the number of its first line with content.
 fn documents(text: &str) -> Vec<(usize, &str)> {
     let mut out = Vec::new();
     let mut start = 0;
@@ -435,10 +435,13 @@ fn documents(text: &str) -> Vec<(usize, &str)> {
         offset += line.len();
     }
     out.push((start_line, &text[start..]));
+    // Numbered from its first line with content; documents without any are
+    // left out.
+    let is_content = |line: &str| !line.trim().is_empty() && !line.trim_start().starts_with('#');
     out.into_iter()
-        .filter(|(_, doc)| {
-            doc.lines()
-                .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+        .filter_map(|(line, doc)| {
+            let skipped = doc.lines().position(is_content)?;
+            Some((line + skipped, doc))
         })
         .collect()
 }
