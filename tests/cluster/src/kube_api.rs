@@ -471,6 +471,22 @@ fn key(object: &Value) -> String {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// The request's body as JSON, or the `400 Bad Request` to answer.
+async fn json_body(request: Request<hyper::body::Incoming>) -> Result<Value, Response<Body>> {
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    serde_json::from_slice(&body).map_err(|err| {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &status(400, "BadRequest", &err.to_string()),
+        )
+    })
+}
+
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -517,35 +533,18 @@ async fn handle(
         );
     }
     if request.method() == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
-        let body = request
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        return match serde_json::from_slice::<Value>(&body) {
+        return match json_body(request).await {
             Ok(review) => json_response(StatusCode::CREATED, &token_review(&store, review)),
-            Err(err) => json_response(
-                StatusCode::BAD_REQUEST,
-                &status(400, "BadRequest", &err.to_string()),
-            ),
+            Err(refused) => refused,
         };
     }
     if path.starts_with("/apis/events.k8s.io/v1/namespaces/")
         && matches!(*request.method(), Method::POST | Method::PATCH)
     {
         let method = request.method().clone();
-        let body = request
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let Ok(event) = serde_json::from_slice::<Value>(&body) else {
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                &status(400, "BadRequest", "not a JSON Event"),
-            );
+        let event = match json_body(request).await {
+            Ok(event) => event,
+            Err(refused) => return refused,
         };
         let name = event["metadata"]["name"]
             .as_str()

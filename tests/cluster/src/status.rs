@@ -168,6 +168,13 @@ impl Status {
             .find(|pod| pod.name == name && namespace.is_none_or(|ns| ns == pod.namespace))
     }
 
+    /// The Service `name` of `namespace`.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceStatus> {
+        self.services
+            .iter()
+            .find(|s| s.name == name && s.namespace == namespace)
+    }
+
     /// The node called `name`.
     pub fn node(&self, name: &str) -> Option<&NodeStatus> {
         self.nodes.iter().find(|node| node.name == name)

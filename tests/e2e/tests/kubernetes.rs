@@ -290,17 +290,15 @@ fn the_daemons_follow_the_api_server() {
     let web2 = cluster.pod("web-2").unwrap().ipv4;
     let url = format!("http://{web2}:8080/");
     assert!(get(&cluster, "client-1", &url), "allowed before any policy");
-    api.apply(
-        AUTHORIZATION_POLICIES,
-        json!({
-            "metadata": {"name": "web-deny-client", "namespace": "demo"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "web"}},
-                "action": "DENY",
-                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}]}]
-            }
-        }),
-    );
+    let deny_client = json!({
+        "metadata": {"name": "web-deny-client", "namespace": "demo"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "action": "DENY",
+            "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}]}]
+        }
+    });
+    api.apply(AUTHORIZATION_POLICIES, deny_client.clone());
     within(
         TAKES_EFFECT * 2,
         "the DENY policy from the API takes effect",
@@ -328,17 +326,7 @@ fn the_daemons_follow_the_api_server() {
             "spec": {"rules": [{"when": [{"key": "source.nonsense", "values": ["a"]}]}]}
         }),
     );
-    api.apply(
-        AUTHORIZATION_POLICIES,
-        json!({
-            "metadata": {"name": "web-deny-client", "namespace": "demo"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "web"}},
-                "action": "DENY",
-                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}]}]
-            }
-        }),
-    );
+    api.apply(AUTHORIZATION_POLICIES, deny_client);
     within(
         TAKES_EFFECT * 2,
         "the DENY beside a skipped and a refused object takes effect",

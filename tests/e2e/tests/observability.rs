@@ -438,13 +438,7 @@ spec:
         "{denied}"
     );
     // A Service by name or VIP: each of its endpoints is checked.
-    let service = cluster
-        .status()
-        .services
-        .iter()
-        .find(|s| s.name == "web" && s.namespace == "demo")
-        .cloned()
-        .unwrap();
+    let service = cluster.status().service("demo", "web").cloned().unwrap();
     for destination in [
         format!("demo/web:{}", service.port),
         format!("{}:{}", service.ipv4, service.port),

@@ -557,9 +557,7 @@ fn a_service_vip_spreads_connections_over_endpoints_on_both_nodes() {
     let _web2 = http_server(&cluster, "web-2");
     let service = cluster
         .status()
-        .services
-        .iter()
-        .find(|s| s.name == "web" && s.namespace == "demo")
+        .service("demo", "web")
         .cloned()
         .expect("the cluster has a service for web");
     let mut answers = std::collections::BTreeMap::<String, usize>::new();
