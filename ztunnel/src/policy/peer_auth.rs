@@ -15,7 +15,7 @@
 //!   PERMISSIVE: port-level DISABLE alone leaves the port STRICT.
 //!
 //! Istio's translation drops STRICT entirely in two corners (see
-//! [`istio_relaxes`]); this proxy keeps it there, a deliberate, safer
+//! [`Layers::istio_relaxes`]); this proxy keeps it there, a deliberate, safer
 //! difference that `ctl analyze` reports.
 
 use std::collections::BTreeMap;
