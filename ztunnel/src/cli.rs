@@ -112,10 +112,15 @@ struct NodeArgs {
     /// Longest delay between retries when the CA fails, in seconds.
     #[arg(long, default_value_t = 30)]
     ca_retry_max_secs: u64,
-    /// On SIGTERM: stop accepting, let open connections finish for this long
-    /// (seconds), then close them and exit.
+    /// On SIGTERM, or once a successor has taken over: stop accepting, let
+    /// open connections finish for this long (seconds), then close them.
     #[arg(long, default_value_t = 20)]
     drain_timeout_secs: u64,
+    /// Unix socket where a daemon hands its listening sockets to the daemon
+    /// replacing it (a rolling update: the new one takes over before the
+    /// old one lets go). Root only; one per node daemon, outside bpffs.
+    #[arg(long, default_value = "/run/ztunnel/handover.sock")]
+    handover_socket: PathBuf,
     /// Access log, one JSON line per connection: `-` (stdout), `off`, or a file.
     #[arg(long, default_value = "-")]
     access_log: String,
@@ -476,6 +481,7 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>, open_files: u64) -> 
         metrics: args.metrics,
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        handover_socket: args.handover_socket,
         root_namespace: args.root_namespace,
         tunnel_tls: TunnelTls {
             suites: if args.tls_chacha20_fallback {

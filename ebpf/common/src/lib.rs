@@ -168,6 +168,14 @@ pub struct DeliveryKey {
 /// The value of the `DAEMON` map: how the programs recognise the node daemon's
 /// own sockets and the node's network namespace.
 ///
+/// Slots of the `DAEMON` map.
+pub const DAEMON_SLOTS: u32 = 2;
+/// The `DAEMON` slot of the daemon that loaded the programs.
+pub const DAEMON_THIS: u32 = 0;
+/// The `DAEMON` slot of the daemon it took over from, while that one drains
+/// (its connections are the mesh's own too); empty otherwise.
+pub const DAEMON_PREVIOUS: u32 = 1;
+
 /// The daemon is the process whose thread group id is `tgid` in the pid
 /// namespace `(pidns_dev, pidns_ino)` (`bpf_get_ns_current_pid_tgid`): a pod
 /// cannot be that process, whatever it sets on its sockets.

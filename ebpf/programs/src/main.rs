@@ -44,9 +44,9 @@ use aya_ebpf::{
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use ztunnel_ebpf_common::{
-    AF_INET, AF_INET6, DAEMON_MARK, DELIVER_MARK, Daemon, DeliveryKey, EnrolledPod,
-    INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, OrigDst, OrigDstKey, PodAddr,
-    UNCAPTURED_DELIVERY, UNCAPTURED_NODE,
+    AF_INET, AF_INET6, DAEMON_MARK, DAEMON_PREVIOUS, DAEMON_SLOTS, DAEMON_THIS, DELIVER_MARK,
+    Daemon, DeliveryKey, EnrolledPod, INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT,
+    OrigDst, OrigDstKey, PodAddr, UNCAPTURED_DELIVERY, UNCAPTURED_NODE,
 };
 
 /// Verdict that lets the syscall proceed (cgroup programs return 1 to allow).
@@ -88,13 +88,26 @@ static ENROLLED_ADDRS: HashMap<PodAddr, u64> = HashMap::pinned(2 * MAX_ENROLLED_
 #[map(name = "DELIVERING")]
 static DELIVERING: LruHashMap<DeliveryKey, u8> = LruHashMap::pinned(MAX_CONNECTING, 0);
 
-/// Who the daemon that loaded these programs is; written once at load.
+/// Who the daemons are: slot [`DAEMON_THIS`] the one that loaded these
+/// programs, slot [`DAEMON_PREVIOUS`] the one it took over from while that
+/// one drains (written by the loader; 0 when there is none).
 #[map(name = "DAEMON")]
-static DAEMON: Array<Daemon> = Array::with_max_entries(1, 0);
+static DAEMON: Array<Daemon> = Array::with_max_entries(DAEMON_SLOTS, 0);
+
+/// The daemon in `slot`, once it has been written.
+fn daemon_in(slot: u32) -> Option<Daemon> {
+    DAEMON.get(slot).copied().filter(|daemon| daemon.tgid != 0)
+}
 
 /// The daemon that loaded these programs, once it has said who it is.
 fn daemon() -> Option<Daemon> {
-    DAEMON.get(0).copied().filter(|daemon| daemon.tgid != 0)
+    daemon_in(DAEMON_THIS)
+}
+
+/// Whether the current task is one of the daemons' processes.
+fn called_by_a_daemon() -> bool {
+    daemon().is_some_and(|daemon| called_by(&daemon))
+        || daemon_in(DAEMON_PREVIOUS).is_some_and(|daemon| called_by(&daemon))
 }
 
 /// Whether the current task belongs to the node daemon's process (called
@@ -141,7 +154,7 @@ fn enrolled_app_socket(ctx: &SockAddrContext, by: DaemonBy) -> Option<EnrolledPo
     // The daemon's own connections from inside the pod (tunnels, passthrough,
     // deliveries) are never captured again.
     let daemons = match by {
-        DaemonBy::Process => daemon().is_some_and(|daemon| called_by(&daemon)),
+        DaemonBy::Process => called_by_a_daemon(),
         // SAFETY: `sk` comes from the context; the verifier checks the field read.
         DaemonBy::Mark => {
             !sk.is_null() && matches!(unsafe { (*sk).mark }, DAEMON_MARK | DELIVER_MARK)

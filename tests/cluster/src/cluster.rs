@@ -219,6 +219,51 @@ impl Cluster {
         })
     }
 
+    /// Replaces node `node`'s daemon the way a DaemonSet's rolling update
+    /// does (`maxSurge: 1, maxUnavailable: 0`): starts `ztunnel` beside the
+    /// running daemon with the same arguments, waits until it has taken over
+    /// (the old one no longer accepts), then stops the old one with SIGTERM:
+    /// it drains its open connections (up to its drain deadline) and exits.
+    /// Returns the old daemon's process id. Without a running daemon, starts
+    /// one and waits until it is ready.
+    pub fn replace_daemon(
+        &mut self,
+        node: &str,
+        ztunnel: &Path,
+    ) -> Result<Option<u32>, ClusterError> {
+        let old = self
+            .node_daemon(node)
+            .ok()
+            .filter(|pid| netns::is_alive(*pid));
+        let log = mesh::daemon_log(&self.status, node);
+        let mark = std::fs::read(&log).map_or(0, |text| text.len());
+        mesh::spawn_daemon(&mut self.status, node, ztunnel)?;
+        self.save()?;
+        let Some(old) = old else {
+            return mesh::wait_daemon_ready(&self.status, node).map(|()| None);
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read(&log).unwrap_or_default();
+            let new = String::from_utf8_lossy(text.get(mark..).unwrap_or_default());
+            if new.contains("took over from the previous daemon") {
+                break;
+            }
+            if new.contains("starting without taking over") || std::time::Instant::now() > deadline
+            {
+                return Err(ClusterError::Timeout(format!(
+                    "the new daemon of {node} did not take over; its log ends:\n{}",
+                    mesh::tail(&log)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &old.to_string()])
+            .status();
+        Ok(Some(old))
+    }
+
     /// Starts node `node`'s daemon again and waits until it is ready.
     pub fn start_daemon(&mut self, node: &str) -> Result<(), ClusterError> {
         let bin_dir = self

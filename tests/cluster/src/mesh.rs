@@ -158,7 +158,8 @@ pub(crate) fn wait_daemon_ready(status: &Status, node: &str) -> Result<(), Clust
     wait_ready(netns, &daemon_log(status, node))
 }
 
-fn daemon_log(status: &Status, node: &str) -> PathBuf {
+/// The log of node `node`'s daemons (each appends to it).
+pub(crate) fn daemon_log(status: &Status, node: &str) -> PathBuf {
     status.state_dir.join(format!("logs/{node}-ztunnel.log"))
 }
 
@@ -177,6 +178,7 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
         .as_ref()
         .expect("a planned cluster has a policy directory");
     let pin_dir = bpf_pin_dir(&status.name).join(node);
+    let handover = status.state_dir.join(format!("{node}.handover.sock"));
     let token = token_file(status, node);
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "node".as_ref(),
@@ -192,12 +194,10 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
         ADMIN_ADDRESS.as_ref(),
         "--metrics".as_ref(),
         METRICS_ADDRESS.as_ref(),
-        // Short, so a stopped node is quick to go; long enough for a test
-        // to see an open connection drain.
-        "--drain-timeout-secs".as_ref(),
-        "3".as_ref(),
         "--bpf-pin-dir".as_ref(),
         pin_dir.as_os_str(),
+        "--handover-socket".as_ref(),
+        handover.as_os_str(),
     ];
     // A daemon reading the Kubernetes API (`--kubernetes` among the extra
     // arguments) takes neither the registry file nor the policy directory.
@@ -213,6 +213,16 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
             "--policies".as_ref(),
             policies.as_os_str(),
         ]);
+    }
+    // Short, so a stopped node is quick to go; long enough for a test to
+    // see an open connection drain. A test may ask for another.
+    if !status
+        .config
+        .daemon_args
+        .iter()
+        .any(|arg| arg == "--drain-timeout-secs")
+    {
+        args.extend(["--drain-timeout-secs", "3"].map(std::ffi::OsStr::new));
     }
     args.extend(status.config.daemon_args.iter().map(std::ffi::OsStr::new));
     // Appended to, so a restarted daemon's log follows its predecessor's.
@@ -248,7 +258,7 @@ fn wait_ready(netns: &str, log: &Path) -> Result<(), ClusterError> {
 }
 
 /// The last lines of a log file, for error messages.
-fn tail(log: &Path) -> String {
+pub(crate) fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")

@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use tokio::task::JoinHandle;
 
@@ -21,9 +21,9 @@ use crate::{
     proxy::{ProxyContext, inbound, inbound_tunnel, outbound, pod::LocalPod},
     redirect::{
         RedirectError,
-        abi::{EnrolledPod, INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT},
+        abi::{Daemon, EnrolledPod, INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT},
         listeners::{self, PodListeners, Ports},
-        netns::PodNetns,
+        netns::{PodNetns, netns_cookie},
         programs::{Attached, InboundListeners, OrigDstTable, Programs},
         transparent,
     },
@@ -51,6 +51,9 @@ type PodKey = (String, String);
 struct CapturedPod {
     pod: Arc<LocalPod>,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// Its listening sockets (the accept tasks own them too), kept for
+    /// handing over to a successor; dropped when it stops accepting.
+    sockets: Vec<OwnedFd>,
 }
 
 /// The captured pods of this node and the programs that steer them.
@@ -62,6 +65,9 @@ pub struct Capture {
     /// Pods an earlier daemon enrolled (in the pinned map), until the first
     /// [`Capture::set_pods`] decides which of them are still wanted.
     inherited: BTreeSet<u64>,
+    /// Listening sockets a previous daemon handed over, until their pods
+    /// are enrolled (then they are used instead of new ones).
+    handed_over: Vec<OwnedFd>,
 }
 
 impl Capture {
@@ -70,16 +76,21 @@ impl Capture {
     /// earlier daemon enrolled stay steered (failing closed) until the first
     /// [`Capture::set_pods`] takes them over or releases them. Captured
     /// pods' connections are served with `context`.
+    ///
+    /// `previous` is the daemon this one takes over from, and `handed_over`
+    /// the listening sockets it handed over ([`crate::redirect::handover`]).
     pub fn start(
         pin_dir: &Path,
         cgroup_root: Option<&Path>,
         context: Arc<ProxyContext>,
+        previous: Option<Daemon>,
+        handed_over: Vec<OwnedFd>,
     ) -> Result<Self, RedirectError> {
         let Attached {
             programs,
             orig_dst,
             inherited,
-        } = Programs::attach(pin_dir, cgroup_root)?;
+        } = Programs::attach(pin_dir, cgroup_root, previous)?;
         if !inherited.is_empty() {
             tracing::info!(
                 pods = inherited.len(),
@@ -92,7 +103,22 @@ impl Capture {
             orig_dst: Arc::new(orig_dst),
             pods: HashMap::new(),
             inherited,
+            handed_over,
         })
+    }
+
+    /// Every captured pod's listening sockets, for a successor.
+    pub fn sockets(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.pods
+            .values()
+            .flat_map(|captured| captured.sockets.iter().map(AsFd::as_fd))
+    }
+
+    /// Stops recognising the previous daemon's sockets: it has exited.
+    pub fn forget_previous_daemon(&mut self) {
+        if let Err(err) = self.programs.forget_previous_daemon() {
+            tracing::warn!("cannot forget the previous daemon: {err}");
+        }
     }
 
     /// Whether the programs tell the daemon's own sockets by their mark
@@ -162,8 +188,9 @@ impl Capture {
     /// first step). The pods stay enrolled: their new connections are
     /// refused until a daemon listens again.
     pub fn stop_accepting(&mut self) {
-        for captured in self.pods.values() {
+        for captured in self.pods.values_mut() {
             captured.accept_tasks.iter().for_each(JoinHandle::abort);
+            captured.sockets.clear();
         }
     }
 
@@ -197,9 +224,19 @@ impl Capture {
             inbound_plaintext: INBOUND_PLAINTEXT_PORT,
             tunnel: INBOUND_MTLS_PORT,
         };
-        let listeners =
-            listeners::bind(&netns, ports, &pod.ips).map_err(io("binding the listeners"))?;
         let cookie = netns.cookie();
+        let (handed_over, others) = std::mem::take(&mut self.handed_over)
+            .into_iter()
+            .partition(|fd| netns_cookie(fd).is_ok_and(|of| of == cookie));
+        self.handed_over = others;
+        let listeners = listeners::open(&netns, ports, &pod.ips, handed_over)
+            .map_err(io("opening the listeners"))?;
+        let sockets = listeners
+            .sockets()
+            .iter()
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io("keeping the listeners"))?;
         {
             let fds = InboundListeners {
                 v4: listeners.inbound_plaintext.v4.as_fd(),
@@ -251,6 +288,7 @@ impl Capture {
         Ok(CapturedPod {
             pod: local,
             accept_tasks,
+            sockets,
         })
     }
 

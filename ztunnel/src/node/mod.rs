@@ -6,12 +6,14 @@
 
 pub mod capture;
 pub mod check;
+pub mod handover;
 pub mod policies;
 
 use std::{
     collections::BTreeSet,
     future::Future,
     net::SocketAddr,
+    os::fd::AsFd,
     path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -78,8 +80,12 @@ pub struct NodeConfig {
     pub metrics: SocketAddr,
     /// The access log: `-` (stdout), `off`, or a file.
     pub access_log: String,
-    /// On SIGTERM, how long open connections may take to finish.
+    /// On SIGTERM, or after handing over, how long open connections may
+    /// take to finish.
     pub drain_timeout: Duration,
+    /// Where the daemon takes over from its predecessor and hands over to
+    /// its successor ([`handover`]).
+    pub handover_socket: PathBuf,
     /// What one pod or peer may hold of the daemon.
     pub limits: Limits,
     /// The file descriptors this process may open (reported as a metric).
@@ -465,15 +471,51 @@ pub async fn run(
         differences: differences_from_istio(&config.limits),
         capture_by_mark: Default::default(),
     });
-    let bind = |address| async move {
-        admin::bind(address)
-            .await
-            .map_err(|source| NodeError::Admin { address, source })
+    // A daemon still running on this node (a rolling update) hands over its
+    // listening sockets; they accept nothing here until this one can serve.
+    let this_daemon =
+        crate::redirect::programs::this_daemon().map_err(|source| RedirectError::Io {
+            context: "finding this process's namespaces".to_owned(),
+            source,
+        })?;
+    let mut take_over =
+        handover::TakeOver::start(Some(&config.handover_socket), this_daemon.node_netns).await;
+    let active = crate::proxy::Active::default();
+    if take_over.taking_over() {
+        active.hold();
+    }
+    let mut bind = |address| {
+        let inherited = take_over.node_listener(address);
+        async move {
+            let listener = match inherited {
+                Some(listener) => tokio::net::TcpListener::from_std(listener),
+                None => admin::bind(address).await,
+            };
+            let listener = listener.map_err(|source| NodeError::Admin { address, source })?;
+            // Kept to hand over to a successor.
+            let socket = listener
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| NodeError::Admin { address, source })?;
+            Ok::<_, NodeError>((listener, socket))
+        }
     };
-    let listener = bind(config.admin).await?;
-    let admin = tokio::spawn(admin::serve(listener, state.clone()));
-    let metrics_listener = bind(config.metrics).await?;
-    let metrics_server = tokio::spawn(admin::serve_metrics(metrics_listener, metrics.clone()));
+    let (listener, admin_socket) = bind(config.admin).await?;
+    let admin = tokio::spawn({
+        let (accepting, state) = (active.accepting(), state.clone());
+        async move {
+            accepting.await;
+            admin::serve(listener, state).await
+        }
+    });
+    let (metrics_listener, metrics_socket) = bind(config.metrics).await?;
+    let metrics_server = tokio::spawn({
+        let (accepting, metrics) = (active.accepting(), metrics.clone());
+        async move {
+            accepting.await;
+            admin::serve_metrics(metrics_listener, metrics).await
+        }
+    });
     tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
     if config.transport == Transport::PlaintextForBenchmarks {
         tracing::warn!(
@@ -507,7 +549,7 @@ pub async fn run(
         limits: config.limits,
         handshakes: Default::default(),
         endpoints: Default::default(),
-        active: Default::default(),
+        active,
         pool: Pool::new(config.tunnel_reuse, tunnel_idle),
     });
     let enforcer = tokio::spawn(crate::proxy::authorize::enforce_changes(context.clone()));
@@ -532,6 +574,8 @@ pub async fn run(
         &config.bpf_pin_dir,
         config.cgroup_root.as_deref(),
         context.clone(),
+        take_over.previous(),
+        take_over.pod_sockets(),
     )?;
     if capture.daemon_by_mark() {
         let _ = state.capture_by_mark.set(());
@@ -539,7 +583,7 @@ pub async fn run(
     let attached = crate::redirect::abi::program_names::ALL.len() as i64;
     context.metrics.ebpf_programs_attached.set(attached);
     let mut changes = registry.subscribe();
-    let mut apply = |registry: &Registry| {
+    let mut apply = |capture: &mut capture::Capture, registry: &Registry| {
         let uncaptured = capture.set_pods(local_pods(registry, &config.node, &config.enrolment));
         let captured: Vec<String> = local_pods(registry, &config.node, &config.enrolment)
             .map(|pod| format!("{}/{}", pod.namespace, pod.name))
@@ -561,8 +605,18 @@ pub async fn run(
             captured,
         })));
     };
-    apply(&registry.current());
+    apply(&mut capture, &registry.current());
     tokio::pin!(shutdown);
+    // Taking over: until this daemon can serve, the previous one does.
+    let mut taking_over = take_over.taking_over().then_some(take_over);
+    let mut successors = None;
+    if taking_over.is_none() {
+        successors = handover::listen(&config.handover_socket);
+    }
+    let mut previous_exited = None;
+    let mut handing_over = None;
+    let mut handed_over = None;
+    let mut stopped = false;
     loop {
         tokio::select! {
             changed = changes.changed() => {
@@ -570,14 +624,57 @@ pub async fn run(
                     break;
                 }
                 let current = changes.borrow_and_update().clone();
-                apply(&current);
+                apply(&mut capture, &current);
             }
-            () = &mut shutdown => break,
+            () = until_ready(&state), if taking_over.is_some() => {
+                context.active.accept();
+                if let Some(take_over) = taking_over.take() {
+                    previous_exited = take_over.complete().await;
+                }
+                successors = handover::listen(&config.handover_socket);
+            }
+            Some(_) = wait_some(&mut previous_exited) => {
+                tracing::info!("the previous daemon has exited");
+                capture.forget_previous_daemon();
+                previous_exited = None;
+            }
+            Some(successor) = next_some(&mut successors), if handing_over.is_none() => {
+                tracing::info!("a new daemon is taking over: handing over the listeners");
+                let sockets: Vec<std::os::fd::OwnedFd> = capture
+                    .sockets()
+                    .chain([admin_socket.as_fd(), metrics_socket.as_fd()])
+                    .filter_map(|fd| fd.try_clone_to_owned().ok())
+                    .collect();
+                handing_over = Some(tokio::spawn(handover::hand_over(successor, this_daemon, sockets)));
+            }
+            Some(result) = wait_some(&mut handing_over) => {
+                handing_over = None;
+                match result.map_err(|err| err.to_string()).and_then(|r| r) {
+                    Ok(successor) => {
+                        // The successor accepts: stop, then tell it.
+                        capture.stop_accepting();
+                        admin.abort();
+                        metrics_server.abort();
+                        match successor.released() {
+                            Ok(connection) => handed_over = Some(connection),
+                            Err(err) => tracing::warn!("telling the successor: {err}"),
+                        }
+                        tracing::info!("handed over to the new daemon: draining");
+                        break;
+                    }
+                    Err(err) => tracing::warn!("hand-over failed, still serving: {err}"),
+                }
+            }
+            () = &mut shutdown => {
+                stopped = true;
+                break;
+            }
         }
     }
     // Graceful shutdown: stop accepting (the pinned programs keep the pods
     // failing closed: new connections are refused, never sent around the
-    // mesh), let open connections finish until the deadline, then close them.
+    // mesh; after a hand-over the successor accepts them), let open
+    // connections finish until the deadline, then close them.
     capture.stop_accepting();
     context.active.drain();
     let open = context.active.count();
@@ -595,6 +692,13 @@ pub async fn run(
             ),
         }
     }
+    if handed_over.is_some() && !stopped {
+        // As a DaemonSet pod, exiting now would have it restarted: wait to
+        // be stopped (the rolling update deletes this pod).
+        tracing::info!("handed over and drained: waiting to be stopped");
+        shutdown.await;
+    }
+    drop(handed_over);
     admin.abort();
     enforcer.abort();
     sweeper.abort();
@@ -604,6 +708,29 @@ pub async fn run(
     metrics_server.abort();
     tracing::info!("node daemon stopped");
     Ok(())
+}
+
+/// Completes once the daemon would answer ready.
+async fn until_ready(state: &NodeState) {
+    while !state.not_ready().is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next value of `receiver`, if there is one; never completes without.
+async fn next_some<T>(receiver: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The output of `future`, if there is one; never completes without.
+async fn wait_some<F: Future + Unpin>(future: &mut Option<F>) -> Option<F::Output> {
+    match future {
+        Some(future) => Some(future.await),
+        None => std::future::pending().await,
+    }
 }
 
 /// Closes idle tunnels past their time, a few times per idle period.

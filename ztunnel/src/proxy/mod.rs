@@ -125,6 +125,7 @@ pub(crate) async fn accept_each<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut backoff = ACCEPT_BACKOFF;
+    context.active.accepting().await;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -142,11 +143,13 @@ pub(crate) async fn accept_each<F, Fut>(
     }
 }
 
-/// How many connections are being proxied, and whether the daemon is
-/// draining: what a graceful shutdown waits for.
+/// How many connections are being proxied, whether the daemon accepts yet
+/// (a daemon taking over holds its listeners until it can serve) and
+/// whether it is draining: what start-up and shutdown wait for.
 #[derive(Debug)]
 pub struct Active {
     count: Arc<watch::Sender<usize>>,
+    accepting: watch::Sender<bool>,
     draining: watch::Sender<bool>,
 }
 
@@ -154,6 +157,7 @@ impl Default for Active {
     fn default() -> Self {
         Self {
             count: Arc::new(watch::Sender::new(0)),
+            accepting: watch::Sender::new(true),
             draining: watch::Sender::new(false),
         }
     }
@@ -172,6 +176,27 @@ impl Active {
     /// The number of running connections.
     pub fn count(&self) -> usize {
         *self.count.borrow()
+    }
+
+    /// Holds every listener's accepting until [`Active::accept`]: the
+    /// daemon it takes over from still serves them.
+    pub fn hold(&self) {
+        self.accepting.send_replace(false);
+    }
+
+    /// Lets the listeners accept.
+    pub fn accept(&self) {
+        self.accepting.send_replace(true);
+    }
+
+    /// Completes once the listeners may accept (not tied to `self`, so a
+    /// task started before the proxy can wait for it).
+    pub fn accepting(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut accepting = self.accepting.subscribe();
+        async move {
+            // Closed only when the daemon stops: then nothing waits anyway.
+            let _ = accepting.wait_for(|accepting| *accepting).await;
+        }
     }
 
     /// Starts draining: tunnels waiting between connections close.

@@ -7,7 +7,10 @@
 //! bound to the pod's own addresses, where peer daemons reach it; it speaks
 //! only mutual TLS.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+};
 
 use tokio::net::TcpListener;
 
@@ -45,20 +48,48 @@ pub struct Ports {
     pub tunnel: u16,
 }
 
-/// Binds the daemon's listeners inside `netns`, the tunnel listener on each
-/// of `pod_ips`. Must run within a Tokio runtime.
-pub fn bind(netns: &PodNetns, ports: Ports, pod_ips: &[IpAddr]) -> std::io::Result<PodListeners> {
+/// Opens the daemon's listeners inside `netns`, the tunnel listener on each
+/// of `pod_ips`: for each address a socket of `inherited` (listening sockets
+/// a previous daemon handed over, all of this namespace) bound to it, else a
+/// new one. Must run within a Tokio runtime.
+pub fn open(
+    netns: &PodNetns,
+    ports: Ports,
+    pod_ips: &[IpAddr],
+    inherited: Vec<OwnedFd>,
+) -> std::io::Result<PodListeners> {
+    let mut inherited: Vec<(Option<SocketAddr>, OwnedFd)> = inherited
+        .into_iter()
+        .map(|fd| (local_address(&fd), fd))
+        .collect();
+    let mut take = |address: SocketAddr| {
+        let position = inherited.iter().position(|(at, _)| *at == Some(address))?;
+        Some(socket2::Socket::from(inherited.swap_remove(position).1))
+    };
+    let loopback = [ports.outbound, ports.inbound_plaintext].map(|port| {
+        (
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+        )
+    });
+    let loopback = loopback.map(|(v4, v6)| ((v4, take(v4)), (v6, take(v6))));
+    let tunnel: Vec<_> = pod_ips
+        .iter()
+        .map(|ip| {
+            let address = SocketAddr::new(*ip, ports.tunnel);
+            (address, take(address))
+        })
+        .collect();
+    // Only the sockets not handed over are made, inside the pod.
+    let open = |(address, socket): (SocketAddr, Option<socket2::Socket>)| {
+        socket.map_or_else(
+            || listen(address),
+            |socket| socket.set_nonblocking(true).map(|()| socket),
+        )
+    };
     let (sockets, tunnel) = netns.run(|| {
-        let loopback = [ports.outbound, ports.inbound_plaintext].map(|port| {
-            (
-                listen(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
-                listen(SocketAddr::from((Ipv6Addr::LOCALHOST, port))),
-            )
-        });
-        let tunnel: Vec<_> = pod_ips
-            .iter()
-            .map(|ip| listen(SocketAddr::new(*ip, ports.tunnel)))
-            .collect();
+        let loopback = loopback.map(|(v4, v6)| (open(v4), open(v6)));
+        let tunnel: Vec<_> = tunnel.into_iter().map(open).collect();
         (loopback, tunnel)
     })?;
     let tunnel = tunnel
@@ -79,6 +110,28 @@ pub fn bind(netns: &PodNetns, ports: Ports, pod_ips: &[IpAddr]) -> std::io::Resu
         inbound_plaintext: inbound_plaintext?,
         tunnel,
     })
+}
+
+/// The address a socket is bound to, if it is an IP socket.
+pub fn local_address(socket: &impl AsFd) -> Option<SocketAddr> {
+    socket2::SockRef::from(socket)
+        .local_addr()
+        .ok()?
+        .as_socket()
+}
+
+impl PodListeners {
+    /// Every listener's socket, for handing over to a successor.
+    pub fn sockets(&self) -> Vec<BorrowedFd<'_>> {
+        let stacks = [&self.outbound, &self.inbound_plaintext];
+        stacks
+            .into_iter()
+            .flat_map(|stack| [Some(&stack.v4), stack.v6.as_ref()])
+            .flatten()
+            .chain(&self.tunnel)
+            .map(AsFd::as_fd)
+            .collect()
+    }
 }
 
 fn listen(address: SocketAddr) -> std::io::Result<socket2::Socket> {

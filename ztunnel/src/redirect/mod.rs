@@ -4,6 +4,7 @@
 //! The programs live in `ebpf/programs`; the types they share with this
 //! module live in `ebpf/common` (re-exported here as [`abi`]).
 
+pub mod handover;
 pub mod listeners;
 pub mod netns;
 pub mod programs;

@@ -29,8 +29,8 @@ use aya::{
 use super::{
     RedirectError,
     abi::{
-        AF_INET, AF_INET6, Daemon, EnrolledPod, OrigDst, OrigDstKey, PodAddr, map_names,
-        program_names,
+        AF_INET, AF_INET6, DAEMON_PREVIOUS, DAEMON_THIS, Daemon, EnrolledPod, OrigDst, OrigDstKey,
+        PodAddr, map_names, program_names,
     },
     netns::netns_cookie,
 };
@@ -82,7 +82,15 @@ impl Programs {
     /// `pin_dir`, replacing what an earlier daemon left there. Also returns
     /// the pods (netns cookies) the pinned `ENROLLED` map already holds, for
     /// the caller to reconcile.
-    pub fn attach(pin_dir: &Path, cgroup_root: Option<&Path>) -> Result<Attached, RedirectError> {
+    ///
+    /// `previous` is the daemon this one takes over from (see
+    /// [`crate::redirect::handover`]): its sockets are recognised as a
+    /// daemon's too until [`Programs::forget_previous_daemon`].
+    pub fn attach(
+        pin_dir: &Path,
+        cgroup_root: Option<&Path>,
+        previous: Option<Daemon>,
+    ) -> Result<Attached, RedirectError> {
         let io = |context: String| move |source| RedirectError::Io { context, source };
         mount_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir).map_err(io(format!("creating {}", pin_dir.display())))?;
@@ -104,8 +112,13 @@ impl Programs {
             })?)
             .map_err(map_error(map_names::DAEMON))?;
         daemon_map
-            .set(0, daemon, 0)
+            .set(DAEMON_THIS, daemon, 0)
             .map_err(map_error(map_names::DAEMON))?;
+        if let Some(previous) = previous {
+            daemon_map
+                .set(DAEMON_PREVIOUS, previous, 0)
+                .map_err(map_error(map_names::DAEMON))?;
+        }
         let mut daemon_by_mark = false;
         for name in program_names::ALL {
             let link = match attach_program(&mut ebpf, name, &cgroup) {
@@ -155,6 +168,19 @@ impl Programs {
             },
             inherited: previously_enrolled,
         })
+    }
+
+    /// Stops recognising the previous daemon's sockets (it has exited: its
+    /// process id may be reused).
+    pub fn forget_previous_daemon(&mut self) -> Result<(), RedirectError> {
+        let mut daemon_map: Array<&mut MapData, Daemon> =
+            Array::try_from(self.ebpf.map_mut(map_names::DAEMON).ok_or_else(|| {
+                RedirectError::Load(format!("map {} missing", map_names::DAEMON))
+            })?)
+            .map_err(map_error(map_names::DAEMON))?;
+        daemon_map
+            .set(DAEMON_PREVIOUS, Daemon::default(), 0)
+            .map_err(map_error(map_names::DAEMON))
     }
 
     /// Whether the connect hooks tell the daemon's own sockets by their mark
@@ -286,7 +312,7 @@ fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectErro
 /// own pid namespace (`bpf_get_ns_current_pid_tgid` compares the namespace's
 /// device in the kernel's `major << 20 | minor` encoding), and the network
 /// namespace it runs in, the node's.
-fn this_daemon() -> std::io::Result<Daemon> {
+pub fn this_daemon() -> std::io::Result<Daemon> {
     let pidns = std::fs::metadata("/proc/self/ns/pid")?;
     let dev = pidns.dev();
     let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;

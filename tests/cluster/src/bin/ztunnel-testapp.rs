@@ -13,7 +13,8 @@
 //!   everything it read and closes (half-close);
 //! - `reset` reads one chunk, then closes with a reset (RST);
 //! - `deaf` shuts down writing at once and never reads, holding the
-//!   connection open for a minute.
+//!   connection open for a minute;
+//! - `mirror` sends back everything as it arrives, until the client ends.
 //!
 //! As a client:
 //! - `probe <addr> [--mark M]` connects (from a socket with `SO_MARK` M) and
@@ -33,7 +34,11 @@
 //!   connection is reset, `closed` on a clean end;
 //! - `flood <addr> --bytes N` sends N bytes whether or not the peer reads
 //!   them (within 5 s), shuts down writing, waits for the end and prints
-//!   `sent N`.
+//!   `sent N`;
+//! - `load <http addr> <mirror addr> --rate R --streams S` sends `GET /` on a
+//!   new connection R times a second and keeps S streams to a `mirror`
+//!   server, checking every echoed byte, until stdin closes; then prints
+//!   `requests ok X failed Y streams ok A broken B`.
 
 use std::net::SocketAddr;
 
@@ -70,6 +75,12 @@ enum App {
     Echo {
         /// Address to listen on.
         #[arg(long, default_value = "[::]:9000")]
+        listen: SocketAddr,
+    },
+    /// Raw TCP: send back everything as it arrives, until the client ends.
+    Mirror {
+        /// Address to listen on.
+        #[arg(long, default_value = "[::]:9003")]
         listen: SocketAddr,
     },
     /// Raw TCP: read one chunk, then close with a reset.
@@ -133,6 +144,21 @@ enum App {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Until stdin closes: `GET /` on a new connection at a fixed rate, and
+    /// long-lived streams to a `mirror` server whose echoes are checked byte
+    /// for byte; then the tally.
+    Load {
+        /// `host:port` of an `http` test app.
+        http: SocketAddr,
+        /// `host:port` of a `mirror` test app.
+        mirror: SocketAddr,
+        /// Requests per second, each on a new connection.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Long-lived streams.
+        #[arg(long, default_value_t = 3)]
+        streams: usize,
+    },
     /// Fetch `/bytes/<n>` over many concurrent connections and verify each body.
     Fetch {
         /// `host:port` of an `http` test app.
@@ -190,6 +216,13 @@ async fn main() -> Result<()> {
             connections,
         } => fetch(address, bytes, connections).await,
         App::Echo { listen } => raw_server(listen, echo).await,
+        App::Mirror { listen } => raw_server(listen, mirror).await,
+        App::Load {
+            http,
+            mirror,
+            rate,
+            streams,
+        } => load(http, mirror, rate, streams).await,
         App::Reset { listen } => raw_server(listen, reset).await,
         App::HalfClose { address, bytes } => half_close(address, bytes).await,
         App::Send { address } => send(address).await,
@@ -222,6 +255,13 @@ async fn echo(mut stream: TcpStream) -> Result<()> {
     stream.read_to_end(&mut received).await?;
     stream.write_all(&received).await?;
     stream.shutdown().await?;
+    Ok(())
+}
+
+async fn mirror(mut stream: TcpStream) -> Result<()> {
+    let (mut from, mut to) = stream.split();
+    tokio::io::copy(&mut from, &mut to).await?;
+    to.shutdown().await?;
     Ok(())
 }
 
@@ -405,6 +445,129 @@ async fn burst(address: SocketAddr, connections: usize, concurrency: usize) -> R
         tally(result?);
     }
     println!("ok {ok} failed {failed}");
+    Ok(())
+}
+
+/// The byte at `offset` of a load stream: a pattern a shifted, dropped or
+/// repeated chunk cannot match.
+fn pattern(offset: u64) -> u8 {
+    (offset.wrapping_mul(31) ^ (offset >> 9)) as u8
+}
+
+/// `load`: requests at `rate` per second and `streams` mirrored streams
+/// until stdin closes; prints `requests ok X failed Y streams ok A broken B`.
+async fn load(http: SocketAddr, mirror: SocketAddr, rate: u32, streams: usize) -> Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let _ = tokio::io::stdin().read_to_end(&mut rest).await;
+        let _ = stop.send(true);
+    });
+    let mut stream_tasks = tokio::task::JoinSet::new();
+    for _ in 0..streams {
+        stream_tasks.spawn(mirrored_stream(mirror, stopped.clone()));
+    }
+    let mut requests = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1) / rate.max(1));
+    let mut stopping = stopped.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                requests.spawn(async move {
+                    tokio::time::timeout(std::time::Duration::from_secs(10), get(http))
+                        .await
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+                });
+            }
+            () = until(&mut stopping) => break,
+        }
+    }
+    let tally = |mut set: tokio::task::JoinSet<Result<()>>, what: &'static str| async move {
+        let (mut ok, mut failed) = (0, 0);
+        while let Some(result) = set.join_next().await {
+            match result.map_err(anyhow::Error::from).and_then(|r| r) {
+                Ok(()) => ok += 1,
+                Err(err) => {
+                    failed += 1;
+                    eprintln!("{what}: {err:#}");
+                }
+            }
+        }
+        (ok, failed)
+    };
+    let (ok, failed) = tally(requests, "request").await;
+    let (streams_ok, broken) = tally(stream_tasks, "stream").await;
+    println!("requests ok {ok} failed {failed} streams ok {streams_ok} broken {broken}");
+    Ok(())
+}
+
+/// Completes once `stop` says so (or its sender is gone).
+async fn until(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One `GET /` on a new connection.
+async fn get(address: SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect(address).await.context("connecting")?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .context("sending")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.context("reading")?;
+    anyhow::ensure!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "answered {:?}",
+        String::from_utf8_lossy(&response[..response.len().min(40)])
+    );
+    Ok(())
+}
+
+/// A stream to a `mirror` server: 4 KiB of [`pattern`] every 10 ms until
+/// `stopped`, every echoed byte checked; then a clean end both ways.
+async fn mirrored_stream(
+    address: SocketAddr,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let stream = TcpStream::connect(address).await.context("connecting")?;
+    let (mut reader, mut writer) = stream.into_split();
+    let send = async move {
+        let mut sent = 0u64;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let chunk: Vec<u8> = (sent..sent + 4096).map(pattern).collect();
+                    writer.write_all(&chunk).await.context("sending")?;
+                    sent += 4096;
+                }
+                () = until(&mut stopped) => break,
+            }
+        }
+        writer.shutdown().await.context("ending")?;
+        anyhow::Ok(sent)
+    };
+    let receive = async move {
+        let mut received = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf).await.context("receiving")?;
+            if n == 0 {
+                return anyhow::Ok(received);
+            }
+            for (i, byte) in buf[..n].iter().enumerate() {
+                let offset = received + i as u64;
+                anyhow::ensure!(*byte == pattern(offset), "byte {offset} differs");
+            }
+            received += n as u64;
+        }
+    };
+    let (sent, received) = tokio::try_join!(send, receive)?;
+    anyhow::ensure!(sent == received, "sent {sent} bytes, {received} came back");
     Ok(())
 }
 

@@ -86,6 +86,19 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Replace a node's daemon the way a DaemonSet rolling update does: the
+    /// new one starts beside the old one and takes over its listeners, then
+    /// the old one is stopped (SIGTERM) and drains.
+    Replace {
+        /// Cluster name.
+        #[arg(long, default_value = DEFAULT_NAME)]
+        name: String,
+        /// The node whose daemon to replace.
+        node: String,
+        /// The new daemon's binary (default: the `ztunnel` beside this tool).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+    },
     /// Bring up a cluster, show the system at work on it, tear it down.
     Demo,
 }
@@ -128,6 +141,24 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(cluster.status())?);
             } else {
                 print_status(cluster.status());
+            }
+            Ok(())
+        }
+        Command::Replace { name, node, binary } => {
+            let mut cluster = Cluster::open(&name)?;
+            let binary = match binary {
+                Some(binary) => binary,
+                None => bin_dir()?.join("ztunnel"),
+            };
+            match cluster.replace_daemon(&node, &binary)? {
+                Some(old) => println!(
+                    "{node}: {} took over; the old daemon (pid {old}) drains and exits",
+                    binary.display()
+                ),
+                None => println!(
+                    "{node}: no daemon was running; {} started",
+                    binary.display()
+                ),
             }
             Ok(())
         }

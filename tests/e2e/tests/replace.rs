@@ -1,0 +1,113 @@
+//! Replacing a node's daemon the way a DaemonSet rolling update does (the
+//! new one starts beside the old one and takes over its listeners, then the
+//! old one is stopped and drains): under a fixed-rate load, nothing fails.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+    time::Duration,
+};
+
+use ztunnel_cluster::{Cluster, ClusterSpec, netns};
+use ztunnel_e2e::{READY, bin, bin_dir, http_server, testapp_path};
+
+/// The tally `ztunnel-testapp load` prints.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    requests_ok: u64,
+    requests_failed: u64,
+    streams_ok: u64,
+    streams_broken: u64,
+}
+
+/// Reads `requests ok X failed Y streams ok A broken B`.
+fn parse(line: &str) -> Tally {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let shape = [
+        "requests", "ok", "", "failed", "", "streams", "ok", "", "broken", "",
+    ];
+    assert!(
+        words.len() == shape.len()
+            && shape
+                .iter()
+                .zip(&words)
+                .all(|(want, got)| want.is_empty() || want == got),
+        "not a tally: {line:?}"
+    );
+    let number = |index: usize| words[index].parse().unwrap();
+    Tally {
+        requests_ok: number(2),
+        requests_failed: number(4),
+        streams_ok: number(7),
+        streams_broken: number(9),
+    }
+}
+
+#[test]
+fn replacing_both_daemons_under_load_fails_no_request_and_breaks_no_stream() {
+    // A drain deadline longer than the test: streams opened through a
+    // replaced daemon live on in it until they end.
+    let spec = ClusterSpec::ephemeral(2, 1)
+        .with_mesh(bin_dir())
+        .with_daemon_args(["--drain-timeout-secs", "120"]);
+    let mut cluster = Cluster::create(&spec).expect("the cluster comes up");
+    let _web = http_server(&cluster, "web-2");
+    let _mirror = cluster
+        .spawn("web-2", &testapp_path(), &["mirror"])
+        .unwrap();
+    cluster.wait_listening("web-2", 9003, READY).unwrap();
+    let web2 = cluster.pod("web-2").unwrap().ipv4;
+
+    // client-1 (node1) to web-2 (node2): both daemons carry every byte.
+    let mut load = cluster
+        .command("client-1", &testapp_path())
+        .unwrap()
+        .args([
+            "load",
+            &format!("{web2}:8080"),
+            &format!("{web2}:9003"),
+            "--rate",
+            "100",
+            "--streams",
+            "3",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let ztunnel = bin("ztunnel");
+    let mut replaced = Vec::new();
+    for _ in 0..2 {
+        for node in ["node2", "node1"] {
+            let old = cluster.replace_daemon(node, &ztunnel).unwrap();
+            replaced.push(old.expect("a daemon was running"));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    drop(load.stdin.take());
+    let mut line = String::new();
+    BufReader::new(load.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut errors = String::new();
+    std::io::Read::read_to_string(&mut load.stderr.take().unwrap(), &mut errors).unwrap();
+    assert!(load.wait().unwrap().success(), "{line} {errors}");
+    let tally = parse(&line);
+    eprintln!("{tally:?} across {} replacements", replaced.len());
+    assert_eq!(
+        (tally.requests_failed, tally.streams_broken),
+        (0, 0),
+        "{line}{errors}"
+    );
+    assert_eq!(tally.streams_ok, 3);
+    assert!(tally.requests_ok >= 300, "{line}");
+
+    // Each replaced daemon exits once its last connection has ended.
+    netns::wait_gone(&replaced, Duration::from_secs(15))
+        .unwrap_or_else(|alive| panic!("replaced daemons {alive:?} did not exit"));
+}

@@ -1,0 +1,179 @@
+//! Rolling updates on a node: taking over from the daemon still running, and
+//! handing over to the next one ([`crate::redirect::handover`] has the
+//! protocol).
+//!
+//! A new daemon takes the old one's listening sockets at start and holds
+//! them, accepting nothing, while it captures the pods and gets their
+//! certificates; the old one serves meanwhile. Once the new one could answer
+//! ready it accepts, tells the old one, which stops accepting and drains.
+//! No connection waits in a queue nobody serves, and none is refused.
+
+use std::{
+    net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::redirect::{
+    abi::Daemon,
+    handover::{Handover, Inherited, Previous, Successor, take_over},
+    listeners::local_address,
+    netns::netns_cookie,
+};
+
+/// How long an old daemon waits for its successor to be ready before it
+/// gives up and serves on (the successor may be waiting for the CA).
+const SUCCESSOR_READY_WITHIN: Duration = Duration::from_secs(600);
+
+/// What this daemon took over, if a daemon was running.
+pub struct TakeOver {
+    inherited: Option<Inherited>,
+    node_netns: u64,
+}
+
+impl TakeOver {
+    /// Takes over from the daemon serving `socket`, if one does; a failed
+    /// exchange is logged and the daemon starts as after a crash.
+    pub async fn start(socket: Option<&Path>, node_netns: u64) -> Self {
+        let inherited = match socket {
+            None => None,
+            Some(socket) => {
+                let socket = socket.to_owned();
+                match tokio::task::spawn_blocking(move || take_over(&socket)).await {
+                    Ok(Ok(inherited)) => inherited,
+                    Ok(Err(err)) => {
+                        tracing::warn!("starting without taking over: {err}");
+                        None
+                    }
+                    Err(err) => {
+                        tracing::warn!("starting without taking over: {err}");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(inherited) = &inherited {
+            tracing::info!(
+                previous_pid = inherited.previous.tgid,
+                "taking over from the daemon running on this node"
+            );
+        }
+        Self {
+            inherited,
+            node_netns,
+        }
+    }
+
+    /// Whether a previous daemon handed its sockets over.
+    pub fn taking_over(&self) -> bool {
+        self.inherited.is_some()
+    }
+
+    /// The previous daemon, as the programs recognise it.
+    pub fn previous(&self) -> Option<Daemon> {
+        self.inherited.as_ref().map(|inherited| inherited.previous)
+    }
+
+    /// The node's listening socket bound to `address` (admin, metrics), if
+    /// it was handed over.
+    pub fn node_listener(&mut self, address: SocketAddr) -> Option<std::net::TcpListener> {
+        let node_netns = self.node_netns;
+        let inherited = self.inherited.as_mut()?;
+        let socket = inherited
+            .take(|fd| {
+                local_address(&fd) == Some(address)
+                    && netns_cookie(&fd).is_ok_and(|cookie| cookie == node_netns)
+            })
+            .pop()?;
+        let listener = std::net::TcpListener::from(socket);
+        listener.set_nonblocking(true).ok()?;
+        Some(listener)
+    }
+
+    /// The pods' listening sockets (all those not taken yet).
+    pub fn pod_sockets(&mut self) -> Vec<OwnedFd> {
+        self.inherited
+            .as_mut()
+            .map(|inherited| inherited.take(|_| true))
+            .unwrap_or_default()
+    }
+
+    /// Tells the previous daemon this one accepts; once it has stopped,
+    /// returns a receiver that completes when it exits.
+    pub async fn complete(self) -> Option<oneshot::Receiver<()>> {
+        let inherited = self.inherited?;
+        let previous = tokio::task::spawn_blocking(move || inherited.accepting()).await;
+        let previous: Previous = match previous {
+            Ok(Ok(previous)) => previous,
+            Ok(Err(err)) => {
+                tracing::warn!("the previous daemon did not confirm the hand-over: {err}");
+                return None;
+            }
+            Err(err) => {
+                tracing::warn!("the previous daemon did not confirm the hand-over: {err}");
+                return None;
+            }
+        };
+        tracing::info!("took over from the previous daemon: it no longer accepts");
+        let (exited, wait) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            previous.wait_exit();
+            let _ = exited.send(());
+        });
+        Some(wait)
+    }
+}
+
+/// Listens for a successor on `socket`; each one that connects arrives on
+/// the returned channel. `None` (logged) when the socket cannot be made.
+pub fn listen(socket: &Path) -> Option<mpsc::Receiver<Successor>> {
+    let handover = match Handover::listen(socket) {
+        Ok(handover) => handover,
+        Err(err) => {
+            tracing::warn!("no hand-over to a successor: {err}");
+            return None;
+        }
+    };
+    let (successors, receiver) = mpsc::channel(1);
+    std::thread::Builder::new()
+        .name("handover".to_owned())
+        .spawn(move || {
+            loop {
+                match handover.next() {
+                    Ok(successor) => {
+                        if successors.blocking_send(successor).is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(socket = %handover.path().display(), "hand-over: {err}");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        })
+        .ok()?;
+    Some(receiver)
+}
+
+/// Hands `sockets` and this daemon's identity to `successor`, waiting until
+/// it accepts; the caller then stops accepting and sends
+/// [`Successor::released`].
+pub async fn hand_over(
+    mut successor: Successor,
+    daemon: Daemon,
+    sockets: Vec<OwnedFd>,
+) -> Result<Successor, String> {
+    tokio::task::spawn_blocking(move || {
+        let borrowed: Vec<_> = sockets.iter().map(AsFd::as_fd).collect();
+        successor
+            .hand_over(&daemon, &borrowed, SUCCESSOR_READY_WITHIN)
+            .map(|()| successor)
+            .map_err(|err| err.to_string())
+    })
+    .await
+    .map_err(|err| err.to_string())?
+}
