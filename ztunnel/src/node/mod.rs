@@ -676,9 +676,12 @@ pub async fn run(
     // mesh; after a hand-over the successor accepts them), let open
     // connections finish until the deadline, then close them.
     capture.stop_accepting();
+    if handed_over.is_some() {
+        context.active.hand_over();
+    }
     context.active.drain();
     let open = context.active.count();
-    if open > 0 {
+    if open > 0 || context.active.handed_over() {
         tracing::info!(
             open,
             deadline_secs = config.drain_timeout.as_secs(),

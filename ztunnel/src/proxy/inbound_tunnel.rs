@@ -159,9 +159,10 @@ struct Accepted<S> {
 /// Carries the connections of `tunnel` one after another: each announced by
 /// its preamble, then decided, delivered, copied and recorded. Between
 /// connections the tunnel counts as no running connection and closes when
-/// the daemon drains or the source sends nothing for [`pool::SERVER_IDLE`];
-/// a connection that does not end cleanly ends the tunnel (boxed, see
-/// [`handle`]).
+/// the source sends nothing for [`pool::SERVER_IDLE`]; while the daemon
+/// drains it is not offered again, and counts as running until its source
+/// lets it go; a connection that does not end cleanly ends the tunnel
+/// (boxed, see [`handle`]).
 fn carry<'a, S>(
     tunnel: Accepted<S>,
     pod: &'a Arc<LocalPod>,
@@ -186,9 +187,29 @@ where
             } else {
                 pool::SERVER_IDLE
             };
-            let next = tokio::select! {
-                next = tunnel::next_connection(&mut stream, wait) => next?,
-                () = context.active.draining() => None,
+            // Draining after a hand-over, a tunnel idle between connections is
+            // kept: its source may have taken it from its pool already, and
+            // closing it now would fail that connection. Counted as idle, so
+            // the drain waits for the source to send one more connection
+            // (served, then the tunnel closes) or to close it (idle links
+            // within `pool::IDLE_TIMEOUT`); the read is never cancelled midway.
+            // On a plain stop it closes at once (the pods fail closed anyway).
+            let next = {
+                let _idle = (!first).then(|| context.active.enter_idle());
+                let next = tunnel::next_connection(&mut stream, wait);
+                tokio::pin!(next);
+                let mut kept_while_draining = false;
+                loop {
+                    tokio::select! {
+                        next = &mut next => break next?,
+                        () = context.active.draining(), if !first && !kept_while_draining => {
+                            if !context.active.handed_over() {
+                                break None;
+                            }
+                            kept_while_draining = true;
+                        }
+                    }
+                }
             };
             let Some(preamble) = next else {
                 return if first {
@@ -235,7 +256,8 @@ where
                 end = %relayed.ending,
                 "inbound connection closed"
             );
-            if !reusable {
+            // Draining: no "done", so the source does not offer it again.
+            if !reusable || context.active.is_draining() {
                 return Ok(());
             }
             // Over on this side: say so, so the source may send the next connection.

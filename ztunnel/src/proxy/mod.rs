@@ -149,16 +149,21 @@ pub(crate) async fn accept_each<F, Fut>(
 #[derive(Debug)]
 pub struct Active {
     count: Arc<watch::Sender<usize>>,
+    /// Tunnels waiting between connections.
+    idle: Arc<watch::Sender<usize>>,
     accepting: watch::Sender<bool>,
     draining: watch::Sender<bool>,
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Active {
     fn default() -> Self {
         Self {
             count: Arc::new(watch::Sender::new(0)),
+            idle: Arc::new(watch::Sender::new(0)),
             accepting: watch::Sender::new(true),
             draining: watch::Sender::new(false),
+            handed_over: Default::default(),
         }
     }
 }
@@ -171,6 +176,13 @@ impl Active {
     pub fn enter(&self) -> Running {
         self.count.send_modify(|n| *n += 1);
         Running(self.count.clone())
+    }
+
+    /// Counts a tunnel waiting between connections until the returned guard
+    /// is dropped.
+    pub fn enter_idle(&self) -> Running {
+        self.idle.send_modify(|n| *n += 1);
+        Running(self.idle.clone())
     }
 
     /// The number of running connections.
@@ -199,9 +211,27 @@ impl Active {
         }
     }
 
-    /// Starts draining: tunnels waiting between connections close.
+    /// Starts draining: tunnels are not offered for another connection,
+    /// and those waiting between connections close (after a hand-over they
+    /// wait for their source to let them go).
     pub fn drain(&self) {
         self.draining.send_replace(true);
+    }
+
+    /// Marks that a successor accepts now (before [`Active::drain`]).
+    pub fn hand_over(&self) {
+        self.handed_over
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a successor accepts now.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
     }
 
     /// Completes once draining has started.
@@ -211,10 +241,17 @@ impl Active {
         let _ = draining.wait_for(|draining| *draining).await;
     }
 
-    /// Completes when no connection is running.
+    /// Completes when no connection is running (and, after a hand-over, no
+    /// tunnel waits between connections: its source may still send one).
     pub async fn drained(&self) {
         let mut count = self.count.subscribe();
         let _ = count.wait_for(|n| *n == 0).await;
+        if self.handed_over() {
+            let mut idle = self.idle.subscribe();
+            let _ = idle.wait_for(|n| *n == 0).await;
+            // A connection that arrived on an idle tunnel meanwhile.
+            let _ = count.wait_for(|n| *n == 0).await;
+        }
     }
 }
 
