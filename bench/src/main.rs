@@ -38,6 +38,11 @@ struct Cli {
     /// Idle tunnelled connections held for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     held_connections: usize,
+    /// Instead of the paths: replace each node's daemon N times under load,
+    /// by hand-over and by crash and restart; writes `upgrades.md` and
+    /// `upgrades.json`.
+    #[arg(long, value_name = "N")]
+    upgrades: Option<u32>,
 }
 
 fn main() -> Result<()> {
@@ -70,6 +75,18 @@ fn main() -> Result<()> {
         cluster: cli.name,
         keep_on_failure: cli.keep_on_failure,
     };
+    if let Some(per_node) = cli.upgrades {
+        let upgrades = harness::upgrades::run(&environment, per_node)?;
+        std::fs::create_dir_all(&cli.out)?;
+        std::fs::write(
+            cli.out.join("upgrades.json"),
+            serde_json::to_string_pretty(&upgrades)?,
+        )?;
+        let markdown = upgrades.markdown();
+        std::fs::write(cli.out.join("upgrades.md"), &markdown)?;
+        print!("{markdown}");
+        return Ok(());
+    }
     let report = harness::run(&settings, &environment)?;
     report.write(&cli.out)?;
     print!("{}", report.markdown());

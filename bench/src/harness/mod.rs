@@ -7,11 +7,14 @@
 //! - [`measure`]: iperf3, the load generator, and the daemons' CPU and memory.
 //! - [`report`]: every raw figure as JSON, a Markdown table of ratios and
 //!   targets, and SVG plots ([`plot`]).
+//! - [`upgrades`]: the daemons replaced under load, hand-over against crash
+//!   and restart (`--upgrades N`, a run of its own).
 
 pub mod measure;
 pub mod plot;
 pub mod report;
 pub mod scenario;
+pub mod upgrades;
 
 use std::{path::PathBuf, time::Duration};
 

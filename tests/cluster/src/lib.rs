@@ -23,6 +23,7 @@
 pub mod addressing;
 mod cluster;
 pub mod kube_api;
+pub mod load_tally;
 pub mod mesh;
 pub mod netns;
 pub mod payload;

@@ -8,40 +8,8 @@ use std::{
     time::Duration,
 };
 
-use ztunnel_cluster::{Cluster, ClusterSpec, netns};
+use ztunnel_cluster::{Cluster, ClusterSpec, load_tally::LoadTally, netns};
 use ztunnel_e2e::{READY, bin, bin_dir, http_server, testapp_path};
-
-/// The tally `ztunnel-testapp load` prints.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Tally {
-    requests_ok: u64,
-    requests_failed: u64,
-    streams_ok: u64,
-    streams_broken: u64,
-}
-
-/// Reads `requests ok X failed Y streams ok A broken B`.
-fn parse(line: &str) -> Tally {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let shape = [
-        "requests", "ok", "", "failed", "", "streams", "ok", "", "broken", "",
-    ];
-    assert!(
-        words.len() == shape.len()
-            && shape
-                .iter()
-                .zip(&words)
-                .all(|(want, got)| want.is_empty() || want == got),
-        "not a tally: {line:?}"
-    );
-    let number = |index: usize| words[index].parse().unwrap();
-    Tally {
-        requests_ok: number(2),
-        requests_failed: number(4),
-        streams_ok: number(7),
-        streams_broken: number(9),
-    }
-}
 
 #[test]
 fn replacing_both_daemons_under_load_fails_no_request_and_breaks_no_stream() {
@@ -97,7 +65,7 @@ fn replacing_both_daemons_under_load_fails_no_request_and_breaks_no_stream() {
     let mut errors = String::new();
     std::io::Read::read_to_string(&mut load.stderr.take().unwrap(), &mut errors).unwrap();
     assert!(load.wait().unwrap().success(), "{line} {errors}");
-    let tally = parse(&line);
+    let tally: LoadTally = line.parse().unwrap();
     eprintln!("{tally:?} across {} replacements", replaced.len());
     assert_eq!(
         (tally.requests_failed, tally.streams_broken),

@@ -48,7 +48,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use ztunnel_cluster::payload::Payload;
+use ztunnel_cluster::{load_tally::LoadTally, payload::Payload};
 
 #[derive(Parser)]
 #[command(
@@ -495,9 +495,15 @@ async fn load(http: SocketAddr, mirror: SocketAddr, rate: u32, streams: usize) -
         }
         (ok, failed)
     };
-    let (ok, failed) = tally(requests, "request").await;
-    let (streams_ok, broken) = tally(stream_tasks, "stream").await;
-    println!("requests ok {ok} failed {failed} streams ok {streams_ok} broken {broken}");
+    let (requests_ok, requests_failed) = tally(requests, "request").await;
+    let (streams_ok, streams_broken) = tally(stream_tasks, "stream").await;
+    let tally = LoadTally {
+        requests_ok,
+        requests_failed,
+        streams_ok,
+        streams_broken,
+    };
+    println!("{tally}");
     Ok(())
 }
 
