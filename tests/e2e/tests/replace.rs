@@ -1,6 +1,7 @@
 //! Replacing a node's daemon the way a DaemonSet rolling update does (the
 //! new one starts beside the old one and takes over its listeners, then the
 //! old one is stopped and drains): under a fixed-rate load, nothing fails.
+//! A crash still fails closed.
 
 use std::{
     io::{BufRead, BufReader},
@@ -78,4 +79,18 @@ fn replacing_both_daemons_under_load_fails_no_request_and_breaks_no_stream() {
     // Each replaced daemon exits once its last connection has ended.
     netns::wait_gone(&replaced, Duration::from_secs(45))
         .unwrap_or_else(|alive| panic!("replaced daemons {alive:?} did not exit"));
+
+    // A crash of a daemon that took over still fails closed (nobody is there
+    // to hand over), and the next daemon starts as after any crash.
+    let url = format!("http://{web2}:8080/");
+    let get =
+        |cluster: &Cluster| cluster.run("client-1", "curl", &["-sS", "--max-time", "3", &url]);
+    cluster.kill_daemon("node1").unwrap();
+    let refused = get(&cluster).unwrap_err().to_string();
+    assert!(
+        refused.contains("Connection refused") || refused.contains("(7)"),
+        "{refused}"
+    );
+    cluster.start_daemon("node1").unwrap();
+    assert_eq!(get(&cluster).unwrap(), "hello from web-2\n");
 }
