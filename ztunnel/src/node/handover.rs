@@ -118,11 +118,16 @@ impl TakeOver {
             }
         };
         tracing::info!("took over from the previous daemon: it no longer accepts");
+        // A thread of its own: the runtime waits for its blocking tasks when
+        // the daemon stops, and the previous daemon may outlive this one.
         let (exited, wait) = oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            previous.wait_exit();
-            let _ = exited.send(());
-        });
+        std::thread::Builder::new()
+            .name("handover-previous".to_owned())
+            .spawn(move || {
+                previous.wait_exit();
+                let _ = exited.send(());
+            })
+            .ok()?;
         Some(wait)
     }
 }
@@ -159,21 +164,29 @@ pub fn listen(socket: &Path) -> Option<mpsc::Receiver<Successor>> {
     Some(receiver)
 }
 
-/// Hands `sockets` and this daemon's identity to `successor`, waiting until
-/// it accepts; the caller then stops accepting and sends
-/// [`Successor::released`].
-pub async fn hand_over(
+/// Hands `sockets` and this daemon's identity to `successor`; the answer
+/// arrives once it accepts (the caller then stops accepting and sends
+/// [`Successor::released`]), or the reason it did not. The wait (up to
+/// [`SUCCESSOR_READY_WITHIN`]) runs on a thread of its own, which a stopping
+/// daemon does not wait for.
+pub fn hand_over(
     mut successor: Successor,
     daemon: Daemon,
     sockets: Vec<OwnedFd>,
-) -> Result<Successor, String> {
-    tokio::task::spawn_blocking(move || {
-        let borrowed: Vec<_> = sockets.iter().map(AsFd::as_fd).collect();
-        successor
-            .hand_over(&daemon, &borrowed, SUCCESSOR_READY_WITHIN)
-            .map(|()| successor)
-            .map_err(|err| err.to_string())
-    })
-    .await
-    .map_err(|err| err.to_string())?
+) -> oneshot::Receiver<Result<Successor, String>> {
+    let (answer, receiver) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("handover-successor".to_owned())
+        .spawn(move || {
+            let borrowed: Vec<_> = sockets.iter().map(AsFd::as_fd).collect();
+            let result = successor
+                .hand_over(&daemon, &borrowed, SUCCESSOR_READY_WITHIN)
+                .map(|()| successor)
+                .map_err(|err| err.to_string());
+            let _ = answer.send(result);
+        });
+    if let Err(err) = spawned {
+        tracing::warn!("cannot hand over: {err}");
+    }
+    receiver
 }

@@ -645,11 +645,12 @@ pub async fn run(
                     .chain([admin_socket.as_fd(), metrics_socket.as_fd()])
                     .filter_map(|fd| fd.try_clone_to_owned().ok())
                     .collect();
-                handing_over = Some(tokio::spawn(handover::hand_over(successor, this_daemon, sockets)));
+                handing_over = Some(handover::hand_over(successor, this_daemon, sockets));
             }
             Some(result) = wait_some(&mut handing_over) => {
                 handing_over = None;
-                match result.map_err(|err| err.to_string()).and_then(|r| r) {
+                let result = result.unwrap_or_else(|_| Err("the hand-over thread ended".to_owned()));
+                match result {
                     Ok(successor) => {
                         // The successor accepts: stop, then tell it.
                         capture.stop_accepting();

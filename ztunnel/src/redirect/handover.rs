@@ -289,6 +289,18 @@ impl Successor {
     }
 }
 
+/// A message of one data buffer (`iov`) and a control buffer (`control`);
+/// both must outlive its use in `sendmsg`/`recvmsg`.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is a valid, empty message.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = control.len() as _;
+    message
+}
+
 /// Sends `fds` in one message whose data is their count.
 fn send_fds(stream: &UnixStream, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
     let count = (fds.len() as u32).to_le_bytes();
@@ -301,13 +313,7 @@ fn send_fds(stream: &UnixStream, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> 
         iov_base: count.as_ptr() as *mut libc::c_void,
         iov_len: count.len(),
     };
-    // SAFETY: an all-zero msghdr is valid; the pointers set below stay valid
-    // for the sendmsg call (iov, control live until the end of the function).
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_iov = &mut iov;
-    message.msg_iovlen = 1;
-    message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = space as _;
+    let message = message(&mut iov, &mut control);
     // SAFETY: `control` has CMSG_SPACE(payload) bytes, so the first header
     // and its `payload` bytes of data fit; CMSG_FIRSTHDR is non-null for a
     // buffer that large.
@@ -344,12 +350,7 @@ fn receive_fds(stream: &UnixStream) -> std::io::Result<(u32, Vec<OwnedFd>)> {
         iov_base: count.as_mut_ptr().cast(),
         iov_len: count.len(),
     };
-    // SAFETY: as in `send_fds`; the buffers outlive the call.
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_iov = &mut iov;
-    message.msg_iovlen = 1;
-    message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = space as _;
+    let mut message = message(&mut iov, &mut control);
     // SAFETY: `message` points at live, writable buffers of the sizes given;
     // MSG_CMSG_CLOEXEC makes the received descriptors close-on-exec.
     let received =
