@@ -167,7 +167,7 @@ pub fn listen(socket: &Path) -> Option<mpsc::Receiver<Successor>> {
 /// Hands `sockets` and this daemon's identity to `successor`; the answer
 /// arrives once it accepts (the caller then stops accepting and sends
 /// [`Successor::released`]), or the reason it did not. The wait (up to
-/// [`SUCCESSOR_READY_WITHIN`]) runs on a thread of its own, which a stopping
+/// ten minutes) runs on a thread of its own, which a stopping
 /// daemon does not wait for.
 pub fn hand_over(
     mut successor: Successor,
