@@ -154,3 +154,64 @@ fn listen(address: SocketAddr) -> std::io::Result<socket2::Socket> {
     socket.set_nonblocking(true)?;
     Ok(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A free loopback port (bound, then released).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_socket_is_used_as_it_is_and_the_rest_are_made() {
+        // This process's own namespace stands in for a pod's.
+        let netns = PodNetns::open(std::path::Path::new("/proc/self/ns/net")).unwrap();
+        let ports = Ports {
+            outbound: free_port(),
+            inbound_plaintext: free_port(),
+            tunnel: free_port(),
+        };
+        let outbound = std::net::TcpListener::bind(("127.0.0.1", ports.outbound)).unwrap();
+        // A client waits in its queue, as one would while daemons change.
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", ports.outbound)).unwrap();
+        let unrelated = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let inherited = vec![OwnedFd::from(outbound), OwnedFd::from(unrelated)];
+        let listeners = open(&netns, ports, &["127.0.0.1".parse().unwrap()], inherited).unwrap();
+
+        let (mut accepted, _) = listeners.outbound.v4.accept().await.unwrap();
+        client.write_all(b"x").unwrap();
+        let mut got = [0u8];
+        tokio::io::AsyncReadExt::read_exact(&mut accepted, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(
+            &got, b"x",
+            "the queued connection came through the same socket"
+        );
+        // The others were made here, on the addresses asked for.
+        let plain = local_address(&listeners.inbound_plaintext.v4).unwrap();
+        assert_eq!(
+            plain,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, ports.inbound_plaintext))
+        );
+        assert_eq!(listeners.tunnel.len(), 1);
+        assert_eq!(
+            local_address(&listeners.tunnel[0]).unwrap().port(),
+            ports.tunnel
+        );
+        // Every listener is offered to a successor; the unrelated socket was dropped.
+        let expected = 2
+            + usize::from(listeners.outbound.v6.is_some())
+            + usize::from(listeners.inbound_plaintext.v6.is_some())
+            + 1;
+        assert_eq!(listeners.sockets().len(), expected);
+    }
+}
