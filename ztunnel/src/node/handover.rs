@@ -11,7 +11,7 @@
 use std::{
     net::SocketAddr,
     os::fd::{AsFd, OwnedFd},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::redirect::{
     abi::Daemon,
-    handover::{Handover, Inherited, Previous, Successor, take_over},
+    handover::{Handover, HandoverError, Inherited, Previous, Successor, take_over},
     listeners::local_address,
     netns::netns_cookie,
 };
@@ -32,27 +32,33 @@ const SUCCESSOR_READY_WITHIN: Duration = Duration::from_secs(600);
 pub struct TakeOver {
     inherited: Option<Inherited>,
     node_netns: u64,
+    /// Another daemon (of another pin directory) listens on the socket: it
+    /// must keep it.
+    socket_in_use: bool,
 }
 
 impl TakeOver {
-    /// Takes over from the daemon serving `socket`, if one does; a failed
-    /// exchange is logged and the daemon starts as after a crash.
-    pub async fn start(socket: Option<&Path>, node_netns: u64) -> Self {
-        let inherited = match socket {
-            None => None,
-            Some(socket) => {
-                let socket = socket.to_owned();
-                match tokio::task::spawn_blocking(move || take_over(&socket)).await {
-                    Ok(Ok(inherited)) => inherited,
-                    Ok(Err(err)) => {
-                        tracing::warn!("starting without taking over: {err}");
-                        None
-                    }
-                    Err(err) => {
-                        tracing::warn!("starting without taking over: {err}");
-                        None
-                    }
-                }
+    /// Takes over from the daemon serving `socket`, if it is this daemon's
+    /// predecessor (the same pin directory, `instance`); a failed exchange
+    /// is logged and the daemon starts as after a crash.
+    pub async fn start(socket: &Path, instance: &Path, node_netns: u64) -> Self {
+        let (socket, instance) = (socket.to_owned(), instance.to_owned());
+        let taken = tokio::task::spawn_blocking(move || take_over(&socket, &instance)).await;
+        let mut socket_in_use = false;
+        let inherited = match taken {
+            Ok(Ok(inherited)) => inherited,
+            Ok(Err(err @ HandoverError::OtherInstance(_))) => {
+                tracing::error!("starting without taking over: {err}");
+                socket_in_use = true;
+                None
+            }
+            Ok(Err(err)) => {
+                tracing::warn!("starting without taking over: {err}");
+                None
+            }
+            Err(err) => {
+                tracing::warn!("starting without taking over: {err}");
+                None
             }
         };
         if let Some(inherited) = &inherited {
@@ -64,7 +70,14 @@ impl TakeOver {
         Self {
             inherited,
             node_netns,
+            socket_in_use,
         }
+    }
+
+    /// Whether this daemon may listen for its own successor on the socket
+    /// (not when another daemon's predecessor holds it).
+    pub fn may_listen(&self) -> bool {
+        !self.socket_in_use
     }
 
     /// Whether a previous daemon handed its sockets over.
@@ -172,6 +185,7 @@ pub fn listen(socket: &Path) -> Option<mpsc::Receiver<Successor>> {
 pub fn hand_over(
     mut successor: Successor,
     daemon: Daemon,
+    instance: PathBuf,
     sockets: Vec<OwnedFd>,
 ) -> oneshot::Receiver<Result<Successor, String>> {
     let (answer, receiver) = oneshot::channel();
@@ -180,7 +194,7 @@ pub fn hand_over(
         .spawn(move || {
             let borrowed: Vec<_> = sockets.iter().map(AsFd::as_fd).collect();
             let result = successor
-                .hand_over(&daemon, &borrowed, SUCCESSOR_READY_WITHIN)
+                .hand_over(&daemon, &instance, &borrowed, SUCCESSOR_READY_WITHIN)
                 .map(|()| successor)
                 .map_err(|err| err.to_string());
             let _ = answer.send(result);

@@ -478,8 +478,13 @@ pub async fn run(
             context: "finding this process's namespaces".to_owned(),
             source,
         })?;
-    let mut take_over =
-        handover::TakeOver::start(Some(&config.handover_socket), this_daemon.node_netns).await;
+    let mut take_over = handover::TakeOver::start(
+        &config.handover_socket,
+        &config.bpf_pin_dir,
+        this_daemon.node_netns,
+    )
+    .await;
+    let may_listen = take_over.may_listen();
     let active = crate::proxy::Active::default();
     if take_over.taking_over() {
         active.hold();
@@ -610,7 +615,7 @@ pub async fn run(
     // Taking over: until this daemon can serve, the previous one does.
     let mut taking_over = take_over.taking_over().then_some(take_over);
     let mut successors = None;
-    if taking_over.is_none() {
+    if taking_over.is_none() && may_listen {
         successors = handover::listen(&config.handover_socket);
     }
     let mut previous_exited = None;
@@ -645,7 +650,8 @@ pub async fn run(
                     .chain([admin_socket.as_fd(), metrics_socket.as_fd()])
                     .filter_map(|fd| fd.try_clone_to_owned().ok())
                     .collect();
-                handing_over = Some(handover::hand_over(successor, this_daemon, sockets));
+                let instance = config.bpf_pin_dir.clone();
+                handing_over = Some(handover::hand_over(successor, this_daemon, instance, sockets));
             }
             Some(result) = wait_some(&mut handing_over) => {
                 handing_over = None;

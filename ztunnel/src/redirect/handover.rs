@@ -23,7 +23,9 @@
 //!
 //! Wire format, all integers little-endian: the old daemon sends the magic
 //! `ZTHO`, the protocol version (u32), the [`Daemon`] record (three u64 and a
-//! u32) and the number of sockets (u32), then batches of at most
+//! u32), its pin directory (u32 length, UTF-8: a daemon takes over only from
+//! its own predecessor, never from another daemon sharing the socket by
+//! mistake) and the number of sockets (u32), then batches of at most
 //! [`FDS_PER_MESSAGE`] sockets, each a u32 count with the descriptors as
 //! `SCM_RIGHTS`. The new daemon answers `A` (accepting); the old one `R`
 //! (released).
@@ -75,6 +77,12 @@ pub enum HandoverError {
     /// The peer speaks something else.
     #[error("hand-over refused: {0}")]
     Protocol(String),
+    /// The daemon listening there is another daemon's predecessor (another
+    /// pin directory), not this one's.
+    #[error(
+        "the daemon on this hand-over socket keeps its programs in {0}, not here: give each daemon its own --handover-socket"
+    )]
+    OtherInstance(String),
 }
 
 /// What the previous daemon handed over.
@@ -87,9 +95,11 @@ pub struct Inherited {
     connection: UnixStream,
 }
 
-/// Connects to the daemon serving `path` and takes its sockets. `Ok(None)`
-/// when no daemon listens there (a first start, or after a crash).
-pub fn take_over(path: &Path) -> Result<Option<Inherited>, HandoverError> {
+/// Connects to the daemon serving `path` and takes its sockets, if it is
+/// this daemon's predecessor: the daemon of the same `instance` (the pin
+/// directory). `Ok(None)` when no daemon listens there (a first start, or
+/// after a crash).
+pub fn take_over(path: &Path, instance: &Path) -> Result<Option<Inherited>, HandoverError> {
     let connection = match UnixStream::connect(path) {
         Ok(connection) => connection,
         Err(err)
@@ -108,7 +118,7 @@ pub fn take_over(path: &Path) -> Result<Option<Inherited>, HandoverError> {
         }
     };
     connection.set_read_timeout(Some(STEP_TIMEOUT))?;
-    let mut header = [0u8; 4 + 4 + 28 + 4];
+    let mut header = [0u8; 4 + 4 + 28];
     (&connection).read_exact(&mut header)?;
     if &header[..4] != MAGIC {
         return Err(HandoverError::Protocol("not a ztunnel daemon".to_owned()));
@@ -128,7 +138,13 @@ pub fn take_over(path: &Path) -> Result<Option<Inherited>, HandoverError> {
         tgid: word(32),
         _pad: 0,
     };
-    let expected = word(36) as usize;
+    let theirs = read_text(&connection)?;
+    if Path::new(&theirs) != instance {
+        return Err(HandoverError::OtherInstance(theirs));
+    }
+    let mut count = [0u8; 4];
+    (&connection).read_exact(&mut count)?;
+    let expected = u32::from_le_bytes(count) as usize;
     let mut sockets = Vec::with_capacity(expected);
     while sockets.len() < expected {
         let (count, fds) = receive_fds(&connection)?;
@@ -251,6 +267,7 @@ impl Successor {
     pub fn hand_over(
         &mut self,
         daemon: &Daemon,
+        instance: &Path,
         sockets: &[BorrowedFd<'_>],
         ready_within: Duration,
     ) -> Result<(), HandoverError> {
@@ -261,6 +278,15 @@ impl Successor {
         header.extend_from_slice(&daemon.pidns_ino.to_le_bytes());
         header.extend_from_slice(&daemon.node_netns.to_le_bytes());
         header.extend_from_slice(&daemon.tgid.to_le_bytes());
+        let instance = instance.to_string_lossy();
+        let length = u32::try_from(instance.len())
+            .ok()
+            .filter(|length| *length <= MAX_TEXT)
+            .ok_or_else(|| {
+                HandoverError::Protocol("the pin directory's name is too long".to_owned())
+            })?;
+        header.extend_from_slice(&length.to_le_bytes());
+        header.extend_from_slice(instance.as_bytes());
         let count = u32::try_from(sockets.len())
             .map_err(|_| HandoverError::Protocol("too many sockets".to_owned()))?;
         header.extend_from_slice(&count.to_le_bytes());
@@ -287,6 +313,23 @@ impl Successor {
         (&self.0).write_all(&[RELEASED])?;
         Ok(self.0)
     }
+}
+
+/// Longest text field (the pin directory) accepted.
+const MAX_TEXT: u32 = 4096;
+
+/// A u32 length, then that many bytes of UTF-8.
+fn read_text(stream: &UnixStream) -> Result<String, HandoverError> {
+    let mut length = [0u8; 4];
+    (&*stream).read_exact(&mut length)?;
+    let length = u32::from_le_bytes(length);
+    if length > MAX_TEXT {
+        return Err(HandoverError::Protocol(format!("a text of {length} bytes")));
+    }
+    let mut text = vec![0u8; length as usize];
+    (&*stream).read_exact(&mut text)?;
+    String::from_utf8(text)
+        .map_err(|_| HandoverError::Protocol("text that is not UTF-8".to_owned()))
 }
 
 /// A message of one data buffer (`iov`) and a control buffer (`control`);
@@ -428,7 +471,11 @@ mod tests {
     fn listening_sockets_move_to_the_successor_with_their_queued_connections() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("handover.sock");
-        assert!(take_over(&path).unwrap().is_none(), "nobody listens yet");
+        let pins = Path::new("/sys/fs/bpf/ztunnel");
+        assert!(
+            take_over(&path, pins).unwrap().is_none(),
+            "nobody listens yet"
+        );
         let handover = Handover::listen(&path).unwrap();
         // More sockets than one message carries.
         let listeners: Vec<TcpListener> = (0..FDS_PER_MESSAGE + 3)
@@ -452,12 +499,12 @@ mod tests {
                 let mut successor = handover.next().unwrap();
                 let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
                 successor
-                    .hand_over(&daemon, &borrowed, Duration::from_secs(5))
+                    .hand_over(&daemon, pins, &borrowed, Duration::from_secs(5))
                     .unwrap();
                 successor.released().unwrap()
             }
         });
-        let mut inherited = take_over(&path).unwrap().expect("a daemon listens");
+        let mut inherited = take_over(&path, pins).unwrap().expect("a daemon listens");
         assert_eq!(inherited.previous, daemon);
         let first = listeners[0].local_addr().unwrap();
         let taken = inherited.take(|fd| {
@@ -483,6 +530,30 @@ mod tests {
     }
 
     #[test]
+    fn a_daemon_of_another_pin_directory_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handover.sock");
+        let handover = Handover::listen(&path).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let old = std::thread::spawn(move || {
+            let mut successor = handover.next().unwrap();
+            let fd = listener.as_fd();
+            successor.hand_over(
+                &Daemon::default(),
+                Path::new("/sys/fs/bpf/ztunnel-node1"),
+                &[fd],
+                Duration::from_secs(5),
+            )
+        });
+        let err = take_over(&path, Path::new("/sys/fs/bpf/ztunnel-node2")).unwrap_err();
+        assert!(matches!(err, HandoverError::OtherInstance(_)), "{err}");
+        assert!(
+            old.join().unwrap().is_err(),
+            "the old daemon hears that nobody took over, and serves on"
+        );
+    }
+
+    #[test]
     fn another_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("handover.sock");
@@ -494,7 +565,7 @@ mod tests {
             header[4..8].copy_from_slice(&99u32.to_le_bytes());
             stream.write_all(&header).unwrap();
         });
-        let err = take_over(&path).unwrap_err();
+        let err = take_over(&path, Path::new("/sys/fs/bpf/ztunnel")).unwrap_err();
         assert!(err.to_string().contains("version 99"), "{err}");
     }
 }
