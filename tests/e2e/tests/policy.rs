@@ -204,7 +204,8 @@ fn an_invalid_edit_keeps_the_objects_last_accepted_version() {
     );
     let log = daemon_log(&cluster, "node2");
     assert!(
-        log.contains("policy refused (its previous version stays in force)")
+        log.contains("policy refused: ")
+            && log.contains("its previous version stays in force")
             && log.contains("allow.yaml document 1")
             && log.contains("principles"),
         "{log}"

@@ -181,7 +181,8 @@ impl Context<'_> {
                 destination_port: port,
             },
         );
-        answer["mtls_mode"] = format!("{:?}", verdict.mtls_mode).to_uppercase().into();
+        let mode = self.policies.mtls_mode(&workload, port);
+        answer["mtls_mode"] = format!("{mode:?}").to_uppercase().into();
         answer["decision"] = if verdict.decision.allowed() {
             "allow"
         } else {

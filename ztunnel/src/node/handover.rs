@@ -43,24 +43,15 @@ impl TakeOver {
     /// is logged and the daemon starts as after a crash.
     pub async fn start(socket: &Path, instance: &Path, node_netns: u64) -> Self {
         let (socket, instance) = (socket.to_owned(), instance.to_owned());
-        let taken = tokio::task::spawn_blocking(move || take_over(&socket, &instance)).await;
+        let taken = tokio::task::spawn_blocking(move || take_over(&socket, &instance))
+            .await
+            .unwrap_or_else(|err| Err(HandoverError::Exchange(err.into())));
         let mut socket_in_use = false;
-        let inherited = match taken {
-            Ok(Ok(inherited)) => inherited,
-            Ok(Err(err @ HandoverError::OtherInstance(_))) => {
-                tracing::error!("starting without taking over: {err}");
-                socket_in_use = true;
-                None
-            }
-            Ok(Err(err)) => {
-                tracing::warn!("starting without taking over: {err}");
-                None
-            }
-            Err(err) => {
-                tracing::warn!("starting without taking over: {err}");
-                None
-            }
-        };
+        let inherited = taken.unwrap_or_else(|err| {
+            socket_in_use = matches!(err, HandoverError::OtherInstance(_));
+            tracing::warn!("starting without taking over: {err}");
+            None
+        });
         if let Some(inherited) = &inherited {
             tracing::info!(
                 previous_pid = inherited.previous.tgid,
@@ -118,18 +109,13 @@ impl TakeOver {
     /// returns a receiver that completes when it exits.
     pub async fn complete(self) -> Option<oneshot::Receiver<()>> {
         let inherited = self.inherited?;
-        let previous = tokio::task::spawn_blocking(move || inherited.accepting()).await;
-        let previous: Previous = match previous {
-            Ok(Ok(previous)) => previous,
-            Ok(Err(err)) => {
+        let previous: Previous = tokio::task::spawn_blocking(move || inherited.accepting())
+            .await
+            .unwrap_or_else(|err| Err(HandoverError::Exchange(err.into())))
+            .inspect_err(|err| {
                 tracing::warn!("the previous daemon did not confirm the hand-over: {err}");
-                return None;
-            }
-            Err(err) => {
-                tracing::warn!("the previous daemon did not confirm the hand-over: {err}");
-                return None;
-            }
-        };
+            })
+            .ok()?;
         tracing::info!("took over from the previous daemon: it no longer accepts");
         // A thread of its own: the runtime waits for its blocking tasks when
         // the daemon stops, and the previous daemon may outlive this one.

@@ -19,6 +19,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::{
@@ -505,22 +506,21 @@ pub async fn run(
             Ok::<_, NodeError>((listener, socket))
         }
     };
+    // Taking over, the predecessor answers until this daemon accepts.
+    let when_accepting = |serve: BoxFuture<'static, ()>| {
+        let accepting = active.accepting();
+        tokio::spawn(async move {
+            accepting.await;
+            serve.await
+        })
+    };
     let (listener, admin_socket) = bind(config.admin).await?;
-    let admin = tokio::spawn({
-        let (accepting, state) = (active.accepting(), state.clone());
-        async move {
-            accepting.await;
-            admin::serve(listener, state).await
-        }
-    });
+    let admin = when_accepting(Box::pin(admin::serve(listener, state.clone())));
     let (metrics_listener, metrics_socket) = bind(config.metrics).await?;
-    let metrics_server = tokio::spawn({
-        let (accepting, metrics) = (active.accepting(), metrics.clone());
-        async move {
-            accepting.await;
-            admin::serve_metrics(metrics_listener, metrics).await
-        }
-    });
+    let metrics_server = when_accepting(Box::pin(admin::serve_metrics(
+        metrics_listener,
+        metrics.clone(),
+    )));
     tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
     if config.transport == Transport::PlaintextForBenchmarks {
         tracing::warn!(

@@ -53,8 +53,6 @@ impl Decision {
 pub struct Verdict {
     /// What is enforced.
     pub decision: Decision,
-    /// The PeerAuthentication mode of the destination port.
-    pub mtls_mode: MtlsMode,
     /// AUDIT policies whose rules matched (`namespace/name`).
     pub audited: Vec<String>,
     /// What the dry-run policies would have decided, when it differs.
@@ -65,8 +63,10 @@ impl PolicySet {
     /// Decides `connection` to `workload`.
     pub fn decide(&self, workload: &Workload<'_>, connection: &Connection<'_>) -> Verdict {
         let port = connection.destination_port;
-        let mtls_mode = self.mtls_mode(workload, port);
-        if connection.source_identity.is_none() && mtls_mode == MtlsMode::Strict {
+        // Only plaintext needs the mode: mutual TLS satisfies every mode.
+        if connection.source_identity.is_none()
+            && self.mtls_mode(workload, port) == MtlsMode::Strict
+        {
             return Verdict {
                 decision: Decision::Deny {
                     policy: STRICT_REFUSAL.to_owned(),
@@ -74,7 +74,6 @@ impl PolicySet {
                         "plaintext refused: PeerAuthentication mode STRICT for port {port}"
                     ),
                 },
-                mtls_mode,
                 audited: Vec::new(),
                 dry_run: None,
             };
@@ -84,7 +83,12 @@ impl PolicySet {
             applicable.iter().copied().filter(|p| !p.dry_run),
             connection,
         );
-        let with_dry_run = evaluate(applicable.iter().copied(), connection);
+        // Evaluated a second time only when a dry-run policy could change it.
+        let with_dry_run = if applicable.iter().any(|p| p.dry_run) {
+            evaluate(applicable.iter().copied(), connection)
+        } else {
+            enforced.clone()
+        };
         let audited = applicable
             .iter()
             .filter(|p| p.action == Action::Audit && p.matching_rule(connection).is_some())
@@ -93,7 +97,6 @@ impl PolicySet {
         Verdict {
             dry_run: (with_dry_run != enforced).then_some(with_dry_run),
             decision: enforced,
-            mtls_mode,
             audited,
         }
     }

@@ -115,6 +115,9 @@ pub struct Loader {
     root_namespace: String,
     accepted: HashMap<(String, String), Policy>,
     files: HashMap<PathBuf, Vec<Parsed>>,
+    /// Each object's state and reason at the last load: logged again only
+    /// when they change, not on every reload.
+    reported: HashMap<(String, String), (ObjectState, Option<String>)>,
     loads: u64,
     loads_with_problems: u64,
 }
@@ -126,6 +129,7 @@ impl Loader {
             root_namespace: root_namespace.to_owned(),
             accepted: HashMap::new(),
             files: HashMap::new(),
+            reported: HashMap::new(),
             loads: 0,
             loads_with_problems: 0,
         }
@@ -205,6 +209,7 @@ impl Loader {
             ..PolicySet::default()
         };
         let mut accepted = HashMap::new();
+        let mut reported_now = HashMap::new();
         let mut first_seen: HashMap<(String, String), String> = HashMap::new();
         for object in objects {
             let key = (object.kind.clone(), object.id.clone());
@@ -251,7 +256,6 @@ impl Loader {
                     } else {
                         "it is not enforced"
                     };
-                    tracing::warn!(kind = %object.kind, policy = %object.id, origin = %object.origin, "policy refused ({outcome}): {err}");
                     (
                         ObjectState::Refused,
                         Some(format!("{err}; {outcome}")),
@@ -259,9 +263,18 @@ impl Loader {
                     )
                 }
             };
-            if let Some(reason) = reason.as_ref().filter(|_| state != ObjectState::Refused) {
-                tracing::info!(kind = %object.kind, policy = %object.id, state = state.as_str(), "{reason}");
+            let reported = (state, reason.clone());
+            if self.reported.get(&key) != Some(&reported)
+                && let Some(reason) = &reason
+            {
+                let (kind, policy, origin) = (&object.kind, &object.id, &object.origin);
+                if state == ObjectState::Refused {
+                    tracing::warn!(%kind, %policy, %origin, "policy refused: {reason}");
+                } else {
+                    tracing::info!(%kind, %policy, state = state.as_str(), "{reason}");
+                }
             }
+            reported_now.insert(key.clone(), reported);
             set.objects.push(status(state, policy.is_some(), reason));
             if let Some(policy) = policy {
                 accepted.insert(key, policy.clone());
@@ -275,6 +288,7 @@ impl Loader {
             tracing::warn!("policy file refused: {error}");
         }
         self.accepted = accepted;
+        self.reported = reported_now;
         self.loads += 1;
         let refused = set.objects.iter().any(|o| o.state == ObjectState::Refused);
         if refused || !file_errors.is_empty() {
