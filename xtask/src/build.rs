@@ -1,5 +1,7 @@
 //! Building the workspace: one profile (release) for every binary, the test
-//! binaries included, so dependencies are compiled once.
+//! binaries included, so dependencies are compiled once. Shipping builds and
+//! benchmarks may use the `dist` profile instead (whole-program LTO, one
+//! codegen unit: faster binaries, several minutes more to build).
 
 use std::{
     path::{Path, PathBuf},
@@ -22,12 +24,47 @@ pub fn workspace() -> PathBuf {
         .expect("xtask/ lives in the workspace")
 }
 
+/// The Cargo profile binaries are built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// `release`: what tests, the demo and the local cluster use.
+    Release,
+    /// `dist`: `release` with whole-program LTO and one codegen unit, as
+    /// Istio's ztunnel ships; for images and benchmarks.
+    Dist,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Release => "release",
+            Self::Dist => "dist",
+        }
+    }
+}
+
 /// Where the release binaries are written.
 pub fn bin_dir() -> PathBuf {
+    profile_dir(Profile::Release)
+}
+
+/// Where `profile`'s binaries are written.
+pub fn profile_dir(profile: Profile) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"))
-        .join("release")
+        .join(profile.name())
+}
+
+/// Builds every binary with `profile` ([`all`] for the release profile).
+pub fn all_with(profile: Profile) -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--workspace",
+        "--bins",
+        "--profile",
+        profile.name(),
+    ]))
 }
 
 /// A `cargo` command in the workspace root, using the same cargo as this run.

@@ -27,7 +27,12 @@ enum Task {
     /// Install every prerequisite (idempotent; fast when all is present).
     Setup,
     /// Build the eBPF object and the userspace binaries (release profile).
-    Build,
+    Build {
+        /// Build with the `dist` profile instead (LTO, one codegen unit; into
+        /// target/dist): for images and benchmarks, several minutes longer.
+        #[arg(long)]
+        dist: bool,
+    },
     /// Bring up a local cluster, show the system at work, tear it down.
     Demo,
     /// Run every test: unit, integration, and end-to-end on network namespaces (needs root).
@@ -39,6 +44,9 @@ enum Task {
     /// Benchmark the mesh against a direct path and a plain relay on a local
     /// cluster; writes bench/results/ (see `bench/README.md`; needs root).
     Bench {
+        /// Benchmark binaries of the `dist` profile (as shipped) rather than `release`.
+        #[arg(long)]
+        dist: bool,
         /// Arguments for the harness, for example `--quick` or `--rounds 5`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -57,19 +65,36 @@ fn main() -> Result<()> {
     setup::run()?;
     match cli.command {
         Task::Setup => Ok(()),
-        Task::Build => build::all(),
+        Task::Build { dist: false } => build::all(),
+        Task::Build { dist: true } => build::all_with(build::Profile::Dist),
         Task::Demo => {
             build::all()?;
             run_tool("ztunnel-cluster", &["demo".to_owned()])
         }
         Task::Test { args } => test(&args),
-        Task::Bench { args } => {
+        Task::Bench { dist, args } => {
             setup::require_root("the benchmark creates network namespaces")?;
-            build::all()?;
+            let profile = if dist {
+                build::Profile::Dist
+            } else {
+                build::Profile::Release
+            };
+            build::all_with(profile)?;
             let out = build::workspace().join("bench/results");
-            let mut all = vec!["--out".to_owned(), out.to_string_lossy().into_owned()];
+            let bins = build::profile_dir(profile);
+            let mut all = vec![
+                "--out".to_owned(),
+                out.to_string_lossy().into_owned(),
+                "--bin-dir".to_owned(),
+                bins.to_string_lossy().into_owned(),
+            ];
             all.extend(args);
-            run_tool("ztunnel-bench", &all)
+            let tool = bins.join("ztunnel-bench");
+            let status = Command::new(&tool)
+                .args(&all)
+                .status()
+                .with_context(|| format!("running {}", tool.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
         }
         Task::Cluster { args } => {
             build::all_quietly()?;

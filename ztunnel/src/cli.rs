@@ -175,6 +175,18 @@ struct NodeArgs {
     /// slower).
     #[arg(long)]
     no_tunnel_reuse: bool,
+    /// Move the bytes of the hops inside pods (application to daemon, daemon
+    /// to application) socket to socket with sockmap instead of through
+    /// loopback TCP, where the kernel can (see docs/acceleration.md). Off by
+    /// default: measured, it lowers latency and same-node costs but not
+    /// cross-node throughput or CPU.
+    #[arg(long, overrides_with = "no_socket_acceleration")]
+    socket_acceleration: bool,
+    /// Carry the hops inside pods through loopback TCP (the default; the
+    /// last of the two flags wins). Connections already accelerated stay so
+    /// until they close.
+    #[arg(long, overrides_with = "socket_acceleration")]
+    no_socket_acceleration: bool,
     /// INSECURE, for benchmarks only: carry tunnels as plain TCP (no TLS, no
     /// identity proof) to measure the proxy hops apart from cryptography.
     /// Both nodes' daemons must run with it.
@@ -492,6 +504,7 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>, open_files: u64) -> 
             resumption: !args.no_tls_resumption,
         },
         tunnel_reuse: !args.no_tunnel_reuse,
+        socket_acceleration: args.socket_acceleration && !args.no_socket_acceleration,
         limits: Limits {
             connections_per_pod: args
                 .max_connections_per_pod

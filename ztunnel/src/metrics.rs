@@ -5,10 +5,14 @@
 //! names: bounded by what the registry and the policy directory hold, never by
 //! addresses, ports or connection counts.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, text::encode},
     metrics::{
         counter::Counter,
         family::Family,
@@ -116,9 +120,25 @@ pub struct LoadLabels {
     pub result: &'static str,
 }
 
+/// Metrics of a part that starts after the registry is made (socket
+/// acceleration's counters live in the eBPF programs): empty until
+/// [`Metrics::install`] fills it.
+#[derive(Clone, Debug, Default)]
+struct Later(Arc<OnceLock<Box<dyn Collector>>>);
+
+impl Collector for Later {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        match self.0.get() {
+            Some(collector) => collector.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
+    later: Later,
     /// `istio_tcp_connections_opened_total`.
     pub tcp_opened: Family<TcpLabels, Counter>,
     /// `istio_tcp_connections_closed_total`.
@@ -312,8 +332,11 @@ impl Metrics {
             "Warnings and errors not written because their call site wrote its share this second",
             crate::log_rate::SUPPRESSED.clone(),
         );
+        let later = Later::default();
+        registry.register_collector(Box::new(later.clone()));
         Self {
             registry,
+            later,
             limit_refusals,
             accept_errors,
             open_files_limit,
@@ -336,6 +359,12 @@ impl Metrics {
             policy_loads,
             policy_dry_run,
         }
+    }
+
+    /// Adds the metrics `collector` reads at each scrape; only the first
+    /// call counts (there is one set of eBPF programs per daemon).
+    pub fn install(&self, collector: impl Collector) {
+        let _ = self.later.0.set(Box::new(collector));
     }
 
     /// The Prometheus text exposition of every metric.

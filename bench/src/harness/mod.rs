@@ -45,9 +45,11 @@ pub enum HarnessError {
 }
 
 /// The client and server pods: on different nodes, so every scenario
-/// crosses the fabric.
+/// crosses the fabric, but for the same-node ones, which use a server on
+/// the client's node.
 const CLIENT: &str = "client-1";
 const SERVER: &str = "web-2";
+const SAME_NODE_SERVER: &str = "web-1";
 
 /// Where and how a benchmark runs, beyond its [`Settings`].
 pub struct Environment {
@@ -93,23 +95,34 @@ fn run_on(
     let loadgen = bin_dir.join("ztunnel-loadgen");
     let loadgen = loadgen.to_string_lossy();
     let server = std::net::IpAddr::V4(cluster.pod(SERVER)?.ipv4);
-    for pod in [CLIENT, SERVER] {
+    let same_node_server = std::net::IpAddr::V4(cluster.pod(SAME_NODE_SERVER)?.ipv4);
+    for pod in [CLIENT, SERVER, SAME_NODE_SERVER] {
         tune_pod(cluster, pod)?;
     }
-    let _iperf3 = cluster.spawn(SERVER, "iperf3", &["-s"])?;
     let listen = format!("0.0.0.0:{LOADGEN_PORT}");
-    let _loadgen = cluster.spawn(SERVER, &loadgen, &["serve", "--listen", &listen])?;
-    let ready = Duration::from_secs(10);
-    cluster.wait_listening(SERVER, 5201, ready)?;
-    cluster.wait_listening(SERVER, LOADGEN_PORT, ready)?;
+    let mut servers = Vec::new();
+    for pod in [SERVER, SAME_NODE_SERVER] {
+        servers.push(cluster.spawn(pod, "iperf3", &["-s"])?);
+        servers.push(cluster.spawn(pod, &loadgen, &["serve", "--listen", &listen])?);
+        let ready = Duration::from_secs(10);
+        cluster.wait_listening(pod, 5201, ready)?;
+        cluster.wait_listening(pod, LOADGEN_PORT, ready)?;
+    }
+    let server_of = |scenario: Scenario| {
+        if scenario.same_node() {
+            same_node_server
+        } else {
+            server
+        }
+    };
 
     let mut report = Report::new(settings.clone());
     let rounds = settings.rounds;
     for round in 1..=rounds {
-        for scenario in Scenario::MAIN {
+        for scenario in Scenario::MAIN.into_iter().chain(Scenario::ACCELERATION) {
             eprintln!("round {round}/{rounds}: {}", scenario.name());
             scenario::apply(cluster, scenario)?;
-            let target = Target::new(cluster, CLIENT, server, &loadgen);
+            let target = Target::new(cluster, CLIENT, server_of(scenario), &loadgen);
             measure_paths(&target, scenario, settings, &mut report)?;
         }
         for scenario in Scenario::PER_CONNECTION {
@@ -118,7 +131,7 @@ fn run_on(
                 scenario.name()
             );
             scenario::apply(cluster, scenario)?;
-            let target = Target::new(cluster, CLIENT, server, &loadgen);
+            let target = Target::new(cluster, CLIENT, server_of(scenario), &loadgen);
             measure_connection_rate(&target, scenario, settings, &mut report)?;
         }
     }

@@ -19,6 +19,10 @@ fn colour(scenario: Scenario) -> &'static str {
         Scenario::Mtls => "#55a868",
         Scenario::MtlsPerConnection => "#c44e52",
         Scenario::MtlsFullHandshake => "#8172b3",
+        Scenario::MtlsAccelerated => "#937860",
+        Scenario::DirectSameNode => "#da8bc3",
+        Scenario::MtlsSameNode => "#8c8c8c",
+        Scenario::MtlsSameNodeAccelerated => "#ccb974",
     }
 }
 

@@ -265,6 +265,148 @@ impl Report {
         }
         out.push('\n');
         out.push_str(&self.other_figures());
+        out.push('\n');
+        out.push_str(&self.acceleration_figures());
+        out
+    }
+
+    /// Socket acceleration against none, across nodes and on one node, with
+    /// the targets of issue 19.
+    fn acceleration_figures(&self) -> String {
+        let median = |metric: &str, scenario| self.summary(metric, scenario).map(|s| s.median);
+        let ratio = |metric: &str, over: Scenario, base: Scenario| {
+            Some(median(metric, over)? / median(metric, base)?)
+        };
+        // Latency the mesh adds over the direct path of the same placement.
+        let added = |metric: &str, mesh: Scenario, unaccelerated: Scenario, direct: Scenario| {
+            let direct = median(metric, direct)?;
+            Some((median(metric, mesh)? - direct) / (median(metric, unaccelerated)? - direct))
+        };
+        let judge = |value: Option<f64>, bound: Bound| {
+            let shown = value.map_or("-".to_owned(), |v| format!("{v:.2}x"));
+            let verdict = match (value, bound) {
+                (None, _) => "not measured".to_owned(),
+                (Some(v), Bound::AtLeast(b)) => format!(">= {b}: {}", met(v >= b)),
+                (Some(v), Bound::AtMost(b)) => format!("<= {b}: {}", met(v <= b)),
+            };
+            (shown, verdict)
+        };
+        let cell = |metric: &str, scenario| {
+            self.summary(metric, scenario)
+                .map_or("-".to_owned(), |s| s.cell())
+        };
+        let p50 = Figure::latency(16, 50.0);
+        let p99 = Figure::latency(16, 99.0);
+        let mut out = String::from(
+            "Socket acceleration across nodes (accelerated: mtls_accelerated; unaccelerated: mtls):\n\n\
+             | measure | accelerated | unaccelerated | accelerated / unaccelerated | target |\n\
+             |---|---|---|---|---|\n",
+        );
+        let (on, off) = (Scenario::MtlsAccelerated, Scenario::Mtls);
+        let rows: [(&str, String, Option<f64>, Option<Bound>); 7] = [
+            (
+                "throughput, 1 stream (Gbit/s)",
+                Figure::throughput(1),
+                ratio(&Figure::throughput(1), on, off),
+                Some(Bound::AtLeast(1.3)),
+            ),
+            (
+                "throughput, 4 streams (Gbit/s)",
+                Figure::throughput(4),
+                ratio(&Figure::throughput(4), on, off),
+                Some(Bound::AtLeast(1.3)),
+            ),
+            (
+                "daemon CPU seconds per GB (1 stream)",
+                Figure::CPU_PER_GB.to_owned(),
+                ratio(Figure::CPU_PER_GB, on, off),
+                Some(Bound::AtMost(0.65)),
+            ),
+            (
+                "daemon CPU seconds per 1000 requests",
+                Figure::CPU_PER_1000_REQUESTS.to_owned(),
+                ratio(Figure::CPU_PER_1000_REQUESTS, on, off),
+                None,
+            ),
+            (
+                "latency p50, 16 connections (ms; ratio: latency added over direct)",
+                p50.clone(),
+                added(&p50, on, off, Scenario::Direct),
+                Some(Bound::AtMost(0.7)),
+            ),
+            (
+                "latency p99, 16 connections (ms)",
+                p99.clone(),
+                ratio(&p99, on, off),
+                Some(Bound::AtMost(1.0)),
+            ),
+            (
+                "new connections/s",
+                Figure::CONNECTIONS_PER_SECOND.to_owned(),
+                ratio(Figure::CONNECTIONS_PER_SECOND, on, off),
+                None,
+            ),
+        ];
+        for (label, metric, value, bound) in rows {
+            let (shown, verdict) = match bound {
+                Some(bound) => judge(value, bound),
+                None => (
+                    value.map_or("-".to_owned(), |v| format!("{v:.2}x")),
+                    String::new(),
+                ),
+            };
+            out.push_str(&format!(
+                "| {label} | {} | {} | {shown} | {verdict} |\n",
+                cell(&metric, on),
+                cell(&metric, off)
+            ));
+        }
+        out.push_str(
+            "\nOn one node (client and server pods on the same node):\n\n\
+             | measure | direct | mesh, accelerated | mesh, unaccelerated | accelerated / direct | accelerated / unaccelerated | target |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        let (direct, on, off) = (
+            Scenario::DirectSameNode,
+            Scenario::MtlsSameNodeAccelerated,
+            Scenario::MtlsSameNode,
+        );
+        for (label, metric, target) in [
+            (
+                "throughput, 1 stream (Gbit/s)",
+                Figure::throughput(1),
+                Some(0.8),
+            ),
+            (
+                "throughput, 4 streams (Gbit/s)",
+                Figure::throughput(4),
+                Some(0.8),
+            ),
+            (
+                "daemon CPU seconds per GB (1 stream)",
+                Figure::CPU_PER_GB.to_owned(),
+                None,
+            ),
+            ("latency p50, 16 connections (ms)", p50.clone(), None),
+            ("latency p99, 16 connections (ms)", p99.clone(), None),
+            (
+                "new connections/s",
+                Figure::CONNECTIONS_PER_SECOND.to_owned(),
+                None,
+            ),
+        ] {
+            let show = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.2}x"));
+            let over_direct = ratio(&metric, on, direct);
+            let verdict = target.map_or(String::new(), |b| judge(over_direct, Bound::AtLeast(b)).1);
+            out.push_str(&format!(
+                "| {label} | {} | {} | {} | {} | {} | {verdict} |\n",
+                cell(&metric, direct),
+                cell(&metric, on),
+                cell(&metric, off),
+                show(over_direct),
+                show(ratio(&metric, on, off)),
+            ));
+        }
         out
     }
 
@@ -326,6 +468,10 @@ impl Report {
         }
         out
     }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "missed" }
 }
 
 /// The median and range of a figure's runs.

@@ -29,6 +29,16 @@ pub enum Scenario {
     /// The mesh with a tunnel per connection and resumption off: a full
     /// handshake per connection (connection rate only).
     MtlsFullHandshake,
+    /// The mesh with socket acceleration: the hops inside the pods move
+    /// their bytes socket to socket (`--socket-acceleration`).
+    MtlsAccelerated,
+    /// Client and server on the same node, not enrolled.
+    DirectSameNode,
+    /// Client and server on the same node, through its daemon.
+    MtlsSameNode,
+    /// Client and server on the same node, through its daemon, with socket
+    /// acceleration.
+    MtlsSameNodeAccelerated,
 }
 
 impl Scenario {
@@ -41,6 +51,16 @@ impl Scenario {
     pub const PER_CONNECTION: [Scenario; 2] =
         [Scenario::MtlsPerConnection, Scenario::MtlsFullHandshake];
 
+    /// Socket acceleration against none, across nodes and on one node:
+    /// measured like the main three, after them in each round (ordered so
+    /// the daemons restart only twice per round).
+    pub const ACCELERATION: [Scenario; 4] = [
+        Scenario::MtlsAccelerated,
+        Scenario::MtlsSameNodeAccelerated,
+        Scenario::MtlsSameNode,
+        Scenario::DirectSameNode,
+    ];
+
     /// Its name in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -49,13 +69,28 @@ impl Scenario {
             Self::Mtls => "mtls",
             Self::MtlsPerConnection => "mtls_per_connection",
             Self::MtlsFullHandshake => "mtls_full_handshake",
+            Self::MtlsAccelerated => "mtls_accelerated",
+            Self::DirectSameNode => "direct_same_node",
+            Self::MtlsSameNode => "mtls_same_node",
+            Self::MtlsSameNodeAccelerated => "mtls_same_node_accelerated",
         }
+    }
+
+    /// Whether the server is on the client's node.
+    pub fn same_node(self) -> bool {
+        matches!(
+            self,
+            Self::DirectSameNode | Self::MtlsSameNode | Self::MtlsSameNodeAccelerated
+        )
     }
 
     /// The extra flags of the node daemons.
     fn daemon_args(self) -> Vec<String> {
         match self {
-            Self::Direct | Self::Mtls => vec![],
+            Self::Direct | Self::Mtls | Self::DirectSameNode | Self::MtlsSameNode => vec![],
+            Self::MtlsAccelerated | Self::MtlsSameNodeAccelerated => {
+                vec!["--socket-acceleration".to_owned()]
+            }
             Self::Relay => vec!["--benchmark-plaintext-tunnel".to_owned()],
             Self::MtlsPerConnection => vec!["--no-tunnel-reuse".to_owned()],
             Self::MtlsFullHandshake => vec![
@@ -66,7 +101,7 @@ impl Scenario {
     }
 
     fn enrolled(self) -> bool {
-        self != Self::Direct
+        !matches!(self, Self::Direct | Self::DirectSameNode)
     }
 }
 

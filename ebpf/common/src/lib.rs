@@ -38,6 +38,36 @@ pub mod map_names {
     /// ([`Daemon`](super::Daemon)), written by the daemon right after loading.
     /// Not pinned: each load of the programs knows the daemon that loaded it.
     pub const DAEMON: &str = "DAEMON";
+    /// `SockHash<SockKey>`: the sockets whose bytes move socket to socket
+    /// ([socket acceleration](super::SockKey)): both ends of each
+    /// application-to-daemon connection inside a pod. Pinned, so a restart or
+    /// a hand-over never takes a live socket out of it (that would drop what
+    /// is queued on it); the kernel removes each socket when it closes.
+    pub const ACCELERATED: &str = "ACCELERATED";
+    /// `HashMap<SockKey, u64>`: the kernel address of each socket in
+    /// `ACCELERATED`, read at a send through `bpf_probe_read_kernel` to learn
+    /// how much its peer has not read yet; removed when the socket closes.
+    pub const SOCKETS: &str = "SOCKETS";
+    /// `PerCpuArray<u64>`: what socket acceleration did, indexed by the
+    /// constants of [`accel_counter`](super::accel_counter).
+    pub const ACCEL_COUNTERS: &str = "ACCEL_COUNTERS";
+}
+
+/// Indices of the `ACCEL_COUNTERS` map (each a per-CPU `u64`, summed by the daemon).
+pub mod accel_counter {
+    /// Sockets added to `ACCELERATED`.
+    pub const SOCKETS_JOINED: u32 = 0;
+    /// Sockets that should have been added but the map refused (full).
+    pub const SOCKETS_REFUSED: u32 = 1;
+    /// Bytes moved straight into the peer socket's receive queue.
+    pub const BYTES_REDIRECTED: u32 = 2;
+    /// Bytes members sent through TCP (their peer was not a member, held
+    /// too many unread bytes, or had not read all they sent through TCP).
+    pub const BYTES_THROUGH_TCP: u32 = 3;
+    /// Members that closed (and were forgotten).
+    pub const SOCKETS_LEFT: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 5;
 }
 
 /// Value in `DELIVERING`: a delivery by the daemon to an application.
@@ -71,6 +101,9 @@ pub mod program_names {
     /// `sk_lookup`, attached to each enrolled pod's network namespace: TCP
     /// arriving at the pod goes to the daemon's inbound listener in it.
     pub const SK_LOOKUP: &str = "ztunnel_sk_lookup";
+    /// `sk_msg`, attached to the `ACCELERATED` map: a send on one of its
+    /// sockets goes straight into its peer's receive queue.
+    pub const SK_MSG: &str = "ztunnel_sk_msg";
 }
 
 /// `SO_MARK` of the daemon's own sockets inside pods (Istio's ztunnel marks
@@ -193,8 +226,104 @@ pub struct Daemon {
     pub node_netns: u64,
     /// The daemon's process id in that pid namespace; 0 matches nothing.
     pub tgid: u32,
+    /// What the daemon asks of the programs: [`DAEMON_ACCELERATE`].
+    pub flags: u32,
+}
+
+/// [`Daemon::flags`]: add the application-to-daemon sockets to
+/// `ACCELERATED` (socket acceleration is on).
+pub const DAEMON_ACCELERATE: u32 = 1;
+
+/// Key of the `ACCELERATED` map: one end of a TCP connection, as that end
+/// sees it, in its network namespace.
+///
+/// Both ends of a connection inside a pod's network namespace are in the map
+/// under their own keys; a send on one is redirected to the socket under
+/// [`SockKey::peer`]. A four-tuple is unique among the live connections of a
+/// namespace, so the peer found is always the other end of the same
+/// connection, never another pod's socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// Netns cookie of the namespace the socket lives in.
+    pub netns: u64,
+    /// Local address, network byte order (IPv4 in `local[0]`).
+    pub local: [u32; 4],
+    /// Remote address, network byte order (IPv4 in `remote[0]`).
+    pub remote: [u32; 4],
+    /// Local port, host byte order.
+    pub local_port: u32,
+    /// Remote port, host byte order.
+    pub remote_port: u32,
+    /// [`AF_INET`] or [`AF_INET6`]; IPv4-mapped IPv6 addresses are keyed as
+    /// IPv4, so an IPv6 socket meets its peer on an IPv4 listener.
+    pub family: u32,
     /// Explicit padding.
     pub _pad: u32,
+}
+
+impl SockKey {
+    /// The key of a socket with these addresses (IPv6 ones as the kernel
+    /// gives them, IPv4-mapped ones included).
+    pub fn new(
+        netns: u64,
+        family: u32,
+        local: [u32; 4],
+        local_port: u32,
+        remote: [u32; 4],
+        remote_port: u32,
+    ) -> Self {
+        let (family, local, remote) =
+            if family == AF_INET6 as u32 && is_v4_mapped(&local) && is_v4_mapped(&remote) {
+                (AF_INET as u32, [local[3], 0, 0, 0], [remote[3], 0, 0, 0])
+            } else {
+                (family, local, remote)
+            };
+        Self {
+            netns,
+            local,
+            remote,
+            local_port,
+            remote_port,
+            family,
+            _pad: 0,
+        }
+    }
+
+    /// The key of the other end of the same connection.
+    pub const fn peer(&self) -> Self {
+        Self {
+            netns: self.netns,
+            local: self.remote,
+            remote: self.local,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            family: self.family,
+            _pad: 0,
+        }
+    }
+
+    /// Whether the local end is the daemon's outbound listener's address
+    /// (`127.0.0.1:15001` or `[::1]:15001`): a socket the daemon accepted
+    /// from an application of the pod.
+    pub fn is_outbound_listener_end(&self) -> bool {
+        self.local_port == OUTBOUND_PORT as u32 && is_loopback(self.family, &self.local)
+    }
+}
+
+/// Whether an IPv6 address (network byte order words) is IPv4-mapped (`::ffff:a.b.c.d`).
+pub fn is_v4_mapped(ip: &[u32; 4]) -> bool {
+    ip[0] == 0 && ip[1] == 0 && ip[2] == 0xffff_u32.to_be()
+}
+
+/// Whether `ip` (network byte order words, IPv4 in `ip[0]`) is a loopback
+/// address of `family`: `127.0.0.0/8` or `::1`.
+pub fn is_loopback(family: u32, ip: &[u32; 4]) -> bool {
+    if family == AF_INET as u32 {
+        u32::from_be(ip[0]) >> 24 == 127
+    } else {
+        *ip == [0, 0, 0, 1_u32.to_be()]
+    }
 }
 
 /// Key of the `ORIG_DST` map.
@@ -231,6 +360,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::PodAddr {}
     unsafe impl aya::Pod for super::DeliveryKey {}
     unsafe impl aya::Pod for super::Daemon {}
+    unsafe impl aya::Pod for super::SockKey {}
 }
 
 #[cfg(test)]
@@ -247,5 +377,68 @@ mod tests {
         assert_eq!(core::mem::size_of::<PodAddr>(), 20);
         assert_eq!(core::mem::size_of::<DeliveryKey>(), 44);
         assert_eq!(core::mem::size_of::<Daemon>(), 32);
+        assert_eq!(core::mem::size_of::<SockKey>(), 56);
+    }
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> u32 {
+        u32::from_ne_bytes([a, b, c, d])
+    }
+
+    fn mapped(ip: u32) -> [u32; 4] {
+        [0, 0, 0xffff_u32.to_be(), ip]
+    }
+
+    #[test]
+    fn a_peer_key_is_the_same_connection_seen_from_the_other_end() {
+        let app = SockKey::new(
+            7,
+            AF_INET as u32,
+            [v4(127, 0, 0, 1), 0, 0, 0],
+            40000,
+            [v4(127, 0, 0, 1), 0, 0, 0],
+            15001,
+        );
+        let daemon = SockKey::new(
+            7,
+            AF_INET as u32,
+            [v4(127, 0, 0, 1), 0, 0, 0],
+            15001,
+            [v4(127, 0, 0, 1), 0, 0, 0],
+            40000,
+        );
+        assert_eq!(app.peer(), daemon);
+        assert_eq!(daemon.peer(), app);
+        assert!(daemon.is_outbound_listener_end());
+        assert!(!app.is_outbound_listener_end());
+        // Another pod's namespace never matches.
+        let elsewhere = SockKey { netns: 8, ..daemon };
+        assert_ne!(app.peer(), elsewhere);
+    }
+
+    #[test]
+    fn an_ipv4_mapped_socket_meets_its_ipv4_peer() {
+        let lo = v4(127, 0, 0, 1);
+        let app = SockKey::new(7, AF_INET6 as u32, mapped(lo), 40000, mapped(lo), 15001);
+        let daemon = SockKey::new(
+            7,
+            AF_INET as u32,
+            [lo, 0, 0, 0],
+            15001,
+            [lo, 0, 0, 0],
+            40000,
+        );
+        assert_eq!(app.family, AF_INET as u32);
+        assert_eq!(app.peer(), daemon);
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        assert!(is_loopback(AF_INET as u32, &[v4(127, 0, 0, 1), 0, 0, 0]));
+        assert!(is_loopback(AF_INET as u32, &[v4(127, 9, 9, 9), 0, 0, 0]));
+        assert!(!is_loopback(AF_INET as u32, &[v4(10, 0, 0, 1), 0, 0, 0]));
+        assert!(is_loopback(AF_INET6 as u32, &[0, 0, 0, 1_u32.to_be()]));
+        assert!(!is_loopback(AF_INET6 as u32, &mapped(v4(127, 0, 0, 1))));
+        assert!(is_v4_mapped(&mapped(v4(10, 0, 0, 1))));
+        assert!(!is_v4_mapped(&[0, 0, 0, 1_u32.to_be()]));
     }
 }

@@ -31,10 +31,16 @@
 #![no_std]
 #![no_main]
 
-use core::ffi::c_void;
+mod accelerate;
+
+use core::{
+    ffi::c_void,
+    ptr::{addr_of, read_volatile},
+};
 
 use aya_ebpf::{
     bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_TCP_CLOSE, bpf_pidns_info, bpf_sock_addr, sk_action,
     },
@@ -44,9 +50,9 @@ use aya_ebpf::{
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use ztunnel_ebpf_common::{
-    AF_INET, AF_INET6, DAEMON_MARK, DAEMON_PREVIOUS, DAEMON_SLOTS, DAEMON_THIS, DELIVER_MARK,
-    Daemon, DeliveryKey, EnrolledPod, INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT,
-    OrigDst, OrigDstKey, PodAddr, UNCAPTURED_DELIVERY, UNCAPTURED_NODE,
+    AF_INET, AF_INET6, DAEMON_ACCELERATE, DAEMON_MARK, DAEMON_PREVIOUS, DAEMON_SLOTS, DAEMON_THIS,
+    DELIVER_MARK, Daemon, DeliveryKey, EnrolledPod, INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT,
+    OUTBOUND_PORT, OrigDst, OrigDstKey, PodAddr, SockKey, UNCAPTURED_DELIVERY, UNCAPTURED_NODE,
 };
 
 /// Verdict that lets the syscall proceed (cgroup programs return 1 to allow).
@@ -308,15 +314,21 @@ pub fn ztunnel_getpeername6(ctx: SockAddrContext) -> i32 {
 /// `sockops`, at `TCP_CONNECT_CB` (the client port is known, the SYN has not
 /// left): files a redirected socket's original destination where the daemon
 /// will look for it, or files a connection `sk_lookup` must leave alone. At
-/// `STATE_CB` (asked for only by the latter): forgets it once it closes.
+/// `STATE_CB` (asked for only by the latter): forgets it once it closes. At
+/// `ACTIVE_ESTABLISHED_CB` and `PASSIVE_ESTABLISHED_CB`: a socket of a hop
+/// inside a pod joins socket acceleration ([`accelerate`]).
 #[sock_ops]
 pub fn ztunnel_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx, true),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_established(&ctx, false),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            // Asked for by sockets filed in `DELIVERING` or accelerated.
             if let Some(key) = arrival_key(&ctx) {
                 let _ = DELIVERING.remove(&key);
             }
+            accelerate::leave(&sock_key(&ctx));
         }
         _ => {}
     }
@@ -367,6 +379,87 @@ fn on_connect(ctx: &SockOpsContext) {
     }
 }
 
+/// A socket just established joins socket acceleration when the daemon asks
+/// for it and the socket is one end of a hop inside a pod: an application's
+/// connection steered to the daemon (`active`) or the daemon's socket that
+/// accepted it, the daemon's delivery to an application (`active`) or the
+/// application's socket that accepted it.
+fn on_established(ctx: &SockOpsContext, active: bool) {
+    if !daemon().is_some_and(|daemon| daemon.flags & DAEMON_ACCELERATE != 0) {
+        return;
+    }
+    let key = sock_key(ctx);
+    let netns = key.netns;
+    let delivery = |key: Option<DeliveryKey>| {
+        // SAFETY: the map value is read by copy; the map holds plain data.
+        key.is_some_and(|key| unsafe { DELIVERING.get(&key) } == Some(&UNCAPTURED_DELIVERY))
+    };
+    let hop = if active {
+        // SAFETY: the helper accepts this program type's context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
+        // SAFETY: the map value is read by copy; the map holds plain data.
+        (unsafe { CONNECTING.get(&cookie) }).is_some() || delivery(arrival_key(ctx))
+    } else {
+        // SAFETY: the map value is read by copy; the map holds plain data.
+        (key.is_outbound_listener_end() && unsafe { ENROLLED.get(&netns) }.is_some())
+            || delivery(Some(DeliveryKey {
+                remote: key.remote,
+                local: key.local,
+                remote_port: key.remote_port,
+                local_port: key.local_port,
+                family: key.family,
+            }))
+    };
+    if hop {
+        accelerate::join(ctx, key);
+    }
+}
+
+/// The key of the socket of `ctx` in socket acceleration's maps.
+fn sock_key(ctx: &SockOpsContext) -> SockKey {
+    // SAFETY: the helper accepts this program type's context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.ops as *mut c_void) };
+    let (local, remote) = addresses(ctx);
+    SockKey::new(
+        netns,
+        ctx.family(),
+        local,
+        ctx.local_port(),
+        remote,
+        // `remote_port` holds the network-order port in its upper 16 bits.
+        u32::from_be(ctx.remote_port()),
+    )
+}
+
+/// The local and remote addresses of the socket of `ctx`, in network byte
+/// order (IPv4 in the first word).
+fn addresses(ctx: &SockOpsContext) -> ([u32; 4], [u32; 4]) {
+    let ops = ctx.ops;
+    if ctx.family() == u32::from(AF_INET) {
+        return ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0]);
+    }
+    // SAFETY (both): reads of context fields at constant offsets, one word
+    // per load: the verifier refuses loads through a pointer derived from
+    // the context, which a copy of the whole array may compile to.
+    let local = unsafe {
+        [
+            read_volatile(addr_of!((*ops).local_ip6[0])),
+            read_volatile(addr_of!((*ops).local_ip6[1])),
+            read_volatile(addr_of!((*ops).local_ip6[2])),
+            read_volatile(addr_of!((*ops).local_ip6[3])),
+        ]
+    };
+    let remote = unsafe {
+        [
+            read_volatile(addr_of!((*ops).remote_ip6[0])),
+            read_volatile(addr_of!((*ops).remote_ip6[1])),
+            read_volatile(addr_of!((*ops).remote_ip6[2])),
+            read_volatile(addr_of!((*ops).remote_ip6[3])),
+        ]
+    };
+    (local, remote)
+}
+
 /// The mark of the socket `ctx` is about.
 fn socket_mark(ctx: &SockOpsContext) -> Option<u32> {
     // SAFETY: the kernel-provided context; `sk` is checked for null before use.
@@ -389,7 +482,7 @@ fn arrival_key(ctx: &SockOpsContext) -> Option<DeliveryKey> {
             AF_INET,
         )
     } else if ctx.family() == u32::from(AF_INET6) {
-        let (remote, local) = (ctx.local_ip6(), ctx.remote_ip6());
+        let (remote, local) = addresses(ctx);
         let mapped = |ip: &[u32; 4]| ip[0] == 0 && ip[1] == 0 && ip[2] == 0xffff_u32.to_be();
         if mapped(&local) {
             ([remote[3], 0, 0, 0], [local[3], 0, 0, 0], AF_INET)

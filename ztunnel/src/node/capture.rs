@@ -79,18 +79,23 @@ impl Capture {
     ///
     /// `previous` is the daemon this one takes over from, and `handed_over`
     /// the listening sockets it handed over ([`crate::redirect::handover`]).
+    /// With `accelerate`, the hops inside pods move their bytes socket to
+    /// socket where the kernel can (reported in the metrics).
     pub fn start(
         pin_dir: &Path,
         cgroup_root: Option<&Path>,
         context: Arc<ProxyContext>,
         previous: Option<Daemon>,
         handed_over: Vec<OwnedFd>,
+        accelerate: bool,
     ) -> Result<Self, RedirectError> {
         let Attached {
             programs,
             orig_dst,
             inherited,
-        } = Programs::attach(pin_dir, cgroup_root, previous)?;
+            acceleration,
+        } = Programs::attach(pin_dir, cgroup_root, previous, accelerate)?;
+        context.metrics.install(acceleration);
         if !inherited.is_empty() {
             tracing::info!(
                 pods = inherited.len(),

@@ -75,6 +75,9 @@ pub struct NodeConfig {
     /// Whether a tunnel carries the next connection between the same two
     /// workloads once its connection ends (off: one tunnel per connection).
     pub tunnel_reuse: bool,
+    /// Whether the hops inside pods move their bytes socket to socket
+    /// (sockmap) rather than through loopback TCP, where the kernel can.
+    pub socket_acceleration: bool,
     /// The namespace whose policies apply mesh-wide.
     pub root_namespace: String,
     /// Address of the Prometheus metrics endpoint (`/metrics`).
@@ -581,6 +584,7 @@ pub async fn run(
         context.clone(),
         take_over.previous(),
         take_over.pod_sockets(),
+        config.socket_acceleration,
     )?;
     if capture.daemon_by_mark() {
         let _ = state.capture_by_mark.set(());

@@ -136,7 +136,7 @@ pub fn take_over(path: &Path, instance: &Path) -> Result<Option<Inherited>, Hand
         pidns_ino: long(16),
         node_netns: long(24),
         tgid: word(32),
-        _pad: 0,
+        flags: 0,
     };
     let theirs = read_text(&connection)?;
     if Path::new(&theirs) != instance {
@@ -488,7 +488,7 @@ mod tests {
             pidns_ino: 4026531836,
             node_netns: 4096,
             tgid: 4242,
-            _pad: 0,
+            flags: 0,
         };
         let old = std::thread::spawn({
             let fds: Vec<OwnedFd> = listeners

@@ -4,7 +4,9 @@
 //! The programs live in `ebpf/programs`; the types they share with this
 //! module live in `ebpf/common` (re-exported here as [`abi`]).
 
+pub mod acceleration;
 pub mod handover;
+pub mod kernel_layout;
 pub mod listeners;
 pub mod netns;
 pub mod programs;

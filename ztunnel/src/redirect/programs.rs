@@ -19,9 +19,9 @@ use std::{collections::BTreeSet, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, SockHash},
+    maps::{Array, HashMap, MapData, PerCpuArray, SockHash},
     programs::{
-        CgroupAttachMode, Program, SkLookup,
+        CgroupAttachMode, Program, SkLookup, SkMsg,
         links::{FdLink, PinnedLink},
     },
 };
@@ -29,9 +29,11 @@ use aya::{
 use super::{
     RedirectError,
     abi::{
-        AF_INET, AF_INET6, DAEMON_PREVIOUS, DAEMON_THIS, Daemon, EnrolledPod, OrigDst, OrigDstKey,
-        PodAddr, map_names, program_names,
+        AF_INET, AF_INET6, DAEMON_ACCELERATE, DAEMON_PREVIOUS, DAEMON_THIS, Daemon, EnrolledPod,
+        OrigDst, OrigDstKey, PodAddr, SockKey, map_names, program_names,
     },
+    acceleration::{Acceleration, AccelerationStats},
+    kernel_layout::{SocketLayout, release_refusal, running_release},
     netns::netns_cookie,
 };
 
@@ -68,6 +70,8 @@ pub struct Attached {
     pub orig_dst: OrigDstTable,
     /// Pods (netns cookies) the pinned `ENROLLED` map already held.
     pub inherited: BTreeSet<u64>,
+    /// Whether socket acceleration is on, and its counters.
+    pub acceleration: AccelerationStats,
 }
 
 /// The `ORIG_DST` map, shared by every connection task.
@@ -85,11 +89,14 @@ impl Programs {
     ///
     /// `previous` is the daemon this one takes over from (see
     /// [`crate::redirect::handover`]): its sockets are recognised as a
-    /// daemon's too until [`Programs::forget_previous_daemon`].
+    /// daemon's too until [`Programs::forget_previous_daemon`]. With
+    /// `accelerate`, the hops inside pods move their bytes socket to socket
+    /// where the kernel can ([`Attached::acceleration`] says whether it could).
     pub fn attach(
         pin_dir: &Path,
         cgroup_root: Option<&Path>,
         previous: Option<Daemon>,
+        accelerate: bool,
     ) -> Result<Attached, RedirectError> {
         let io = |context: String| move |source| RedirectError::Io { context, source };
         mount_bpffs(pin_dir)?;
@@ -100,12 +107,44 @@ impl Programs {
         };
         let cgroup = File::open(&root)
             .map_err(io(format!("opening the cgroup v2 root {}", root.display())))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
+        // Socket acceleration needs the kernel's socket layout (see
+        // `kernel_layout`); without it, it stays off.
+        let layout = accelerate.then(|| match release_refusal(&running_release()) {
+            Some(refusal) => Err(refusal),
+            None => SocketLayout::of_running_kernel().map_err(|err| err.to_string()),
+        });
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        if let Some(Ok(layout)) = &layout {
+            loader
+                .override_global("SOCK_RMEM_ALLOC_OFFSET", &layout.rmem_alloc, true)
+                .override_global("TCP_WRITE_SEQ_OFFSET", &layout.write_seq, true)
+                .override_global("TCP_COPIED_SEQ_OFFSET", &layout.copied_seq, true);
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|err| RedirectError::Load(err.to_string()))?;
+        let acceleration = match layout {
+            None => Acceleration::Off,
+            Some(layout) => {
+                match layout.and_then(|_| attach_sk_msg(&mut ebpf).map_err(|err| err.to_string())) {
+                    Ok(()) => Acceleration::On,
+                    Err(reason) => {
+                        tracing::warn!(
+                            "socket acceleration is unavailable, the hops inside pods go through \
+                         loopback TCP: {reason}"
+                        );
+                        Acceleration::Unavailable(reason)
+                    }
+                }
+            }
+        };
         // Before any program runs: they tell the daemon's sockets by it.
-        let daemon = this_daemon().map_err(io("finding this process's namespaces".to_owned()))?;
+        let mut daemon =
+            this_daemon().map_err(io("finding this process's namespaces".to_owned()))?;
+        if acceleration.is_on() {
+            daemon.flags |= DAEMON_ACCELERATE;
+        }
         let mut daemon_map: Array<&mut MapData, Daemon> =
             Array::try_from(ebpf.map_mut(map_names::DAEMON).ok_or_else(|| {
                 RedirectError::Load(format!("map {} missing", map_names::DAEMON))
@@ -148,10 +187,16 @@ impl Programs {
             take_map(&mut ebpf, map_names::ENROLLED)?;
         let previously_enrolled = enrolled.keys().filter_map(Result::ok).collect();
         let orig_dst = take_map(&mut ebpf, map_names::ORIG_DST)?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(map_names::ACCEL_COUNTERS)
+                .ok_or_else(|| missing_map(map_names::ACCEL_COUNTERS))?,
+        )
+        .map_err(map_error(map_names::ACCEL_COUNTERS))?;
         tracing::info!(
             cgroup = %root.display(),
             pins = %pin_dir.display(),
             programs = program_names::ALL.len(),
+            socket_acceleration = acceleration.is_on(),
             "eBPF programs attached"
         );
         Ok(Attached {
@@ -167,6 +212,7 @@ impl Programs {
                 map: Mutex::new(orig_dst),
             },
             inherited: previously_enrolled,
+            acceleration: AccelerationStats::new(acceleration, counters),
         })
     }
 
@@ -303,6 +349,39 @@ impl OrigDstTable {
     }
 }
 
+/// Loads `sk_msg` and attaches it to the `ACCELERATED` map. The attachment
+/// lives in the pinned map: sockets that joined keep their program across a
+/// restart, and the next daemon's attachment replaces this one.
+fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<(), RedirectError> {
+    let failed = |message: String| RedirectError::Attach {
+        program: program_names::SK_MSG,
+        message,
+    };
+    let map = SockHash::<_, SockKey>::try_from(
+        ebpf.map(map_names::ACCELERATED)
+            .ok_or_else(|| missing_map(map_names::ACCELERATED))?,
+    )
+    .map_err(map_error(map_names::ACCELERATED))?;
+    let map = map
+        .fd()
+        .try_clone()
+        .map_err(|err| failed(err.to_string()))?;
+    let program: &mut SkMsg = ebpf
+        .program_mut(program_names::SK_MSG)
+        .ok_or_else(|| RedirectError::Load(format!("program {} missing", program_names::SK_MSG)))?
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| failed(err.to_string()))?;
+    program.load().map_err(|err| failed(err.to_string()))?;
+    program
+        .attach(&map)
+        .map_err(|err| failed(err.to_string()))?;
+    Ok(())
+}
+
+fn missing_map(name: &str) -> RedirectError {
+    RedirectError::Load(format!("map {name} missing from the object"))
+}
+
 /// Names the map in a map error.
 fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectError {
     move |err| RedirectError::Map(format!("{name}: {err}"))
@@ -321,7 +400,7 @@ pub fn this_daemon() -> std::io::Result<Daemon> {
         pidns_ino: pidns.ino(),
         node_netns: netns_cookie(&probe)?,
         tgid: std::process::id(),
-        _pad: 0,
+        flags: 0,
     })
 }
 
@@ -520,7 +599,12 @@ mod tests {
         let object =
             aya_obj::Object::parse(OBJECT).expect("the embedded object is a valid eBPF ELF");
         let fallbacks = program_names::FALLBACKS.map(|(_, fallback)| fallback);
-        for name in program_names::ALL.into_iter().chain(fallbacks) {
+        let attached_elsewhere = [program_names::SK_LOOKUP, program_names::SK_MSG];
+        for name in program_names::ALL
+            .into_iter()
+            .chain(fallbacks)
+            .chain(attached_elsewhere)
+        {
             assert!(object.programs.contains_key(name), "program {name} missing");
         }
         for name in [
@@ -531,6 +615,9 @@ mod tests {
             map_names::ENROLLED_ADDRS,
             map_names::DELIVERING,
             map_names::DAEMON,
+            map_names::ACCELERATED,
+            map_names::SOCKETS,
+            map_names::ACCEL_COUNTERS,
         ] {
             assert!(object.maps.contains_key(name), "map {name} missing");
         }

@@ -14,7 +14,10 @@
 //! - `reset` reads one chunk, then closes with a reset (RST);
 //! - `deaf` shuts down writing at once and never reads, holding the
 //!   connection open for a minute;
-//! - `mirror` sends back everything as it arrives, until the client ends.
+//! - `mirror` sends back everything as it arrives, until the client ends;
+//! - `stall --seconds S` reads nothing for S seconds, then reads to the end,
+//!   checks every byte against what `push` sends, and answers `ok N` (or
+//!   where the bytes first differ).
 //!
 //! As a client:
 //! - `probe <addr> [--mark M]` connects (from a socket with `SO_MARK` M) and
@@ -35,6 +38,10 @@
 //! - `flood <addr> --bytes N` sends N bytes whether or not the peer reads
 //!   them (within 5 s), shuts down writing, waits for the end and prints
 //!   `sent N`;
+//! - `push <addr> --seconds T` sends an endless payload for T seconds, as
+//!   fast as the way takes it, shuts down writing, and prints `accepted X`
+//!   and the server's answer (to a `stall` server: `ok X` if every byte
+//!   arrived intact);
 //! - `load <http addr> <mirror addr> --rate R --streams S` sends `GET /` on a
 //!   new connection R times a second and keeps S streams to a `mirror`
 //!   server, checking every echoed byte, until stdin closes; then prints
@@ -94,6 +101,25 @@ enum App {
         /// Address to listen on.
         #[arg(long, default_value = "[::]:9002")]
         listen: SocketAddr,
+    },
+    /// Raw TCP: read nothing for a while, then read to the end, check every
+    /// byte against `push`'s payload and answer `ok N`.
+    Stall {
+        /// Address to listen on.
+        #[arg(long, default_value = "[::]:9004")]
+        listen: SocketAddr,
+        /// Seconds before reading.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Send an endless payload for T seconds, shut down writing, print how
+    /// much the way took and the server's answer.
+    Push {
+        /// `host:port` of a `stall` test app.
+        address: SocketAddr,
+        /// Seconds to send for.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
     },
     /// Send N bytes (the peer need not read them), shut down writing, wait
     /// for the end.
@@ -228,11 +254,71 @@ async fn main() -> Result<()> {
         App::Send { address } => send(address).await,
         App::Deaf { listen } => raw_server(listen, deaf).await,
         App::Flood { address, bytes } => flood(address, bytes).await,
+        App::Stall { listen, seconds } => {
+            raw_server(listen, move |stream| stall(stream, seconds)).await
+        }
+        App::Push { address, seconds } => push(address, seconds).await,
     }
 }
 
+/// The payload `push` sends: endless (its length never reached).
+fn endless_payload() -> Payload {
+    Payload::new(u64::MAX)
+}
+
+async fn stall(mut stream: TcpStream, seconds: u64) -> Result<()> {
+    tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    let mut expected = endless_payload();
+    let (mut got, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut total: u64 = 0;
+    let verdict = loop {
+        let n = stream.read(&mut got).await?;
+        if n == 0 {
+            break format!("ok {total}");
+        }
+        expected.fill(&mut want[..n]);
+        if let Some(at) = got[..n].iter().zip(&want[..n]).position(|(a, b)| a != b) {
+            break format!("differs at byte {}", total + at as u64);
+        }
+        total += n as u64;
+    };
+    stream.write_all(verdict.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+async fn push(address: SocketAddr, seconds: u64) -> Result<()> {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    let mut payload = endless_payload();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut accepted: u64 = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    'sending: loop {
+        payload.fill(&mut chunk);
+        let mut sent = 0;
+        while sent < chunk.len() {
+            // Each write counts exactly what the socket took before the deadline.
+            match tokio::time::timeout_at(deadline, stream.write(&chunk[sent..])).await {
+                Ok(written) => sent += written?,
+                Err(_) => {
+                    accepted += sent as u64;
+                    break 'sending;
+                }
+            }
+        }
+        accepted += sent as u64;
+    }
+    stream.shutdown().await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    println!("accepted {accepted} {answer}");
+    Ok(())
+}
+
 /// Accepts on `listen` forever, running `serve` on each connection.
-async fn raw_server<F>(listen: SocketAddr, serve: fn(TcpStream) -> F) -> Result<()>
+async fn raw_server<F>(listen: SocketAddr, serve: impl Fn(TcpStream) -> F) -> Result<()>
 where
     F: Future<Output = Result<()>> + Send + 'static,
 {
@@ -242,8 +328,9 @@ where
     println!("listening on {}", listener.local_addr()?);
     loop {
         let (stream, peer) = listener.accept().await?;
+        let served = serve(stream);
         tokio::spawn(async move {
-            if let Err(err) = serve(stream).await {
+            if let Err(err) = served.await {
                 eprintln!("{peer}: {err:#}");
             }
         });
