@@ -1,10 +1,15 @@
-//! Socket acceleration, seen from userspace: whether it is on, and what the
-//! programs did (`ebpf/programs/src/accelerate.rs` does the work), exported
-//! as metrics at each scrape.
+//! Socket acceleration, seen from userspace: setting it up when the programs
+//! load, whether it is on, and what the programs did
+//! (`ebpf/programs/src/accelerate.rs` does the work), exported as metrics at
+//! each scrape. See docs/acceleration.md.
 
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, SockHash};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, Map, MapData, PerCpuArray, SockHash},
+    programs::SkMsg,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -13,8 +18,85 @@ use prometheus_client::{
 
 use super::{
     RedirectError,
-    abi::{SockKey, accel_counter, map_names},
+    abi::{SockKey, accel_counter, map_names, program_names},
+    kernel_layout::{SocketLayout, release_refusal, running_release},
+    programs::{map_error, missing_map},
 };
+
+/// Socket acceleration between asking for it and the programs loading: the
+/// running kernel's socket layout, or why it cannot run.
+pub struct Prepared(Option<Result<SocketLayout, String>>);
+
+/// Checks whether this kernel can run socket acceleration (when asked for)
+/// and finds its socket layout.
+pub fn prepare(accelerate: bool) -> Prepared {
+    Prepared(
+        accelerate.then(|| match release_refusal(&running_release()) {
+            Some(refusal) => Err(refusal),
+            None => SocketLayout::of_running_kernel().map_err(|err| err.to_string()),
+        }),
+    )
+}
+
+impl Prepared {
+    /// Hands the socket layout to the programs as load-time constants.
+    pub fn configure<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        if let Some(Ok(layout)) = &self.0 {
+            loader
+                .override_global("SOCK_RMEM_ALLOC_OFFSET", &layout.rmem_alloc, true)
+                .override_global("TCP_WRITE_SEQ_OFFSET", &layout.write_seq, true)
+                .override_global("TCP_COPIED_SEQ_OFFSET", &layout.copied_seq, true);
+        }
+    }
+
+    /// Attaches `sk_msg` to the socket map of the loaded `ebpf`, if
+    /// acceleration was asked for and can run; says whether it runs, and
+    /// logs why not when it was asked for.
+    pub fn start(self, ebpf: &mut Ebpf) -> Acceleration {
+        let Some(layout) = self.0 else {
+            return Acceleration::Off;
+        };
+        match layout.and_then(|_| attach_sk_msg(ebpf).map_err(|err| err.to_string())) {
+            Ok(()) => Acceleration::On,
+            Err(reason) => {
+                tracing::warn!(
+                    "socket acceleration is unavailable, the hops inside pods go through loopback \
+                     TCP: {reason}"
+                );
+                Acceleration::Unavailable(reason)
+            }
+        }
+    }
+}
+
+/// Loads `sk_msg` and attaches it to the `ACCELERATED` map. The attachment
+/// lives in the pinned map: sockets that joined keep their program across a
+/// restart, and the next daemon's attachment replaces this one.
+fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<(), RedirectError> {
+    let failed = |message: String| RedirectError::Attach {
+        program: program_names::SK_MSG,
+        message,
+    };
+    let map = SockHash::<_, SockKey>::try_from(
+        ebpf.map(map_names::ACCELERATED)
+            .ok_or_else(|| missing_map(map_names::ACCELERATED))?,
+    )
+    .map_err(map_error(map_names::ACCELERATED))?;
+    let map = map
+        .fd()
+        .try_clone()
+        .map_err(|err| failed(err.to_string()))?;
+    let program: &mut SkMsg = ebpf
+        .program_mut(program_names::SK_MSG)
+        .ok_or_else(|| RedirectError::Load(format!("program {} missing", program_names::SK_MSG)))?
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| failed(err.to_string()))?;
+    program.load().map_err(|err| failed(err.to_string()))?;
+    program
+        .attach(&map)
+        .map_err(|err| failed(err.to_string()))?;
+    Ok(())
+}
 
 /// The entries of the pinned acceleration maps under a daemon's pin
 /// directory, counted by walking their keys (for inspection and tests: once
@@ -30,16 +112,14 @@ pub struct PinnedEntries {
 impl PinnedEntries {
     /// Counts the maps pinned in `pin_dir`.
     pub fn count(pin_dir: &Path) -> Result<Self, RedirectError> {
-        let open = |name: &str| {
-            MapData::from_pin(pin_dir.join(name))
-                .map_err(|err| RedirectError::Map(format!("{name}: {err}")))
-        };
+        let open =
+            |name: &'static str| MapData::from_pin(pin_dir.join(name)).map_err(map_error(name));
         let accelerated: SockHash<MapData, SockKey> =
             SockHash::try_from(Map::SockHash(open(map_names::ACCELERATED)?))
-                .map_err(|err| RedirectError::Map(format!("{}: {err}", map_names::ACCELERATED)))?;
+                .map_err(map_error(map_names::ACCELERATED))?;
         let sockets: HashMap<MapData, SockKey, u64> =
             HashMap::try_from(Map::HashMap(open(map_names::SOCKETS)?))
-                .map_err(|err| RedirectError::Map(format!("{}: {err}", map_names::SOCKETS)))?;
+                .map_err(map_error(map_names::SOCKETS))?;
         Ok(Self {
             accelerated: accelerated.keys().filter(Result::is_ok).count(),
             sockets: sockets.keys().filter(Result::is_ok).count(),

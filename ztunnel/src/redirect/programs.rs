@@ -21,7 +21,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, SockHash},
     programs::{
-        CgroupAttachMode, Program, SkLookup, SkMsg,
+        CgroupAttachMode, Program, SkLookup,
         links::{FdLink, PinnedLink},
     },
 };
@@ -30,10 +30,9 @@ use super::{
     RedirectError,
     abi::{
         AF_INET, AF_INET6, DAEMON_ACCELERATE, DAEMON_PREVIOUS, DAEMON_THIS, Daemon, EnrolledPod,
-        OrigDst, OrigDstKey, PodAddr, SockKey, map_names, program_names,
+        OrigDst, OrigDstKey, PodAddr, map_names, program_names,
     },
-    acceleration::{Acceleration, AccelerationStats},
-    kernel_layout::{SocketLayout, release_refusal, running_release},
+    acceleration::{self, AccelerationStats},
     netns::netns_cookie,
 };
 
@@ -107,38 +106,14 @@ impl Programs {
         };
         let cgroup = File::open(&root)
             .map_err(io(format!("opening the cgroup v2 root {}", root.display())))?;
-        // Socket acceleration needs the kernel's socket layout (see
-        // `kernel_layout`); without it, it stays off.
-        let layout = accelerate.then(|| match release_refusal(&running_release()) {
-            Some(refusal) => Err(refusal),
-            None => SocketLayout::of_running_kernel().map_err(|err| err.to_string()),
-        });
+        let prepared = acceleration::prepare(accelerate);
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
-        if let Some(Ok(layout)) = &layout {
-            loader
-                .override_global("SOCK_RMEM_ALLOC_OFFSET", &layout.rmem_alloc, true)
-                .override_global("TCP_WRITE_SEQ_OFFSET", &layout.write_seq, true)
-                .override_global("TCP_COPIED_SEQ_OFFSET", &layout.copied_seq, true);
-        }
+        prepared.configure(&mut loader);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|err| RedirectError::Load(err.to_string()))?;
-        let acceleration = match layout {
-            None => Acceleration::Off,
-            Some(layout) => {
-                match layout.and_then(|_| attach_sk_msg(&mut ebpf).map_err(|err| err.to_string())) {
-                    Ok(()) => Acceleration::On,
-                    Err(reason) => {
-                        tracing::warn!(
-                            "socket acceleration is unavailable, the hops inside pods go through \
-                         loopback TCP: {reason}"
-                        );
-                        Acceleration::Unavailable(reason)
-                    }
-                }
-            }
-        };
+        let acceleration = prepared.start(&mut ebpf);
         // Before any program runs: they tell the daemon's sockets by it.
         let mut daemon =
             this_daemon().map_err(io("finding this process's namespaces".to_owned()))?;
@@ -349,41 +324,13 @@ impl OrigDstTable {
     }
 }
 
-/// Loads `sk_msg` and attaches it to the `ACCELERATED` map. The attachment
-/// lives in the pinned map: sockets that joined keep their program across a
-/// restart, and the next daemon's attachment replaces this one.
-fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<(), RedirectError> {
-    let failed = |message: String| RedirectError::Attach {
-        program: program_names::SK_MSG,
-        message,
-    };
-    let map = SockHash::<_, SockKey>::try_from(
-        ebpf.map(map_names::ACCELERATED)
-            .ok_or_else(|| missing_map(map_names::ACCELERATED))?,
-    )
-    .map_err(map_error(map_names::ACCELERATED))?;
-    let map = map
-        .fd()
-        .try_clone()
-        .map_err(|err| failed(err.to_string()))?;
-    let program: &mut SkMsg = ebpf
-        .program_mut(program_names::SK_MSG)
-        .ok_or_else(|| RedirectError::Load(format!("program {} missing", program_names::SK_MSG)))?
-        .try_into()
-        .map_err(|err: aya::programs::ProgramError| failed(err.to_string()))?;
-    program.load().map_err(|err| failed(err.to_string()))?;
-    program
-        .attach(&map)
-        .map_err(|err| failed(err.to_string()))?;
-    Ok(())
-}
-
-fn missing_map(name: &str) -> RedirectError {
+/// The error of a map missing from the embedded object.
+pub(super) fn missing_map(name: &str) -> RedirectError {
     RedirectError::Load(format!("map {name} missing from the object"))
 }
 
 /// Names the map in a map error.
-fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectError {
+pub(super) fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectError {
     move |err| RedirectError::Map(format!("{name}: {err}"))
 }
 
