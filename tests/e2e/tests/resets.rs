@@ -10,7 +10,7 @@ use std::{
 };
 
 use ztunnel_cluster::{Cluster, PodProcess};
-use ztunnel_e2e::{apply_policy, http_server, mesh, sigterm_daemon, within};
+use ztunnel_e2e::{apply_policy, assert_downloads, http_server, mesh, sigterm_daemon, within};
 
 /// curl's exit code for "failure receiving network data" (here: a reset).
 const CURL_RECV_ERROR: i32 = 56;
@@ -74,7 +74,21 @@ fn assert_reset(mut download: PodProcess, cause: &str) {
 
 #[test]
 fn a_killed_daemon_resets_the_connections_it_carried_on_both_nodes() {
-    let mut cluster = mesh(2);
+    killed_daemons_reset_their_connections(mesh(2));
+}
+
+#[test]
+fn a_killed_daemon_resets_the_accelerated_connections_it_carried() {
+    // The hops inside pods move socket to socket: the killed daemon's
+    // sockets leave the socket map as they close, and the applications'
+    // next sends go through TCP to closed sockets.
+    let spec = ztunnel_cluster::ClusterSpec::ephemeral(2, 1)
+        .with_mesh(ztunnel_e2e::bin_dir())
+        .with_daemon_args(["--socket-acceleration"]);
+    killed_daemons_reset_their_connections(Cluster::create(&spec).unwrap());
+}
+
+fn killed_daemons_reset_their_connections(mut cluster: Cluster) {
     let _web1 = http_server(&cluster, "web-1");
     let _web2 = http_server(&cluster, "web-2");
 
@@ -92,6 +106,19 @@ fn a_killed_daemon_resets_the_connections_it_carried_on_both_nodes() {
     let across = slow_download(&cluster, "client-1", "web-2");
     cluster.kill_daemon("node2").unwrap();
     assert_reset(across, "tunnel lost (destination daemon killed)");
+    // A restarted daemon carries new connections again, whole.
+    cluster.start_daemon("node2").unwrap();
+    let web2 = cluster.pod("web-2").unwrap().ipv4;
+    within(Duration::from_secs(10), "web-2 serves again", || {
+        cluster
+            .run(
+                "client-1",
+                "curl",
+                &["-sS", "--max-time", "2", &format!("http://{web2}:8080/")],
+            )
+            .is_ok_and(|body| body.starts_with("hello from web-2"))
+    });
+    assert_downloads(&cluster, "client-1", &format!("{web2}:8080"), 5_000_011);
 }
 
 /// Denies the `client` ServiceAccount everything.
