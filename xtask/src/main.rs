@@ -89,12 +89,7 @@ fn main() -> Result<()> {
                 bins.to_string_lossy().into_owned(),
             ];
             all.extend(args);
-            let tool = bins.join("ztunnel-bench");
-            let status = Command::new(&tool)
-                .args(&all)
-                .status()
-                .with_context(|| format!("running {}", tool.display()))?;
-            std::process::exit(status.code().unwrap_or(1));
+            run_tool_from(&bins, "ztunnel-bench", &all)
         }
         Task::Cluster { args } => {
             build::all_quietly()?;
@@ -122,7 +117,12 @@ fn test(extra: &[String]) -> Result<()> {
 
 /// Runs one of the workspace's binaries (built by [`build::all`]) with `args`.
 fn run_tool(name: &str, args: &[String]) -> Result<()> {
-    let path = build::bin_dir().join(name);
+    run_tool_from(&build::bin_dir(), name, args)
+}
+
+/// Runs binary `name` of directory `dir` with `args`, passing its exit code on.
+fn run_tool_from(dir: &std::path::Path, name: &str, args: &[String]) -> Result<()> {
+    let path = dir.join(name);
     let status = Command::new(&path)
         .args(args)
         .status()

@@ -25,10 +25,7 @@
 //! Both are checked at each send from the sockets' own state, so there is
 //! no per-connection mode to keep (or lose).
 
-use core::{
-    ffi::c_void,
-    ptr::{addr_of, read_volatile},
-};
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, BPF_SOCK_OPS_STATE_CB_FLAG, sk_action},
@@ -192,27 +189,10 @@ fn key_of(ctx: &SkMsgContext) -> SockKey {
     let (local, remote) = if family == u32::from(ztunnel_ebpf_common::AF_INET) {
         ([md.local_ip4, 0, 0, 0], [md.remote_ip4, 0, 0, 0])
     } else {
-        let msg = ctx.msg;
-        // SAFETY (both): reads of context fields at constant offsets, one
-        // word per load: the verifier refuses loads through a pointer
-        // derived from the context, which a copy of the array may compile to.
-        let local = unsafe {
-            [
-                read_volatile(addr_of!((*msg).local_ip6[0])),
-                read_volatile(addr_of!((*msg).local_ip6[1])),
-                read_volatile(addr_of!((*msg).local_ip6[2])),
-                read_volatile(addr_of!((*msg).local_ip6[3])),
-            ]
-        };
-        let remote = unsafe {
-            [
-                read_volatile(addr_of!((*msg).remote_ip6[0])),
-                read_volatile(addr_of!((*msg).remote_ip6[1])),
-                read_volatile(addr_of!((*msg).remote_ip6[2])),
-                read_volatile(addr_of!((*msg).remote_ip6[3])),
-            ]
-        };
-        (local, remote)
+        (
+            ip6_words!(ctx.msg, local_ip6),
+            ip6_words!(ctx.msg, remote_ip6),
+        )
     };
     SockKey::new(
         netns,

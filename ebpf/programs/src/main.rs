@@ -31,12 +31,28 @@
 #![no_std]
 #![no_main]
 
+/// The four words of the IPv6 address field `$field` of the context that
+/// `$ctx` (a raw pointer) points to, read one word per load: the verifier
+/// refuses context loads through a pointer derived from the context, which
+/// a copy of the whole array may compile to. Expands to an `unsafe` read of
+/// context fields at constant offsets.
+macro_rules! ip6_words {
+    ($ctx:expr, $field:ident) => {
+        // SAFETY: reads of the kernel-provided context's fields at constant offsets.
+        unsafe {
+            [
+                core::ptr::read_volatile(core::ptr::addr_of!((*$ctx).$field[0])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*$ctx).$field[1])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*$ctx).$field[2])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*$ctx).$field[3])),
+            ]
+        }
+    };
+}
+
 mod accelerate;
 
-use core::{
-    ffi::c_void,
-    ptr::{addr_of, read_volatile},
-};
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
@@ -53,6 +69,7 @@ use ztunnel_ebpf_common::{
     AF_INET, AF_INET6, DAEMON_ACCELERATE, DAEMON_MARK, DAEMON_PREVIOUS, DAEMON_SLOTS, DAEMON_THIS,
     DELIVER_MARK, Daemon, DeliveryKey, EnrolledPod, INBOUND_MTLS_PORT, INBOUND_PLAINTEXT_PORT,
     OUTBOUND_PORT, OrigDst, OrigDstKey, PodAddr, SockKey, UNCAPTURED_DELIVERY, UNCAPTURED_NODE,
+    is_v4_mapped,
 };
 
 /// Verdict that lets the syscall proceed (cgroup programs return 1 to allow).
@@ -438,26 +455,7 @@ fn addresses(ctx: &SockOpsContext) -> ([u32; 4], [u32; 4]) {
     if ctx.family() == u32::from(AF_INET) {
         return ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0]);
     }
-    // SAFETY (both): reads of context fields at constant offsets, one word
-    // per load: the verifier refuses loads through a pointer derived from
-    // the context, which a copy of the whole array may compile to.
-    let local = unsafe {
-        [
-            read_volatile(addr_of!((*ops).local_ip6[0])),
-            read_volatile(addr_of!((*ops).local_ip6[1])),
-            read_volatile(addr_of!((*ops).local_ip6[2])),
-            read_volatile(addr_of!((*ops).local_ip6[3])),
-        ]
-    };
-    let remote = unsafe {
-        [
-            read_volatile(addr_of!((*ops).remote_ip6[0])),
-            read_volatile(addr_of!((*ops).remote_ip6[1])),
-            read_volatile(addr_of!((*ops).remote_ip6[2])),
-            read_volatile(addr_of!((*ops).remote_ip6[3])),
-        ]
-    };
-    (local, remote)
+    (ip6_words!(ops, local_ip6), ip6_words!(ops, remote_ip6))
 }
 
 /// The mark of the socket `ctx` is about.
@@ -483,8 +481,7 @@ fn arrival_key(ctx: &SockOpsContext) -> Option<DeliveryKey> {
         )
     } else if ctx.family() == u32::from(AF_INET6) {
         let (remote, local) = addresses(ctx);
-        let mapped = |ip: &[u32; 4]| ip[0] == 0 && ip[1] == 0 && ip[2] == 0xffff_u32.to_be();
-        if mapped(&local) {
+        if is_v4_mapped(&local) {
             ([remote[3], 0, 0, 0], [local[3], 0, 0, 0], AF_INET)
         } else {
             (remote, local, AF_INET6)
@@ -522,21 +519,13 @@ pub fn ztunnel_sk_lookup(ctx: SkLookupContext) -> u32 {
     if port == OUTBOUND_PORT || port == INBOUND_PLAINTEXT_PORT || port == INBOUND_MTLS_PORT {
         return sk_action::SK_PASS;
     }
-    // One load per word: the verifier refuses context reads through a pointer
-    // derived from the context (what a whole-array copy compiles to).
-    // SAFETY (both): reads of context fields at constant offsets.
-    let v6 = |words: &[u32; 4]| unsafe {
-        [
-            core::ptr::read_volatile(&words[0]),
-            core::ptr::read_volatile(&words[1]),
-            core::ptr::read_volatile(&words[2]),
-            core::ptr::read_volatile(&words[3]),
-        ]
-    };
     let (remote, local) = if lookup.family == u32::from(AF_INET) {
         ([lookup.remote_ip4, 0, 0, 0], [lookup.local_ip4, 0, 0, 0])
     } else {
-        (v6(&lookup.remote_ip6), v6(&lookup.local_ip6))
+        (
+            ip6_words!(ctx.lookup, remote_ip6),
+            ip6_words!(ctx.lookup, local_ip6),
+        )
     };
     // Connections made inside the pod (they come over loopback, but report the
     // pod's interface as ingress, so the addresses tell): the pod's own, to

@@ -145,15 +145,6 @@ impl Acceleration {
     pub fn is_on(&self) -> bool {
         *self == Self::On
     }
-
-    /// `on`, `off` or `unavailable`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::On => "on",
-            Self::Off => "off",
-            Self::Unavailable(_) => "unavailable",
-        }
-    }
 }
 
 /// What socket acceleration did since the programs were loaded, summed over
@@ -190,11 +181,6 @@ impl AccelerationStats {
     /// The stats of `state`, read from the `ACCEL_COUNTERS` map.
     pub fn new(state: Acceleration, counters: PerCpuArray<MapData, u64>) -> Self {
         Self { state, counters }
-    }
-
-    /// Whether acceleration is on.
-    pub fn state(&self) -> &Acceleration {
-        &self.state
     }
 
     /// The counters now.

@@ -120,11 +120,11 @@ impl Programs {
         if acceleration.is_on() {
             daemon.flags |= DAEMON_ACCELERATE;
         }
-        let mut daemon_map: Array<&mut MapData, Daemon> =
-            Array::try_from(ebpf.map_mut(map_names::DAEMON).ok_or_else(|| {
-                RedirectError::Load(format!("map {} missing", map_names::DAEMON))
-            })?)
-            .map_err(map_error(map_names::DAEMON))?;
+        let mut daemon_map: Array<&mut MapData, Daemon> = Array::try_from(
+            ebpf.map_mut(map_names::DAEMON)
+                .ok_or_else(|| missing_map(map_names::DAEMON))?,
+        )
+        .map_err(map_error(map_names::DAEMON))?;
         daemon_map
             .set(DAEMON_THIS, daemon, 0)
             .map_err(map_error(map_names::DAEMON))?;
@@ -152,11 +152,11 @@ impl Programs {
                 program: program_names::SK_LOOKUP,
                 message: err.to_string(),
             })?;
-        let inbound =
-            SockHash::try_from(ebpf.take_map(map_names::INBOUND).ok_or_else(|| {
-                RedirectError::Load(format!("map {} missing", map_names::INBOUND))
-            })?)
-            .map_err(|err| RedirectError::Map(format!("{}: {err}", map_names::INBOUND)))?;
+        let inbound = SockHash::try_from(
+            ebpf.take_map(map_names::INBOUND)
+                .ok_or_else(|| missing_map(map_names::INBOUND))?,
+        )
+        .map_err(|err| RedirectError::Map(format!("{}: {err}", map_names::INBOUND)))?;
         let enrolled_addrs = take_map(&mut ebpf, map_names::ENROLLED_ADDRS)?;
         let enrolled: HashMap<MapData, u64, EnrolledPod> =
             take_map(&mut ebpf, map_names::ENROLLED)?;
@@ -194,11 +194,12 @@ impl Programs {
     /// Stops recognising the previous daemon's sockets (it has exited: its
     /// process id may be reused).
     pub fn forget_previous_daemon(&mut self) -> Result<(), RedirectError> {
-        let mut daemon_map: Array<&mut MapData, Daemon> =
-            Array::try_from(self.ebpf.map_mut(map_names::DAEMON).ok_or_else(|| {
-                RedirectError::Load(format!("map {} missing", map_names::DAEMON))
-            })?)
-            .map_err(map_error(map_names::DAEMON))?;
+        let mut daemon_map: Array<&mut MapData, Daemon> = Array::try_from(
+            self.ebpf
+                .map_mut(map_names::DAEMON)
+                .ok_or_else(|| missing_map(map_names::DAEMON))?,
+        )
+        .map_err(map_error(map_names::DAEMON))?;
         daemon_map
             .set(DAEMON_PREVIOUS, Daemon::default(), 0)
             .map_err(map_error(map_names::DAEMON))
@@ -515,9 +516,7 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &str,
 ) -> Result<HashMap<MapData, K, V>, RedirectError> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| RedirectError::Load(format!("map {name} missing from the object")))?;
+    let map = ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
     HashMap::try_from(map).map_err(|err| RedirectError::Map(format!("{name}: {err}")))
 }
 
