@@ -300,12 +300,12 @@ fn the_daemons_follow_the_api_server() {
     });
     api.apply(AUTHORIZATION_POLICIES, deny_client.clone());
     within(
-        TAKES_EFFECT * 2,
+        TAKES_EFFECT * 3,
         "the DENY policy from the API takes effect",
         || !get(&cluster, "client-1", &url),
     );
     api.delete(AUTHORIZATION_POLICIES, "demo", "web-deny-client");
-    within(TAKES_EFFECT * 2, "the deleted policy stops denying", || {
+    within(TAKES_EFFECT * 3, "the deleted policy stops denying", || {
         get(&cluster, "client-1", &url)
     });
 
@@ -332,20 +332,25 @@ fn the_daemons_follow_the_api_server() {
         "the DENY beside a skipped and a refused object takes effect",
         || !get(&cluster, "client-1", &url),
     );
-    let event = |name: &str, reason: &str| {
+    let events_from = |node: &str, name: &str, reason: &str| {
         api.events().into_iter().find(|event| {
-            event["regarding"]["name"] == name
+            event["reportingInstance"] == node
+                && event["regarding"]["name"] == name
                 && event["regarding"]["kind"] == "AuthorizationPolicy"
                 && event["reason"] == reason
                 && event["type"] == "Warning"
         })
     };
+    let event = |name: &str, reason: &str| events_from("node1", name, reason);
+    // Each node reports on its own; wait for both, so the count below is final.
     within(
         Duration::from_secs(3),
-        "Events explain both objects",
+        "Events from both nodes explain both objects",
         || {
-            event("ext-authz", "PolicySkipped").is_some()
-                && event("typo", "PolicyRefused").is_some()
+            ["node1", "node2"].iter().all(|node| {
+                events_from(node, "ext-authz", "PolicySkipped").is_some()
+                    && events_from(node, "typo", "PolicyRefused").is_some()
+            })
         },
     );
     let skipped = event("ext-authz", "PolicySkipped").unwrap();
