@@ -1,6 +1,6 @@
-//! The access log: one JSON object per line, per proxied connection, written
-//! when the connection closes (`--access-log`: `-` for stdout, a file path,
-//! or `off`).
+//! The access log: one JSON object per line, per connection (proxied,
+//! denied or failed), written when it ends (`--access-log`: `-` for stdout,
+//! a file path, or `off`). Entries are made by [`crate::proxy::record`].
 
 use std::{
     fs::OpenOptions,
@@ -8,12 +8,10 @@ use std::{
     net::SocketAddr,
     path::Path,
     sync::Mutex,
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use serde::Serialize;
-
-use crate::{metrics::TcpLabels, tunnel::Session};
 
 /// Where access-log lines go.
 pub struct AccessLog {
@@ -106,81 +104,18 @@ pub struct Entry<'a> {
     pub bytes_received: u64,
     /// How long it was open, in milliseconds.
     pub duration_ms: u64,
-    /// The policy decision (`allow`; the destination side decides, so the
-    /// source side of a tunnel records `-`).
+    /// The policy decision: `allow` or `deny` where this node decided (the
+    /// destination side, and both sides on one node), else `-`.
     pub decision: &'static str,
-    /// Why it ended.
+    /// Istio's `response_flags`: `-`, or why the connection failed (`DENY`,
+    /// `CONNECT`, `TLS_FAILURE`, `IDENTITY_ERROR`).
+    pub response_flags: &'static str,
+    /// How it ended: `closed`, or the reason it was cut or failed.
     pub end: String,
 }
 
-/// A connection's addresses.
-#[derive(Clone, Copy, Debug)]
-pub struct Addresses {
-    /// The client's.
-    pub src: SocketAddr,
-    /// What the client asked for.
-    pub dst: SocketAddr,
-    /// Where it was sent.
-    pub endpoint: SocketAddr,
-}
-
-impl<'a> Entry<'a> {
-    /// An entry with the workload fields of `labels`; `bytes` are (sent to,
-    /// received from) the client.
-    pub fn new(
-        labels: &'a TcpLabels,
-        route: &'static str,
-        addresses: Addresses,
-        bytes: (u64, u64),
-        duration: Duration,
-        end: String,
-    ) -> Self {
-        let Addresses {
-            src: src_addr,
-            dst: dst_addr,
-            endpoint: dst_endpoint,
-        } = addresses;
-        Self {
-            time: rfc3339(SystemTime::now()),
-            reporter: labels.reporter,
-            route,
-            src_addr,
-            src_workload: &labels.source_workload,
-            src_namespace: &labels.source_workload_namespace,
-            src_identity: &labels.source_principal,
-            dst_addr,
-            dst_endpoint,
-            dst_workload: &labels.destination_workload,
-            dst_namespace: &labels.destination_workload_namespace,
-            dst_identity: &labels.destination_principal,
-            dst_service: &labels.destination_service,
-            tls_version: None,
-            tls_cipher: None,
-            tls_resumed: None,
-            tunnel_reused: None,
-            bytes_sent: bytes.0,
-            bytes_received: bytes.1,
-            duration_ms: duration.as_millis() as u64,
-            decision: if labels.reporter == "destination" || route == "local" {
-                "allow"
-            } else {
-                "-"
-            },
-            end,
-        }
-    }
-
-    /// Adds the facts of the TLS session that carried the connection.
-    pub fn with_tls(mut self, session: &'a Session) -> Self {
-        self.tls_version = Some("TLSv1.3");
-        self.tls_cipher = Some(&session.cipher);
-        self.tls_resumed = Some(session.resumed);
-        self.tunnel_reused = Some(session.reused);
-        self
-    }
-}
-
-fn rfc3339(t: SystemTime) -> String {
+/// `t` as RFC 3339 in UTC, the access log's `time`.
+pub fn rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

@@ -12,7 +12,9 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, text::encode},
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode,
+    },
     metrics::{
         counter::Counter,
         family::Family,
@@ -24,30 +26,147 @@ use prometheus_client::{
 
 use crate::identity::{Identity, manager::RequestObserver};
 
-/// Labels of Istio's TCP metrics.
+/// Labels of Istio's TCP metrics: Istio's standard set, each always present
+/// (`unknown` when not known: Kiali drops series that lack a label it
+/// groups by). How each value is derived: `docs/observability.md`.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
-    /// `source` (the client's daemon) or `destination` (the server's).
-    pub reporter: &'static str,
-    /// The source workload (its `app` label, or the pod name); `unknown` for plaintext from outside.
+    /// Which side's daemon counted the connection.
+    pub reporter: Reporter,
+    /// The source workload (its controller's name, not the pod's).
     pub source_workload: String,
     /// Its namespace.
     pub source_workload_namespace: String,
-    /// Its SPIFFE identity, or `unknown`.
+    /// Its SPIFFE identity, when proven (mutual TLS or this node's own pod).
     pub source_principal: String,
-    /// The destination workload, or `unknown`.
+    /// Its canonical service, as Istio's ztunnel reports `source_app`.
+    pub source_app: String,
+    /// Its canonical revision, as Istio's ztunnel reports `source_version`.
+    pub source_version: String,
+    /// The cluster it runs in.
+    pub source_cluster: String,
+    /// Its canonical service.
+    pub source_canonical_service: String,
+    /// Its canonical revision.
+    pub source_canonical_revision: String,
+    /// The destination workload.
     pub destination_workload: String,
     /// Its namespace.
     pub destination_workload_namespace: String,
-    /// Its SPIFFE identity, or `unknown`.
+    /// Its SPIFFE identity.
     pub destination_principal: String,
-    /// `<service>.<namespace>.svc.cluster.local` when reached through a VIP, else `unknown`.
+    /// Its canonical service.
+    pub destination_app: String,
+    /// Its canonical revision.
+    pub destination_version: String,
+    /// The service the client addressed (`<name>.<namespace>.svc.cluster.local`).
     pub destination_service: String,
-    /// `mutual_tls` or `none`.
-    pub connection_security_policy: &'static str,
-    /// `-` when the connection was proxied; `DENY` when policy refused it;
-    /// `UF` when the upstream could not be reached.
-    pub response_flags: &'static str,
+    /// That service's name.
+    pub destination_service_name: String,
+    /// That service's namespace.
+    pub destination_service_namespace: String,
+    /// The cluster the destination runs in.
+    pub destination_cluster: String,
+    /// Its canonical service.
+    pub destination_canonical_service: String,
+    /// Its canonical revision.
+    pub destination_canonical_revision: String,
+    /// Always `tcp`: the daemon proxies at L4.
+    pub request_protocol: RequestProtocol,
+    /// Why the connection failed, `-` when it did not.
+    pub response_flags: ResponseFlags,
+    /// `mutual_tls` when the source's identity was proven, else `unknown`.
+    pub connection_security_policy: SecurityPolicy,
+}
+
+/// Which side's daemon reports a connection.
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
+pub enum Reporter {
+    /// The client's node.
+    #[default]
+    Source,
+    /// The server's node.
+    Destination,
+}
+
+impl Reporter {
+    /// The label value: `source` or `destination`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+/// The protocol of a connection's requests, as Istio labels it.
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
+pub enum RequestProtocol {
+    /// Plain TCP: the only protocol a node proxy sees.
+    #[default]
+    Tcp,
+}
+
+/// How a connection was secured, as Istio labels it.
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
+pub enum SecurityPolicy {
+    /// The source's identity is not proven (plaintext, passthrough).
+    #[default]
+    Unknown,
+    /// The source's identity was proven: mutual TLS between nodes, or the
+    /// daemon's own capture on one node (see `docs/observability.md`).
+    MutualTls,
+}
+
+/// Why a connection failed, with Istio's ztunnel's `response_flags` values.
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
+pub enum ResponseFlags {
+    /// It did not fail: `-`.
+    #[default]
+    None,
+    /// Policy refused it (or revoked it later): `DENY`.
+    Deny,
+    /// The destination, or its node's daemon, could not be reached: `CONNECT`.
+    Connect,
+    /// The TLS handshake with the destination's daemon failed: `TLS_FAILURE`.
+    TlsFailure,
+    /// A workload identity or certificate was missing or wrong: `IDENTITY_ERROR`.
+    IdentityError,
+}
+
+impl ResponseFlags {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "-",
+            Self::Deny => "DENY",
+            Self::Connect => "CONNECT",
+            Self::TlsFailure => "TLS_FAILURE",
+            Self::IdentityError => "IDENTITY_ERROR",
+        }
+    }
+}
+
+macro_rules! label_value {
+    ($($type:ty => |$value:ident| $text:expr),* $(,)?) => {$(
+        impl EncodeLabelValue for $type {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write;
+                let $value = *self;
+                encoder.write_str($text)
+            }
+        }
+    )*};
+}
+
+label_value! {
+    Reporter => |value| value.as_str(),
+    RequestProtocol => |value| match value { RequestProtocol::Tcp => "tcp" },
+    SecurityPolicy => |value| match value {
+        SecurityPolicy::Unknown => "unknown",
+        SecurityPolicy::MutualTls => "mutual_tls",
+    },
+    ResponseFlags => |value| value.as_str(),
 }
 
 /// Labels naming a policy.
@@ -147,6 +266,9 @@ pub struct Metrics {
     pub tcp_sent: Family<TcpLabels, Counter>,
     /// `istio_tcp_received_bytes_total`: bytes received from the client.
     pub tcp_received: Family<TcpLabels, Counter>,
+    /// `istio_tcp_connections_failed_total`: connections that ended with a
+    /// failure flag (denied, unreachable, TLS or identity failure).
+    pub tcp_failed: Family<TcpLabels, Counter>,
     /// `ztunnel_policy_denials_total`.
     pub policy_denials: Family<PolicyLabels, Counter>,
     /// `ztunnel_policy_audits_total`: connections an AUDIT policy matched,
@@ -204,6 +326,7 @@ impl Metrics {
         let tcp_closed = Family::default();
         let tcp_sent = Family::default();
         let tcp_received = Family::default();
+        let tcp_failed = Family::default();
         let policy_denials = Family::default();
         let policy_dry_run = Family::default();
         let policy_audits = Family::default();
@@ -226,6 +349,11 @@ impl Metrics {
             "istio_tcp_received_bytes",
             "Bytes received from the client of a TCP connection",
             tcp_received.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_failed",
+            "TCP connections that failed: refused by policy, destination unreachable, TLS or identity failure",
+            tcp_failed.clone(),
         );
         registry.register(
             "ztunnel_policy_denials",
@@ -353,6 +481,7 @@ impl Metrics {
             tcp_closed,
             tcp_sent,
             tcp_received,
+            tcp_failed,
             policy_denials,
             policy_audits,
             policy_objects,
@@ -387,84 +516,51 @@ impl RequestObserver for Metrics {
     }
 }
 
-/// A connection's entry in the TCP metrics: opened when created, closed (with
-/// its bytes) when dropped, so a connection cut short is still counted.
-pub struct TcpRecord<'a> {
-    metrics: &'a Metrics,
-    labels: TcpLabels,
-    /// Bytes sent to the client.
-    pub sent: u64,
-    /// Bytes received from the client.
-    pub received: u64,
-}
-
-impl<'a> TcpRecord<'a> {
-    /// The labels it is counted under.
-    pub fn labels(&self) -> &TcpLabels {
-        &self.labels
-    }
-
-    /// Counts a connection as opened.
-    pub fn open(metrics: &'a Metrics, labels: TcpLabels) -> Self {
-        metrics.tcp_opened.get_or_create(&labels).inc();
-        Self {
-            metrics,
-            labels,
-            sent: 0,
-            received: 0,
-        }
-    }
-}
-
-impl Drop for TcpRecord<'_> {
-    fn drop(&mut self) {
-        self.metrics.tcp_closed.get_or_create(&self.labels).inc();
-        self.metrics
-            .tcp_sent
-            .get_or_create(&self.labels)
-            .inc_by(self.sent);
-        self.metrics
-            .tcp_received
-            .get_or_create(&self.labels)
-            .inc_by(self.received);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_record_counts_open_close_and_bytes_with_istio_names() {
+    fn tcp_labels_encode_every_istio_label_with_its_values() {
         let metrics = Metrics::new();
-        {
-            let mut record = TcpRecord::open(
-                &metrics,
-                TcpLabels {
-                    reporter: "destination",
-                    connection_security_policy: "mutual_tls",
-                    response_flags: "-",
-                    ..TcpLabels::default()
-                },
-            );
-            record.sent = 10;
-            record.received = 3;
-        }
+        let labels = TcpLabels {
+            reporter: Reporter::Destination,
+            response_flags: ResponseFlags::Deny,
+            connection_security_policy: SecurityPolicy::MutualTls,
+            ..TcpLabels::default()
+        };
+        metrics.tcp_opened.get_or_create(&labels).inc();
         let text = metrics.encode();
-        for want in [
-            "istio_tcp_connections_opened_total{reporter=\"destination\"",
-            "istio_tcp_connections_closed_total{reporter=\"destination\"",
-            "connection_security_policy=\"mutual_tls\",response_flags=\"-\"} 1",
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("istio_tcp_connections_opened_total{"))
+            .expect("the series");
+        for label in [
+            "reporter=\"destination\"",
+            "source_workload=",
+            "source_workload_namespace=",
+            "source_principal=",
+            "source_app=",
+            "source_version=",
+            "source_cluster=",
+            "source_canonical_service=",
+            "source_canonical_revision=",
+            "destination_workload=",
+            "destination_workload_namespace=",
+            "destination_principal=",
+            "destination_app=",
+            "destination_version=",
+            "destination_service=",
+            "destination_service_name=",
+            "destination_service_namespace=",
+            "destination_cluster=",
+            "destination_canonical_service=",
+            "destination_canonical_revision=",
+            "request_protocol=\"tcp\"",
+            "response_flags=\"DENY\"",
+            "connection_security_policy=\"mutual_tls\"",
         ] {
-            assert!(text.contains(want), "{want} in\n{text}");
+            assert!(line.contains(label), "{label} in {line}");
         }
-        assert!(
-            text.contains("istio_tcp_sent_bytes_total{") && text.contains("} 10\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("istio_tcp_received_bytes_total{") && text.contains("} 3\n"),
-            "{text}"
-        );
     }
 }

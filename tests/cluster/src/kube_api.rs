@@ -352,10 +352,22 @@ impl ApiServer {
                 .iter()
                 .map(|ip| json!({"ip": ip.to_string()}))
                 .collect();
+            // A pod of a workload is a Deployment's: its ReplicaSet controls it.
+            let mut metadata =
+                json!({"name": pod.name, "namespace": pod.namespace, "labels": pod.labels});
+            if let Some(workload) = &pod.workload {
+                let hash = "5f7b9c";
+                metadata["generateName"] = json!(format!("{workload}-{hash}-"));
+                metadata["labels"]["pod-template-hash"] = json!(hash);
+                metadata["ownerReferences"] = json!([{
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{workload}-{hash}"),
+                    "uid": format!("uid-rs-{workload}"), "controller": true
+                }]);
+            }
             self.apply(
                 PODS,
                 json!({
-                    "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels},
+                    "metadata": metadata,
                     "spec": {
                         "nodeName": pod.node, "serviceAccountName": pod.service_account,
                         "containers": [{"name": "app", "image": "ztunnel-testapp"}]

@@ -96,6 +96,10 @@ pub struct PodStatus {
     pub enrolled: bool,
     /// Pod labels.
     pub labels: Labels,
+    /// The workload it belongs to: its app's, as if a Deployment of that
+    /// name ran it (so metrics name the workload, not the pod).
+    #[serde(default)]
+    pub workload: String,
     /// Node-side end of the pod's veth, in the node's network namespace.
     pub node_interface: String,
 }

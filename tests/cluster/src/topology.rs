@@ -70,6 +70,7 @@ pub(crate) fn plan(spec: &ClusterSpec, state_dir: &Path, owner_pid: Option<u32>)
                     ipv6: addressing::pod_v6(node_index, slot),
                     enrolled: false,
                     labels: Labels::from([("app".to_owned(), app.name.clone())]),
+                    workload: app.name.clone(),
                     node_interface: format!("pod{slot}"),
                     name,
                 });
@@ -162,6 +163,7 @@ pub(crate) fn registry(status: &Status) -> Registry {
                 ips: vec![pod.ipv4.into(), pod.ipv6.into()],
                 netns: Some(Path::new(netns::NETNS_DIR).join(&pod.netns)),
                 labels: pod.labels.clone(),
+                workload: (!pod.workload.is_empty()).then(|| pod.workload.clone()),
             })
             .collect(),
         status

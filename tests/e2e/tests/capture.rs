@@ -43,7 +43,8 @@ fn enrolled_pods_are_captured_with_their_workload_and_original_destination() {
     });
     let log = daemon_log(&cluster, "node1");
     assert!(
-        log.contains("src.pod=client-1 src.namespace=demo src.service_account=client"),
+        log.lines().any(|line| line.contains("src.pod=client-1 ")
+            && line.contains("src.identity=spiffe://cluster.local/ns/demo/sa/client ")),
         "{log}"
     );
 

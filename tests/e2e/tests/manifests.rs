@@ -182,6 +182,7 @@ fn the_monitoring_refers_only_to_metrics_the_daemon_exports() {
         &metrics.tcp_closed,
         &metrics.tcp_sent,
         &metrics.tcp_received,
+        &metrics.tcp_failed,
     ] {
         family.get_or_create(&tcp).inc();
     }

@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use ztunnel_cluster::Cluster;
 use ztunnel_e2e::{
-    ALLOW_CLIENT, ctl, ctl_status, daemon_log, http_server, mesh, metric_sum, scrape,
+    ALLOW_CLIENT, apply_policy, ctl, ctl_status, daemon_log, http_server, mesh, metric_sum, scrape,
     wait_tunnel_idle, within,
 };
 
@@ -20,6 +20,7 @@ const OPENED: &str = "istio_tcp_connections_opened_total";
 const CLOSED: &str = "istio_tcp_connections_closed_total";
 const SENT: &str = "istio_tcp_sent_bytes_total";
 const RECEIVED: &str = "istio_tcp_received_bytes_total";
+const FAILED: &str = "istio_tcp_connections_failed_total";
 
 #[test]
 fn tcp_metrics_carry_istio_labels_on_both_reporters() {
@@ -119,7 +120,7 @@ fn tcp_metrics_carry_istio_labels_on_both_reporters() {
         ("source_workload_namespace", "legacy"),
         ("source_principal", "unknown"),
         ("destination_workload", "web"),
-        ("connection_security_policy", "none"),
+        ("connection_security_policy", "unknown"),
     ];
     assert_eq!(metric_sum(&node2, OPENED, &plaintext), 1.0);
 
@@ -145,6 +146,191 @@ fn tcp_metrics_carry_istio_labels_on_both_reporters() {
             .any(|s| s.metric.starts_with("ztunnel_ca_request_duration_seconds")),
         "the CA request latency histogram"
     );
+}
+
+/// Istio's labels of a workload of the local cluster (`demo/<app>`, run as
+/// if by a Deployment called `<app>`), on side `side` (`source` or
+/// `destination`).
+fn workload_labels(side: &'static str, app: &'static str) -> Vec<(String, &'static str)> {
+    [
+        ("workload", app),
+        ("workload_namespace", "demo"),
+        ("app", app),
+        ("version", "latest"),
+        ("cluster", "Kubernetes"),
+        ("canonical_service", app),
+        ("canonical_revision", "latest"),
+    ]
+    .into_iter()
+    .map(|(label, value)| (format!("{side}_{label}"), value))
+    .collect()
+}
+
+/// `pairs` as the borrowed pairs `metric_sum` takes.
+fn borrowed<'a>(pairs: &'a [(String, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    pairs.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+}
+
+#[test]
+fn every_path_is_recorded_with_istios_full_label_set() {
+    let cluster = mesh(2);
+    let _web1 = http_server(&cluster, "web-1");
+    let _web2 = http_server(&cluster, "web-2");
+    let web2 = cluster.pod("web-2").unwrap().ipv4;
+    let service = cluster.status().service("demo", "web").cloned().unwrap();
+    let vip = format!("http://{}:{}/", service.ipv4, service.port);
+    // Through the VIP until it has landed once on each node's pod.
+    let mut landed = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let answer = cluster.run("client-1", "curl", &["-sS", "--max-time", "5", &vip]);
+        landed.insert(answer.unwrap());
+        if landed.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(landed.len(), 2, "{landed:?}");
+    // Plaintext from outside the mesh.
+    assert!(get(&cluster, "legacy-1", &format!("http://{web2}:8080/")));
+
+    let client = workload_labels("source", "client");
+    let web = workload_labels("destination", "web");
+    let mut mesh_labels: Vec<(String, &str)> = [client.clone(), web.clone()].concat();
+    mesh_labels.extend(
+        [
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/demo/sa/client",
+            ),
+            (
+                "destination_principal",
+                "spiffe://cluster.local/ns/demo/sa/web",
+            ),
+            ("destination_service", "web.demo.svc.cluster.local"),
+            ("destination_service_name", "web"),
+            ("destination_service_namespace", "demo"),
+            ("request_protocol", "tcp"),
+            ("response_flags", "-"),
+            ("connection_security_policy", "mutual_tls"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let with_reporter = |reporter: &'static str| {
+        let mut labels = mesh_labels.clone();
+        labels.push(("reporter".to_owned(), reporter));
+        labels
+    };
+    let (source, destination) = (with_reporter("source"), with_reporter("destination"));
+    // Across nodes: node1 reports as source, node2 as destination (which
+    // guesses the service from the pod and port, as Istio's ztunnel does).
+    // On one node: node1 reports both sides, alike.
+    within(
+        Duration::from_secs(3),
+        "every side counts its connections",
+        || {
+            let (node1, node2) = (scrape(&cluster, "node1"), scrape(&cluster, "node2"));
+            metric_sum(&node1, CLOSED, &borrowed(&source)) >= 2.0
+                && metric_sum(&node1, CLOSED, &borrowed(&destination)) >= 1.0
+                && metric_sum(&node2, CLOSED, &borrowed(&destination)) >= 1.0
+        },
+    );
+    let plaintext = [
+        ("reporter", "destination"),
+        ("source_workload", "legacy"),
+        ("source_canonical_service", "legacy"),
+        ("source_principal", "unknown"),
+        ("destination_workload", "web"),
+        ("destination_service", "web.demo.svc.cluster.local"),
+        ("connection_security_policy", "unknown"),
+        ("response_flags", "-"),
+    ];
+    assert_eq!(
+        metric_sum(&scrape(&cluster, "node2"), CLOSED, &plaintext),
+        1.0
+    );
+
+    // A connection's bytes show while it is open.
+    let _slow = cluster
+        .spawn(
+            "client-1",
+            "curl",
+            &[
+                "-sS",
+                "--limit-rate",
+                "100k",
+                &format!("http://{web2}:8080/bytes/3000000"),
+            ],
+        )
+        .unwrap();
+    within(
+        Duration::from_secs(5),
+        "bytes of the open connection",
+        || {
+            let node2 = scrape(&cluster, "node2");
+            metric_sum(&node2, SENT, &[("reporter", "destination")]) > 200_000.0
+                && metric_sum(&node2, OPENED, &[("reporter", "destination")])
+                    > metric_sum(&node2, CLOSED, &[("reporter", "destination")])
+        },
+    );
+
+    // Denied: counted as failed with DENY on the side that decided, and in
+    // its access log with the reason.
+    // (Plaintext proves no namespace: the rule names its address.)
+    let legacy = cluster.pod("legacy-1").unwrap().ipv4;
+    apply_policy(
+        &cluster,
+        "deny",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-legacy\n  namespace: demo\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        ipBlocks: [\"{legacy}/32\"]\n"
+        ),
+    );
+    assert!(!get(&cluster, "legacy-1", &format!("http://{web2}:8080/")));
+    // Failed: nothing listens on the port; the destination cannot connect.
+    assert!(!get(&cluster, "client-1", &format!("http://{web2}:8099/")));
+    let denied = [
+        ("reporter", "destination"),
+        ("source_workload", "legacy"),
+        ("destination_workload", "web"),
+        ("response_flags", "DENY"),
+    ];
+    let failed = [
+        ("reporter", "destination"),
+        ("source_workload", "client"),
+        ("destination_workload", "web"),
+        ("response_flags", "CONNECT"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    within(
+        Duration::from_secs(3),
+        "denied and failed are counted",
+        || {
+            let node2 = scrape(&cluster, "node2");
+            metric_sum(&node2, FAILED, &denied) == 1.0
+                && metric_sum(&node2, CLOSED, &denied) == 1.0
+                && metric_sum(&node2, FAILED, &failed) == 1.0
+        },
+    );
+    let log = access_log(&cluster, "node2");
+    let entry = |flags: &str| {
+        log.iter()
+            .find(|e| e["response_flags"] == flags)
+            .unwrap_or_else(|| panic!("an access-log entry with {flags}: {log:?}"))
+    };
+    let deny = entry("DENY");
+    assert_eq!(deny["decision"], "deny", "{deny}");
+    assert_eq!(deny["route"], "inbound_plaintext", "{deny}");
+    assert!(
+        deny["end"].as_str().unwrap().contains("demo/deny-legacy"),
+        "{deny}"
+    );
+    let connect = entry("CONNECT");
+    assert_eq!(connect["route"], "inbound_tunnel", "{connect}");
+    assert!(
+        connect["end"].as_str().unwrap().contains("8099"),
+        "{connect}"
+    );
+    // Not a failure: nothing else is counted as one.
+    let node2 = scrape(&cluster, "node2");
+    assert_eq!(metric_sum(&node2, FAILED, &[]), 2.0);
 }
 
 #[test]

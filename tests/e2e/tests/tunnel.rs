@@ -449,8 +449,15 @@ fn bad_peers_are_refused_with_the_reason_and_the_daemons_keep_serving() {
     let answer = tunnel_client("\\012\\364\\001\\002");
     assert!(!answer.contains("hello"), "{answer}");
     let reason = "10.244.1.2:8080 is not an address of pod demo/web-2";
+    // Recorded as the connection's failure (its record is open by then).
     eventually("the refusal of a preamble naming another pod", || {
-        !log_lines(&cluster, "node2", mark, &["inbound tunnel refused", reason]).is_empty()
+        !log_lines(
+            &cluster,
+            "node2",
+            mark,
+            &["inbound connection failed", reason],
+        )
+        .is_empty()
     });
 
     // Each refusal is counted by reason and recorded as an audit event.

@@ -22,7 +22,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
-use crate::registry::{self, Registry};
+use crate::registry::{self, Registry, naming};
 
 /// The label EndpointSlices carry to name their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -119,6 +119,14 @@ pub fn trim_pod(pod: &mut Pod) {
         labels: metadata.labels,
         resource_version: metadata.resource_version,
         uid: metadata.uid,
+        // The controller names the workload in metrics.
+        generate_name: metadata.generate_name,
+        owner_references: metadata.owner_references.map(|owners| {
+            owners
+                .into_iter()
+                .filter(|owner| owner.controller == Some(true))
+                .collect()
+        }),
         ..ObjectMeta::default()
     };
     pod.spec = pod.spec.take().map(|spec| PodSpec {
@@ -170,8 +178,30 @@ fn pod(pod: &Pod) -> Option<registry::Pod> {
         node: spec.node_name.clone()?,
         ips,
         netns: None,
+        workload: controller_workload(pod),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
     })
+}
+
+/// The workload a pod's controller stands for, as Istio derives it: only for
+/// pods whose name was generated (by that controller).
+fn controller_workload(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .generate_name
+        .as_ref()
+        .filter(|g| !g.is_empty())?;
+    let controller = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true))?;
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    Some(naming::controller_workload(
+        &controller.kind,
+        &controller.name,
+        &labels,
+    ))
 }
 
 /// A service as the model holds it: cluster IPs, TCP ports resolved to
@@ -252,7 +282,12 @@ mod tests {
 
     fn pod_json(name: &str, node: &str, ip: &str, ip6: &str) -> serde_json::Value {
         serde_json::json!({
-            "metadata": {"name": name, "namespace": "demo", "labels": {"app": "web"}},
+            "metadata": {"name": name, "namespace": "demo", "labels": {"app": "web", "pod-template-hash": "6c9f"},
+                         "generateName": "web-6c9f-",
+                         "ownerReferences": [
+                             {"apiVersion": "v1", "kind": "Node", "name": node, "uid": "n"},
+                             {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-6c9f", "uid": "rs", "controller": true}
+                         ]},
             "spec": {"nodeName": node, "serviceAccountName": "web", "containers": []},
             "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}, {"ip": ip6}]}
         })
@@ -303,6 +338,11 @@ mod tests {
         );
         assert_eq!(registry.pods[0].ips.len(), 2, "one address per family");
         assert_eq!(registry.pods[0].service_account, "web");
+        assert_eq!(
+            registry.pods[0].workload(),
+            "web",
+            "a Deployment's pods share its name"
+        );
         let ports: Vec<_> = registry.services[0]
             .ports
             .iter()

@@ -257,6 +257,7 @@ impl Capture {
             identity,
             ips: pod.ips.clone(),
             labels: pod.labels.clone(),
+            workload: pod.workload().to_owned(),
             netns,
             transparent,
             connections: Default::default(),

@@ -419,6 +419,7 @@ fn of_several_peer_authentications_at_one_level_the_oldest_decides() {
             ips: vec![],
             netns: None,
             labels: labels(),
+            workload: None,
         });
         let findings = set.analyze(&registry);
         assert!(

@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -74,15 +75,47 @@ pub enum Failure {
     WriteUpstream(io::Error),
 }
 
-/// The outcome of [`relay`].
-#[derive(Debug)]
-pub struct Relayed {
-    /// Bytes copied from downstream to upstream.
-    pub sent: u64,
-    /// Bytes copied from upstream to downstream.
-    pub received: u64,
-    /// Why it ended.
-    pub ending: Ending,
+/// Counts the bytes one direction of a connection delivers, as it
+/// delivers them: the connection's own total and, when set, a counter it
+/// shares with other connections (the metric it is reported under), so a
+/// long-lived connection shows in the metrics before it ends.
+#[derive(Debug, Default)]
+pub struct Meter {
+    total: AtomicU64,
+    shared: Option<Counter>,
+}
+
+impl Meter {
+    /// A meter that also adds to `shared`.
+    pub fn sharing(shared: Counter) -> Self {
+        Self {
+            total: AtomicU64::new(0),
+            shared: Some(shared),
+        }
+    }
+
+    /// The bytes counted so far.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, bytes: u64) {
+        self.total.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(shared) = &self.shared {
+            shared.inc_by(bytes);
+        }
+    }
+}
+
+/// Both directions of a connection, named from its client's side as Istio
+/// names them: bytes received from the client, bytes sent to it. The
+/// downstream side of a [`relay`] is always the client's.
+#[derive(Debug, Default)]
+pub struct Meters {
+    /// Downstream to upstream.
+    pub from_client: Meter,
+    /// Upstream to downstream.
+    pub to_client: Meter,
 }
 
 /// A stream over TCP that can be reset (closed with RST instead of FIN).
@@ -118,8 +151,10 @@ impl Resettable for tokio_rustls::server::TlsStream<ReadAhead<TcpStream>> {
     }
 }
 
-/// Copies between `downstream` and `upstream` until both directions end, one
-/// fails, nothing moves for `idle`, or `revoked` completes (with the reason).
+/// Copies between `downstream` (the client's side) and `upstream` until
+/// both directions end, one fails, nothing moves for `idle`, or `revoked`
+/// completes (with the reason), counting the bytes in each of `meters` (a
+/// connection one node reports as source and as destination has two).
 /// Both streams are set to reset when closed unless both directions ended
 /// cleanly, and stay so while the copy runs (the daemon may die meanwhile).
 pub async fn relay<D, U>(
@@ -127,15 +162,14 @@ pub async fn relay<D, U>(
     upstream: &mut U,
     idle: Duration,
     revoked: impl Future<Output = String>,
-) -> Relayed
+    meters: &[&Meters],
+) -> Ending
 where
     D: AsyncRead + AsyncWrite + Resettable + Unpin,
     U: AsyncRead + AsyncWrite + Resettable + Unpin,
 {
     downstream.reset_on_close(true);
     upstream.reset_on_close(true);
-    let sent = AtomicU64::new(0);
-    let received = AtomicU64::new(0);
     let ending = {
         let (mut down_read, mut down_write) = tokio::io::split(&mut *downstream);
         let (mut up_read, mut up_write) = tokio::io::split(&mut *upstream);
@@ -144,16 +178,22 @@ where
                 one_way(
                     &mut down_read,
                     &mut up_write,
-                    &sent,
-                    Failure::ReadDownstream,
-                    Failure::WriteUpstream,
+                    Direction {
+                        meters,
+                        meter: |m| &m.from_client,
+                        read: Failure::ReadDownstream,
+                        write: Failure::WriteUpstream,
+                    },
                 ),
                 one_way(
                     &mut up_read,
                     &mut down_write,
-                    &received,
-                    Failure::ReadUpstream,
-                    Failure::WriteDownstream,
+                    Direction {
+                        meters,
+                        meter: |m| &m.to_client,
+                        read: Failure::ReadUpstream,
+                        write: Failure::WriteDownstream,
+                    },
                 ),
             )
         };
@@ -162,7 +202,7 @@ where
                 Ok(_) => Ending::Closed,
                 Err(failure) => Ending::Failed(failure),
             },
-            () = idle_for(idle, &sent, &received) => Ending::Idle,
+            () = idle_for(idle, meters) => Ending::Idle,
             reason = revoked => Ending::Revoked(reason),
         }
     };
@@ -170,28 +210,24 @@ where
         downstream.reset_on_close(false);
         upstream.reset_on_close(false);
     }
-    Relayed {
-        sent: sent.into_inner(),
-        received: received.into_inner(),
-        ending,
-    }
+    ending
 }
 
-/// Copies `from` into `to` until end-of-stream, then shuts `to` down. A
-/// failure is named by `read` or `write`, by which side it happened on.
-fn one_way<'a, R, W>(
-    from: &'a mut R,
-    to: &'a mut W,
-    count: &'a AtomicU64,
+/// One direction of a relay: where its bytes are counted and how its
+/// failures are named (by which side they happened on).
+struct Direction<'a> {
+    meters: &'a [&'a Meters],
+    meter: fn(&Meters) -> &Meter,
     read: fn(io::Error) -> Failure,
     write: fn(io::Error) -> Failure,
-) -> OneWay<'a, R, W> {
+}
+
+/// Copies `from` into `to` until end-of-stream, then shuts `to` down.
+fn one_way<'a, R, W>(from: &'a mut R, to: &'a mut W, direction: Direction<'a>) -> OneWay<'a, R, W> {
     OneWay {
         from,
         to,
-        count,
-        read,
-        write,
+        direction,
         chunk: None,
         state: State::Reading,
     }
@@ -204,9 +240,7 @@ fn one_way<'a, R, W>(
 struct OneWay<'a, R, W> {
     from: &'a mut R,
     to: &'a mut W,
-    count: &'a AtomicU64,
-    read: fn(io::Error) -> Failure,
-    write: fn(io::Error) -> Failure,
+    direction: Direction<'a>,
     /// The chunk being written: the buffer, and the range still to write.
     chunk: Option<(Buffer, std::ops::Range<usize>)>,
     state: State,
@@ -240,7 +274,7 @@ where
                         }
                         Poll::Ready(Err(err)) => {
                             buffers::give(buffer);
-                            return Poll::Ready(Err((this.read)(err)));
+                            return Poll::Ready(Err((this.direction.read)(err)));
                         }
                         Poll::Ready(Ok(())) => {
                             let n = read.filled().len();
@@ -259,9 +293,10 @@ where
                     while range.start < range.end {
                         let written =
                             ready!(Pin::new(&mut *this.to).poll_write(cx, &buffer[range.clone()]))
-                                .map_err(this.write)?;
+                                .map_err(this.direction.write)?;
                         if written == 0 {
-                            return Poll::Ready(Err((this.write)(io::ErrorKind::WriteZero.into())));
+                            let zero = io::ErrorKind::WriteZero.into();
+                            return Poll::Ready(Err((this.direction.write)(zero)));
                         }
                         range.start += written;
                     }
@@ -270,15 +305,18 @@ where
                 State::Flushing => {
                     // A TLS writer may hold encrypted bytes back until
                     // flushed; a plain socket's flush does nothing.
-                    ready!(Pin::new(&mut *this.to).poll_flush(cx)).map_err(this.write)?;
+                    ready!(Pin::new(&mut *this.to).poll_flush(cx)).map_err(this.direction.write)?;
                     let (buffer, range) = this.chunk.take().expect("a chunk is in flight");
-                    this.count.fetch_add(range.end as u64, Ordering::Relaxed);
+                    for meters in this.direction.meters {
+                        (this.direction.meter)(meters).add(range.end as u64);
+                    }
                     buffers::give(buffer);
                     this.state = State::Reading;
                 }
                 State::ShuttingDown => {
                     return Poll::Ready(
-                        ready!(Pin::new(&mut *this.to).poll_shutdown(cx)).map_err(this.write),
+                        ready!(Pin::new(&mut *this.to).poll_shutdown(cx))
+                            .map_err(this.direction.write),
                     );
                 }
             }
@@ -286,18 +324,17 @@ where
     }
 }
 
-/// Completes once neither counter has moved for `idle` (checked four times
-/// per period, so the connection closes between `idle` and 1.25 × `idle`).
-async fn idle_for(idle: Duration, sent: &AtomicU64, received: &AtomicU64) {
+/// Completes once no byte has moved for `idle` (checked four times per
+/// period, so the connection closes between `idle` and 1.25 × `idle`).
+async fn idle_for(idle: Duration, meters: &[&Meters]) {
     let tick = idle / 4;
     let mut last = (u64::MAX, u64::MAX);
     let mut quiet = Duration::ZERO;
     loop {
         tokio::time::sleep(tick).await;
-        let now = (
-            sent.load(Ordering::Relaxed),
-            received.load(Ordering::Relaxed),
-        );
+        let now = meters
+            .first()
+            .map_or((0, 0), |m| (m.from_client.total(), m.to_client.total()));
         if now == last {
             quiet += tick;
             if quiet >= idle {
@@ -327,14 +364,30 @@ mod tests {
         (client.unwrap(), accepted.unwrap().0)
     }
 
+    /// How a relay in a test ended, and the bytes it counted.
+    struct Relayed {
+        ending: Ending,
+        from_client: u64,
+        to_client: u64,
+    }
+
+    /// Relays between `down` and `up` and counts the bytes.
+    async fn counted_relay(mut down: TcpStream, mut up: TcpStream, idle: Duration) -> Relayed {
+        let meters = Meters::default();
+        let pending = std::future::pending();
+        let ending = relay(&mut down, &mut up, idle, pending, &[&meters]).await;
+        Relayed {
+            ending,
+            from_client: meters.from_client.total(),
+            to_client: meters.to_client.total(),
+        }
+    }
+
     /// `client` <-> [`relay`] <-> `server`, the relay running in a task.
     async fn relayed(idle: Duration) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
-        let (client, mut down) = pair().await;
-        let (mut up, server) = pair().await;
-        let task =
-            tokio::spawn(
-                async move { relay(&mut down, &mut up, idle, std::future::pending()).await },
-            );
+        let (client, down) = pair().await;
+        let (up, server) = pair().await;
+        let task = tokio::spawn(counted_relay(down, up, idle));
         (client, server, task)
     }
 
@@ -366,7 +419,7 @@ mod tests {
             "{:?}",
             relayed.ending
         );
-        assert_eq!((relayed.sent, relayed.received), (300_000, 500_000));
+        assert_eq!((relayed.from_client, relayed.to_client), (300_000, 500_000));
     }
 
     #[tokio::test]
@@ -417,7 +470,7 @@ mod tests {
             "{:?}",
             relayed.ending
         );
-        assert_eq!(relayed.sent, 4);
+        assert_eq!(relayed.from_client, 4);
         for side in [&mut client, &mut server] {
             let err = read_until_end(side).await.expect_err("a reset, not an end");
             assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
@@ -457,17 +510,9 @@ mod tests {
         let connect = tokio::net::TcpSocket::from_std_stream(slow.into())
             .connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(connect, listener.accept());
-        let (mut client, mut down) = (client.unwrap(), accepted.unwrap().0);
-        let (mut up, mut server) = pair().await;
-        let task = tokio::spawn(async move {
-            relay(
-                &mut down,
-                &mut up,
-                Duration::from_secs(30),
-                std::future::pending(),
-            )
-            .await
-        });
+        let (mut client, down) = (client.unwrap(), accepted.unwrap().0);
+        let (up, mut server) = pair().await;
+        let task = tokio::spawn(counted_relay(down, up, Duration::from_secs(30)));
         client.shutdown().await.unwrap();
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 4096];

@@ -7,7 +7,7 @@
 //! preamble names a destination, which must be this pod, and the connection
 //! is delivered to the application from inside the pod.
 
-use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
+use std::{net::SocketAddr, pin::Pin, sync::Arc};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -22,7 +22,7 @@ use super::{
     destination::{self, Arrival},
     limits::{self, Handshake},
     pod::LocalPod,
-    record,
+    record::{self, Via},
 };
 use crate::{
     identity::Identity,
@@ -40,10 +40,11 @@ pub enum InboundTunnelError {
     /// The handshake or preamble failed: refused.
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
-    /// The application could not be reached, or the preamble named another pod.
+    /// The application could not be reached, or the preamble named another
+    /// pod (recorded).
     #[error(transparent)]
     Deliver(#[from] DeliverError),
-    /// Policy refused it.
+    /// Policy refused it (recorded).
     #[error("denied: {0}")]
     Denied(#[from] Denied),
     /// Benchmark relay only: no pod of the registry has the source address.
@@ -71,16 +72,22 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
                         return;
                     }
                 };
-                if let Err(err) = handle(stream, peer, &pod, &context, handshake, running).await {
-                    if let InboundTunnelError::Tunnel(failure) = &err {
-                        record::tunnel_failure(&context, "server", failure, peer);
+                let err = match handle(stream, peer, &pod, &context, handshake, running).await {
+                    // A connection's refusal or failure is in its record.
+                    Ok(())
+                    | Err(InboundTunnelError::Deliver(_) | InboundTunnelError::Denied(_)) => {
+                        return;
                     }
-                    tracing::warn!(
-                        dst.pod = %pod.name,
-                        src.addr = %peer,
-                        "inbound tunnel refused: {err}"
-                    )
+                    Err(err) => err,
+                };
+                if let InboundTunnelError::Tunnel(failure) = &err {
+                    record::tunnel_failure(&context, "server", failure, peer);
                 }
+                tracing::warn!(
+                    dst.pod = %pod.name,
+                    src.addr = %peer,
+                    "inbound tunnel refused: {err}"
+                )
             }
         },
     )
@@ -222,40 +229,20 @@ where
                 };
             };
             let _running = running.take().unwrap_or_else(|| context.active.enter());
-            let started = Instant::now();
-            let destination = preamble.destination;
             // The tunnel comes from the source pod's address (its daemon
             // connects from inside the source pod): the application sees it.
             let arrival = Arrival {
                 peer,
                 source: Some(&source),
-                destination,
+                destination: preamble.destination,
                 session: session.as_ref(),
-                route: "inbound_tunnel",
-                started,
+                via: Via::InboundTunnel,
+                service: None,
             };
             let mut connection = Chunked::new(&mut stream);
-            let relayed =
-                destination::serve::<_, InboundTunnelError>(&mut connection, arrival, pod, context)
-                    .await?;
+            destination::serve::<_, InboundTunnelError>(&mut connection, arrival, pod, context)
+                .await?;
             let reusable = connection.finished();
-            tracing::info!(
-                dst.pod = %pod.name,
-                dst.namespace = %pod.namespace,
-                dst.service_account = %pod.service_account,
-                src.addr = %peer,
-                src.identity = %source,
-                dst.addr = %destination,
-                tls = session.is_some(),
-                tls.cipher = session.as_ref().map(|s| s.cipher.as_str()),
-                tls.resumed = session.as_ref().map(|s| s.resumed),
-                tunnel.reused = session.as_ref().map(|s| s.reused),
-                sent = relayed.received,
-                received = relayed.sent,
-                duration_ms = started.elapsed().as_millis() as u64,
-                end = %relayed.ending,
-                "inbound connection closed"
-            );
             // Draining: no "done", so the source does not offer it again.
             if !reusable || context.active.is_draining() {
                 return Ok(());

@@ -25,6 +25,9 @@ pub struct LocalPod {
     pub ips: Vec<IpAddr>,
     /// Its labels (policy selectors).
     pub labels: Labels,
+    /// The workload it belongs to, as metrics name it
+    /// ([`crate::registry::Pod::workload`]).
+    pub workload: String,
     /// Its network namespace.
     pub netns: PodNetns,
     /// Whether its namespace is set up for delivery from the original

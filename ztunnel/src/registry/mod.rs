@@ -10,12 +10,13 @@
 
 mod enrolment;
 mod model;
+pub mod naming;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use enrolment::{Enrolment, LabelSelector};
-pub use model::{Labels, Namespace, Node, Pod, Registry, Service, ServicePort, workload_name};
+pub use model::{Labels, Namespace, Node, Pod, Registry, Service, ServicePort};
 
 /// Why a registry could not be loaded. Each variant names what to fix.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::naming;
+
 /// Kubernetes-style labels: key to value, ordered for stable output.
 pub type Labels = BTreeMap<String, String>;
 
@@ -44,6 +46,7 @@ struct Index {
     pods_by_ip: HashMap<IpAddr, usize>,
     services_by_vip: HashMap<IpAddr, usize>,
     pods_by_namespace: HashMap<String, Vec<usize>>,
+    services_by_namespace: HashMap<String, Vec<usize>>,
 }
 
 /// The index is derived: two registries are equal when their contents are.
@@ -99,6 +102,11 @@ pub struct Pod {
     /// Pod labels (service selection, `istio.io/dataplane-mode=none` opt-out).
     #[serde(default)]
     pub labels: Labels,
+    /// The workload the pod belongs to (its Deployment, StatefulSet, Job,
+    /// ...), as Istio derives it from the pod's controller; the pod's name
+    /// when unset. See [`Pod::workload`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
 }
 
 /// A Kubernetes Service: virtual IPs whose ports lead to the selected pods.
@@ -129,10 +137,20 @@ pub struct ServicePort {
 }
 
 impl Pod {
-    /// The workload the pod belongs to, as metrics name it: its
-    /// `app.kubernetes.io/name` or `app` label, else the pod's name.
+    /// The workload the pod belongs to, as Istio's metrics name it
+    /// ([`naming::workload`]).
     pub fn workload(&self) -> &str {
-        workload_name(&self.name, &self.labels)
+        naming::workload(&self.name, self.workload.as_deref(), &self.labels)
+    }
+
+    /// Its canonical service ([`naming::canonical_service`]).
+    pub fn canonical_service(&self) -> &str {
+        naming::canonical_service(self.workload(), &self.labels)
+    }
+
+    /// Its canonical revision ([`naming::canonical_revision`]).
+    pub fn canonical_revision(&self) -> &str {
+        naming::canonical_revision(&self.labels)
     }
 }
 
@@ -141,14 +159,13 @@ impl Service {
     pub fn host(&self) -> String {
         format!("{}.{}.svc.cluster.local", self.name, self.namespace)
     }
-}
 
-/// The workload a pod called `name` with `labels` belongs to.
-pub fn workload_name<'a>(name: &'a str, labels: &'a Labels) -> &'a str {
-    labels
-        .get("app.kubernetes.io/name")
-        .or_else(|| labels.get("app"))
-        .map_or(name, String::as_str)
+    /// Whether the service selects pods with `labels`.
+    pub fn selects(&self, labels: &Labels) -> bool {
+        self.selector
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+    }
 }
 
 impl Registry {
@@ -185,6 +202,11 @@ impl Registry {
                 for vip in &service.vips {
                     index.services_by_vip.entry(*vip).or_insert(position);
                 }
+                index
+                    .services_by_namespace
+                    .entry(service.namespace.clone())
+                    .or_default()
+                    .push(position);
             }
             index
         })
@@ -225,15 +247,26 @@ impl Registry {
         family: IpAddr,
     ) -> impl Iterator<Item = (&'a Pod, IpAddr)> + 'a {
         self.pods_in(&service.namespace)
-            .filter(move |pod| {
-                service
-                    .selector
-                    .iter()
-                    .all(|(key, value)| pod.labels.get(key) == Some(value))
-            })
+            .filter(move |pod| service.selects(&pod.labels))
             .filter_map(move |pod| {
                 let ip = pod.ips.iter().find(|ip| ip.is_ipv4() == family.is_ipv4())?;
                 Some((pod, *ip))
+            })
+    }
+
+    /// The service a connection to `port` of `pod` most likely came through,
+    /// as Istio's ztunnel guesses it on the destination side (a tunnel does
+    /// not say which service the client dialled): the first service of the
+    /// pod's namespace that selects the pod and has `port` as a target port.
+    pub fn service_of(&self, pod: &Pod, port: u16) -> Option<&Service> {
+        self.index()
+            .services_by_namespace
+            .get(&pod.namespace)
+            .into_iter()
+            .flatten()
+            .filter_map(|position| self.services.get(*position))
+            .find(|service| {
+                service.selects(&pod.labels) && service.ports.iter().any(|p| p.target_port == port)
             })
     }
 

@@ -55,6 +55,9 @@ pub(super) fn validate(registry: &Registry) -> Result<(), String> {
             &pod.service_account,
             is_dns_subdomain,
         );
+        if let Some(workload) = &pod.workload {
+            check_name(&mut problems, "workload", &id, workload, is_dns_subdomain);
+        }
         if !namespaces.contains(pod.namespace.as_str()) {
             problems.push(format!(
                 "{id}: namespace {:?} is not in the registry",
