@@ -33,6 +33,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("procps", "pkill"),           // process handling in scripts
     ("nftables", "nft"),           // proving capture adds no nftables rule
     ("iptables", "iptables-save"), // ... and no iptables rule
+    ("prometheus", "promtool"),    // unit tests of the alerting rules (deploy/monitoring)
 ];
 
 /// bpf-linker links the eBPF programs. 0.10.0 carries its own LLVM (that of

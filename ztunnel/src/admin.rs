@@ -64,11 +64,14 @@ pub async fn serve(listener: TcpListener, state: Arc<dyn AdminState>) {
     .await
 }
 
-/// Serves Prometheus metrics (`/metrics`) on `listener` until the task is dropped.
+/// Serves Prometheus metrics on `listener` until the task is dropped, at
+/// `/metrics` and at Istio's `/stats/prometheus` (so existing scrape
+/// configurations work unchanged).
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
     serve_http(listener, "metrics", move |request| {
-        if request.uri().path() != "/metrics" {
-            return text(StatusCode::NOT_FOUND, "endpoint: /metrics\n".to_owned());
+        if !matches!(request.uri().path(), "/metrics" | "/stats/prometheus") {
+            let endpoints = "endpoints: /metrics, /stats/prometheus\n";
+            return text(StatusCode::NOT_FOUND, endpoints.to_owned());
         }
         let mut response = text(StatusCode::OK, metrics.encode());
         response.headers_mut().insert(
@@ -80,6 +83,34 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
         response
     })
     .await
+}
+
+/// Serves readiness (`/healthz/ready`, as on the admin endpoint) on
+/// `listener`, Istio's probe port, until the task is dropped.
+pub async fn serve_readiness(listener: TcpListener, state: Arc<dyn AdminState>) {
+    serve_http(listener, "readiness", move |request| {
+        match request.uri().path() {
+            "/healthz/ready" => readiness(state.as_ref()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "endpoint: /healthz/ready\n".to_owned(),
+            ),
+        }
+    })
+    .await
+}
+
+/// 200 when the daemon is ready, else 503 with the reasons.
+fn readiness(state: &dyn AdminState) -> Response<Full<Bytes>> {
+    let reasons = state.not_ready();
+    if reasons.is_empty() {
+        text(StatusCode::OK, "ready\n".to_owned())
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", reasons.join("; ")),
+        )
+    }
 }
 
 /// HTTP/1 on `listener`, answering each request with `answer`.
@@ -125,17 +156,7 @@ fn route(
         // Liveness: the daemon answers. (Not ready is not dead: a daemon
         // waiting for the CA must not be restarted for it.)
         "/healthz/live" => text(StatusCode::OK, "alive\n".to_owned()),
-        "/healthz/ready" => {
-            let reasons = state.not_ready();
-            if reasons.is_empty() {
-                text(StatusCode::OK, "ready\n".to_owned())
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {}\n", reasons.join("; ")),
-                )
-            }
-        }
+        "/healthz/ready" => readiness(state),
         "/certs" => {
             let now = SystemTime::now();
             let certificates: Vec<_> = state

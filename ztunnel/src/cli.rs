@@ -29,8 +29,21 @@ pub struct Cli {
     /// Log filter (tracing's `RUST_LOG` syntax), for example `info` or `ztunnel=debug`.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// How log lines are written: `text` (for people) or `json` (one object
+    /// per line, for log pipelines; the access log is JSON either way).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The format of the daemon's log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -124,9 +137,12 @@ struct NodeArgs {
     /// Access log, one JSON line per connection: `-` (stdout), `off`, or a file.
     #[arg(long, default_value = "-")]
     access_log: String,
-    /// Prometheus metrics endpoint (`/metrics`).
+    /// Prometheus metrics endpoint (`/metrics`, and Istio's `/stats/prometheus`).
     #[arg(long, default_value = "127.0.0.1:15020")]
     metrics: SocketAddr,
+    /// Readiness endpoint where Istio's probes look (`/healthz/ready`).
+    #[arg(long, default_value = "127.0.0.1:15021")]
+    readiness: SocketAddr,
     /// Admin endpoint (readiness, certificates).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -291,18 +307,22 @@ impl Cli {
         use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
         let filter = tracing_subscriber::EnvFilter::try_new(&self.log).context("parsing --log")?;
         let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+        let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let lines = match self.log_format {
+            LogFormat::Text => lines
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .boxed(),
+            LogFormat::Json => lines.json().flatten_event(true).boxed(),
+        };
         tracing_subscriber::registry()
             .with(filter)
             .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    // The node daemon's warnings are paced by what pods and
-                    // peers do; the CA's refusals stay an exhaustive record.
-                    .with_filter(
-                        matches!(self.command, Command::Node(_))
-                            .then(ztunnel::log_rate::RateLimit::default),
-                    ),
+                // The node daemon's warnings are paced by what pods and
+                // peers do; the CA's refusals stay an exhaustive record.
+                lines.with_filter(
+                    matches!(self.command, Command::Node(_))
+                        .then(ztunnel::log_rate::RateLimit::default),
+                ),
             )
             .init();
         let log = Arc::new(ReloadableFilter {
@@ -491,6 +511,7 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>, open_files: u64) -> 
         cgroup_root: args.cgroup_root,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         metrics: args.metrics,
+        readiness: args.readiness,
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         handover_socket: args.handover_socket,

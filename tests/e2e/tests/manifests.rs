@@ -2,7 +2,8 @@
 //! kustomize, validate against the real Kubernetes schemas
 //! (`kubernetes-validate`, pinned, installed by `cargo xtask setup`), apply
 //! in a client-side dry run with `kubectl` (against the stand-in API server's
-//! discovery), and the monitoring refers only to metrics the daemon exports.
+//! discovery), the monitoring refers only to metrics the daemon exports, and
+//! the alerting rules pass their unit tests (`promtool test rules`).
 
 use std::{
     collections::BTreeSet,
@@ -235,4 +236,28 @@ fn the_monitoring_refers_only_to_metrics_the_daemon_exports() {
         }
     }
     assert!(checked >= 15, "only {checked} metric references found");
+}
+
+/// The alerting rules of `deploy/monitoring/prometheusrule.yaml` pass the
+/// unit tests in `deploy/monitoring/tests/` (`promtool`, from Debian's
+/// `prometheus` package, installed by `cargo xtask setup`): an expired
+/// certificate and an unreachable CA fire, healthy ones do not.
+#[test]
+fn the_alerting_rules_pass_their_unit_tests() {
+    let monitoring = workspace().join("deploy/monitoring");
+    let text = std::fs::read_to_string(monitoring.join("prometheusrule.yaml")).unwrap();
+    let rule: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // JSON is YAML: promtool reads the rule groups as they are in the CRD.
+    std::fs::write(dir.path().join("rules.yaml"), rule["spec"].to_string()).unwrap();
+    let mut tested = 0;
+    for test in std::fs::read_dir(monitoring.join("tests")).unwrap() {
+        let test = test.unwrap().path();
+        let copy = dir.path().join(test.file_name().unwrap());
+        std::fs::copy(&test, &copy).unwrap();
+        let out = run(Command::new("promtool").args(["test", "rules"]).arg(&copy));
+        assert!(out.contains("SUCCESS"), "{out}");
+        tested += 1;
+    }
+    assert!(tested >= 1, "no rule tests found");
 }

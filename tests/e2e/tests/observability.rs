@@ -271,6 +271,22 @@ fn every_path_is_recorded_with_istios_full_label_set() {
                     > metric_sum(&node2, CLOSED, &[("reporter", "destination")])
         },
     );
+    // Its sockets are open on both nodes: the client's, and the tunnel's.
+    let sockets = "istio_tcp_sockets_open";
+    assert!(
+        metric_sum(
+            &scrape(&cluster, "node1"),
+            sockets,
+            &[("reporter", "source")]
+        ) >= 1.0
+    );
+    assert!(
+        metric_sum(
+            &scrape(&cluster, "node2"),
+            sockets,
+            &[("reporter", "destination")]
+        ) >= 1.0
+    );
 
     // Denied: counted as failed with DENY on the side that decided, and in
     // its access log with the reason.
@@ -707,6 +723,18 @@ fn readiness_flips_with_its_conditions() {
     let mut cluster = mesh(2);
     let ready = |cluster: &Cluster| admin(cluster, "node1", "/healthz/ready", &[]);
     assert_eq!(ready(&cluster).trim(), "ready");
+    // The same answer where Istio's probes look.
+    let istio_probe = |cluster: &Cluster| {
+        let netns = cluster.status().node("node1").unwrap().netns.clone();
+        let code = ["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        ztunnel_cluster::netns::output(
+            ztunnel_cluster::netns::exec(&netns, "curl")
+                .args(code)
+                .arg("http://127.0.0.1:15021/healthz/ready"),
+        )
+        .unwrap()
+    };
+    assert_eq!(istio_probe(&cluster), "200");
 
     // With the CA gone, a newly enrolled ServiceAccount cannot be certified:
     // the daemon says it is not ready, and why.
@@ -718,6 +746,7 @@ fn readiness_flips_with_its_conditions() {
         ready(&cluster)
             .contains("no certificate yet for spiffe://cluster.local/ns/legacy/sa/default")
     });
+    assert_eq!(istio_probe(&cluster), "503");
     // Not ready is not dead: the liveness probe's endpoint still answers.
     assert_eq!(
         admin(&cluster, "node1", "/healthz/live", &[]).trim(),
@@ -798,10 +827,84 @@ fn a_certificate_whose_renewal_fails_is_reported_near_expiry_then_withdrawn() {
     within(Duration::from_secs(6), "node1 turns not ready", || {
         admin(&cluster, "node1", "/healthz/ready", &[]).contains("no certificate yet")
     });
+    // The expiry stays in the metrics, in the past, so the alerts keep firing.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let node1 = scrape(&cluster, "node1");
+    for (identity, _) in &held {
+        let labels = [("identity", identity.as_str())];
+        let expiry = metric_sum(
+            &node1,
+            "ztunnel_certificate_expiry_timestamp_seconds",
+            &labels,
+        );
+        assert!(
+            expiry > 0.0 && expiry < now,
+            "{identity}: {expiry} vs now {now}"
+        );
+    }
     assert_eq!(
         near_expiry(&cluster).len(),
         2,
         "{:?}",
         near_expiry(&cluster)
     );
+}
+
+#[test]
+fn istios_scrape_path_node_proxy_metrics_and_json_log_lines() {
+    let mut cluster = mesh(2);
+    let mark = daemon_log(&cluster, "node1").lines().count();
+    cluster
+        .restart_daemons(&["--log-format".to_owned(), "json".to_owned()])
+        .unwrap();
+    let _web = http_server(&cluster, "web-2");
+    let web2 = cluster.pod("web-2").unwrap().ipv4;
+    assert!(get(&cluster, "client-1", &format!("http://{web2}:8080/")));
+
+    // Existing scrape configurations use Istio's path.
+    let status = cluster.status().node("node1").unwrap().clone();
+    let url = format!(
+        "http://{}/stats/prometheus",
+        status.daemon.unwrap().metrics.unwrap()
+    );
+    let text = ztunnel_cluster::netns::output(
+        ztunnel_cluster::netns::exec(&status.netns, "curl").args(["-sS", "--fail", &url]),
+    )
+    .unwrap();
+    let samples = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap()
+        .samples;
+    assert_eq!(
+        metric_sum(&samples, "istio_build", &[("component", "ztunnel")]),
+        1.0
+    );
+    for process in ["process_open_fds", "process_resident_memory_bytes"] {
+        assert!(metric_sum(&samples, process, &[]) > 0.0, "{process}");
+    }
+    assert!(samples.iter().any(|s| s.metric == "istio_tcp_sockets_open"));
+
+    // Every line the restarted daemon writes is JSON, its connection's too.
+    within(Duration::from_secs(3), "the connection's log line", || {
+        daemon_log(&cluster, "node1")
+            .lines()
+            .skip(mark)
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .any(|line| {
+                line["message"] == "outbound connection closed"
+                    && line["src.pod"] == "client-1"
+                    && line["route"] == "tunnel"
+            })
+    });
+    let log = daemon_log(&cluster, "node1");
+    let lines: Vec<&str> = log.lines().skip(mark).filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() > 3, "{lines:?}");
+    for line in lines {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
 }

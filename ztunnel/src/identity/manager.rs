@@ -79,6 +79,8 @@ pub struct CertManager {
     config: ManagerConfig,
     certificates: Arc<watch::Sender<Certificates>>,
     workers: HashMap<Identity, JoinHandle<()>>,
+    /// The identities being managed, for those who watch them.
+    managed: watch::Sender<BTreeSet<Identity>>,
     observer: Option<Arc<dyn RequestObserver>>,
 }
 
@@ -90,6 +92,7 @@ impl CertManager {
             config,
             certificates: Arc::new(watch::Sender::new(Certificates::default())),
             workers: HashMap::new(),
+            managed: watch::Sender::new(BTreeSet::new()),
             observer: None,
         }
     }
@@ -127,6 +130,11 @@ impl CertManager {
                     .insert(identity.clone(), tokio::spawn(worker.run()));
             }
         }
+        self.managed.send_if_modified(|managed| {
+            let changed = managed != wanted;
+            managed.clone_from(wanted);
+            changed
+        });
     }
 
     /// The identities being managed, with or without a certificate yet.
@@ -147,6 +155,11 @@ impl CertManager {
     /// A receiver of every new snapshot of the held certificates.
     pub fn subscribe(&self) -> watch::Receiver<Certificates> {
         self.certificates.subscribe()
+    }
+
+    /// A receiver of the identities being managed (held or not).
+    pub fn subscribe_managed(&self) -> watch::Receiver<BTreeSet<Identity>> {
+        self.managed.subscribe()
     }
 }
 

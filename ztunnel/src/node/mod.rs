@@ -80,8 +80,11 @@ pub struct NodeConfig {
     pub socket_acceleration: bool,
     /// The namespace whose policies apply mesh-wide.
     pub root_namespace: String,
-    /// Address of the Prometheus metrics endpoint (`/metrics`).
+    /// Address of the Prometheus metrics endpoint (`/metrics`,
+    /// `/stats/prometheus`).
     pub metrics: SocketAddr,
+    /// Address of the readiness endpoint (`/healthz/ready`, Istio's 15021).
+    pub readiness: SocketAddr,
     /// The access log: `-` (stdout), `off`, or a file.
     pub access_log: String,
     /// On SIGTERM, or after handing over, how long open connections may
@@ -346,9 +349,12 @@ const MAX_EXPIRY_CHECK: Duration = Duration::from_secs(60);
 /// Keeps the certificate metrics in step with the certificates held: the
 /// expiry of each, and a count of each new one taken into use. A certificate
 /// in the last fifth of its life (renewal is due at half) is reported once as
-/// an audit event: its renewal is failing.
+/// an audit event: its renewal is failing. A certificate withdrawn at expiry
+/// keeps its (past) expiry in the metrics for as long as its identity is
+/// `managed`, so the expiry alerts keep firing while it cannot be renewed.
 async fn count_certificates(
     mut certificates: watch::Receiver<Certificates>,
+    mut managed: watch::Receiver<BTreeSet<Identity>>,
     metrics: Arc<Metrics>,
 ) {
     let mut serials: std::collections::BTreeMap<Identity, String> = Default::default();
@@ -401,8 +407,9 @@ async fn count_certificates(
                 serials.insert(identity.clone(), cert.serial().to_owned());
             }
         }
+        let managed_now = managed.borrow_and_update().clone();
         serials.retain(|identity, _| {
-            let keep = held.contains_key(identity);
+            let keep = held.contains_key(identity) || managed_now.contains(identity);
             if !keep {
                 metrics.certificate_expiry.remove(&IdentityLabels {
                     identity: identity.to_string(),
@@ -414,6 +421,7 @@ async fn count_certificates(
         let wake = next_warning.map_or(MAX_EXPIRY_CHECK, |wait| wait.min(MAX_EXPIRY_CHECK));
         tokio::select! {
             changed = certificates.changed() => if changed.is_err() { return },
+            changed = managed.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wake) => {}
         }
     }
@@ -517,13 +525,22 @@ pub async fn run(
             serve.await
         })
     };
-    let (listener, admin_socket) = bind(config.admin).await?;
-    let admin = when_accepting(Box::pin(admin::serve(listener, state.clone())));
+    // The node's HTTP endpoints, and their sockets to hand over.
+    let (admin_listener, admin_socket) = bind(config.admin).await?;
     let (metrics_listener, metrics_socket) = bind(config.metrics).await?;
-    let metrics_server = when_accepting(Box::pin(admin::serve_metrics(
-        metrics_listener,
-        metrics.clone(),
-    )));
+    let (readiness_listener, readiness_socket) = bind(config.readiness).await?;
+    let node_sockets = [admin_socket, metrics_socket, readiness_socket];
+    let http_servers = [
+        when_accepting(Box::pin(admin::serve(admin_listener, state.clone()))),
+        when_accepting(Box::pin(admin::serve_metrics(
+            metrics_listener,
+            metrics.clone(),
+        ))),
+        when_accepting(Box::pin(admin::serve_readiness(
+            readiness_listener,
+            state.clone(),
+        ))),
+    ];
     tracing::info!(node = %config.node, admin = %config.admin, "node daemon running");
     if config.transport == Transport::PlaintextForBenchmarks {
         tracing::warn!(
@@ -572,6 +589,7 @@ pub async fn run(
     ));
     let certificate_metrics = tokio::spawn(count_certificates(
         manager.subscribe(),
+        manager.subscribe_managed(),
         context.metrics.clone(),
     ));
     if let Some(synced) = synced {
@@ -651,7 +669,7 @@ pub async fn run(
                 tracing::info!("a new daemon is taking over: handing over the listeners");
                 let sockets: Vec<std::os::fd::OwnedFd> = capture
                     .sockets()
-                    .chain([admin_socket.as_fd(), metrics_socket.as_fd()])
+                    .chain(node_sockets.iter().map(AsFd::as_fd))
                     .filter_map(|fd| fd.try_clone_to_owned().ok())
                     .collect();
                 let instance = config.bpf_pin_dir.clone();
@@ -664,8 +682,7 @@ pub async fn run(
                     Ok(successor) => {
                         // The successor accepts: stop, then tell it.
                         capture.stop_accepting();
-                        admin.abort();
-                        metrics_server.abort();
+                        http_servers.iter().for_each(tokio::task::JoinHandle::abort);
                         match successor.released() {
                             Ok(connection) => handed_over = Some(connection),
                             Err(err) => tracing::warn!("telling the successor: {err}"),
@@ -713,13 +730,12 @@ pub async fn run(
         shutdown.await;
     }
     drop(handed_over);
-    admin.abort();
+    http_servers.iter().for_each(tokio::task::JoinHandle::abort);
     enforcer.abort();
     sweeper.abort();
     trimmer.abort();
     certificate_metrics.abort();
     policy_metrics.abort();
-    metrics_server.abort();
     tracing::info!("node daemon stopped");
     Ok(())
 }

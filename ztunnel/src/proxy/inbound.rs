@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    ProxyContext, accept_each,
+    Listener, ProxyContext, accept_each,
     authorize::Denied,
     copy::Resettable,
     deliver::DeliverError,
@@ -41,7 +41,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
         listener,
         &context,
         &name,
-        "inbound",
+        Listener::Inbound,
         |stream, peer, running| {
             let (pod, context) = (pod.clone(), context.clone());
             async move {

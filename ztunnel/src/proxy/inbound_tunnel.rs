@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{
-    ProxyContext, Running, accept_each,
+    Listener, ProxyContext, Running, accept_each,
     authorize::Denied,
     copy::Resettable,
     deliver::DeliverError,
@@ -59,7 +59,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<LocalPod>, context: Arc<Proxy
         listener,
         &context,
         &name,
-        "tunnel",
+        Listener::Tunnel,
         |stream, peer, running| {
             let (pod, context) = (pod.clone(), context.clone());
             async move {

@@ -44,7 +44,7 @@ use tokio::{
 use crate::{
     access_log::AccessLog,
     identity::TrustDomain,
-    metrics::{ListenerLabels, Metrics},
+    metrics::{ListenerLabels, Metrics, Reporter},
     policy::PolicySet,
     registry::{Enrolment, Registry},
     tunnel::{configs::TunnelConfigs, plaintext::Transport, pool::Pool},
@@ -99,17 +99,47 @@ impl RoundRobin {
     }
 }
 
+/// A pod's listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// Its applications' connections out.
+    Outbound,
+    /// Plaintext arriving at it.
+    Inbound,
+    /// Tunnels from other nodes.
+    Tunnel,
+}
+
+impl Listener {
+    /// Its name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+            Self::Tunnel => "tunnel",
+        }
+    }
+
+    /// The side a connection accepted on it is reported as.
+    pub fn reporter(self) -> Reporter {
+        match self {
+            Self::Outbound => Reporter::Source,
+            Self::Inbound | Self::Tunnel => Reporter::Destination,
+        }
+    }
+}
+
 /// First pause after a failed accept; doubled up to [`ACCEPT_BACKOFF_MAX`]
 /// while accepts keep failing.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause after failed accepts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Accepts connections on `listener` (a listener of pod `pod`) until the
-/// task is dropped, running `handle` on each in a task of its own, with the
-/// guard that counts it in `active` (a handler that waits between
-/// connections, as a tunnel does, drops it meanwhile). `what` names the
-/// listener in logs and metrics.
+/// Accepts connections on `listener` (pod `pod`'s listener `what`) until
+/// the task is dropped, running `handle` on each in a task of its own, with
+/// the guard that counts it in `active` (a handler that waits between
+/// connections, as a tunnel does, drops it meanwhile); each accepted socket
+/// is counted open until its task ends.
 ///
 /// A failed accept (most often the open-file limit: the connection waits in
 /// the kernel's queue) is retried after a pause that doubles while accepts
@@ -118,7 +148,7 @@ pub(crate) async fn accept_each<F, Fut>(
     listener: TcpListener,
     context: &ProxyContext,
     pod: &str,
-    what: &'static str,
+    what: Listener,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr, Running) -> Fut,
@@ -130,12 +160,18 @@ pub(crate) async fn accept_each<F, Fut>(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF;
-                tokio::spawn(handle(stream, peer, context.active.enter()));
+                let open = context.metrics.socket_opened(what.reporter());
+                let handled = handle(stream, peer, context.active.enter());
+                tokio::spawn(async move {
+                    let _open = open;
+                    handled.await
+                });
             }
             Err(err) => {
-                let labels = ListenerLabels { listener: what };
+                let name = what.name();
+                let labels = ListenerLabels { listener: name };
                 context.metrics.accept_errors.get_or_create(&labels).inc();
-                tracing::warn!(pod, "{what} accept failed, retrying in {backoff:?}: {err}");
+                tracing::warn!(pod, "{name} accept failed, retrying in {backoff:?}: {err}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }

@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use super::{
-    ProxyContext, accept_each,
+    Listener, ProxyContext, accept_each,
     authorize::Denied,
     connect,
     copy::{self, Ending, Meters, Resettable},
@@ -146,7 +146,7 @@ pub async fn serve(
     orig_dst: Arc<OrigDstTable>,
 ) {
     let name = pod.name.clone();
-    accept_each(listener, &context, &name, "outbound", |stream, peer, running| {
+    accept_each(listener, &context, &name, Listener::Outbound, |stream, peer, running| {
         let (pod, context, orig_dst) = (pod.clone(), context.clone(), orig_dst.clone());
         async move {
             let _running = running;

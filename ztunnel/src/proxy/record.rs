@@ -360,7 +360,7 @@ pub fn tunnel_failure(
     failure: &TunnelError,
     peer: SocketAddr,
 ) {
-    let Some(reason) = failure.kind() else { return };
+    let reason = failure.kind();
     context
         .metrics
         .tunnel_failures

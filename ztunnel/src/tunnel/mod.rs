@@ -68,16 +68,16 @@ pub enum TunnelError {
 }
 
 impl TunnelError {
-    /// A bounded category for metrics, when the failure is the peer's or the
-    /// handshake's (not a missing local certificate).
-    pub fn kind(&self) -> Option<&'static str> {
+    /// A bounded category for metrics: `local_certificate` when this node
+    /// holds no valid certificate (or trust bundle) to open or accept it.
+    pub fn kind(&self) -> &'static str {
         match self {
-            Self::Handshake { kind, .. } => Some(kind),
-            Self::Timeout(_) => Some("timeout"),
-            Self::Protocol(_) => Some("alpn"),
-            Self::PeerIdentity(_) => Some("identity"),
-            Self::Preamble(_) => Some("preamble"),
-            Self::Config(_) => None,
+            Self::Handshake { kind, .. } => kind,
+            Self::Timeout(_) => "timeout",
+            Self::Protocol(_) => "alpn",
+            Self::PeerIdentity(_) => "identity",
+            Self::Preamble(_) => "preamble",
+            Self::Config(_) => "local_certificate",
         }
     }
 

@@ -4,6 +4,10 @@
 //! Label values are workloads, namespaces, identities, services and policy
 //! names: bounded by what the registry and the policy directory hold, never by
 //! addresses, ports or connection counts.
+//!
+//! - [`process`]: the process's own metrics (`process_*`).
+
+pub mod process;
 
 use std::{
     sync::{Arc, OnceLock},
@@ -169,6 +173,33 @@ label_value! {
     ResponseFlags => |value| value.as_str(),
 }
 
+/// Labels of Istio's socket metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SocketLabels {
+    /// `source` (a pod's outbound listener) or `destination` (its inbound
+    /// and tunnel listeners).
+    pub reporter: Reporter,
+}
+
+/// Labels of `istio_build`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// `ztunnel`: the component Istio's dashboards select.
+    pub component: &'static str,
+    /// This build's version.
+    pub tag: &'static str,
+}
+
+/// A socket the daemon accepted, counted in `istio_tcp_sockets_open` until
+/// dropped.
+pub struct OpenSocket(Gauge);
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Labels naming a policy.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
@@ -269,6 +300,9 @@ pub struct Metrics {
     /// `istio_tcp_connections_failed_total`: connections that ended with a
     /// failure flag (denied, unreachable, TLS or identity failure).
     pub tcp_failed: Family<TcpLabels, Counter>,
+    /// `istio_tcp_sockets_open`: sockets accepted on pods' listeners and
+    /// still being served (a tunnel is one, whatever it carries).
+    pub tcp_sockets_open: Family<SocketLabels, Gauge>,
     /// `ztunnel_policy_denials_total`.
     pub policy_denials: Family<PolicyLabels, Counter>,
     /// `ztunnel_policy_audits_total`: connections an AUDIT policy matched,
@@ -327,6 +361,7 @@ impl Metrics {
         let tcp_sent = Family::default();
         let tcp_received = Family::default();
         let tcp_failed = Family::default();
+        let tcp_sockets_open = Family::default();
         let policy_denials = Family::default();
         let policy_dry_run = Family::default();
         let policy_audits = Family::default();
@@ -355,6 +390,20 @@ impl Metrics {
             "TCP connections that failed: refused by policy, destination unreachable, TLS or identity failure",
             tcp_failed.clone(),
         );
+        registry.register(
+            "istio_tcp_sockets_open",
+            "Sockets accepted on pods' listeners and still being served",
+            tcp_sockets_open.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                component: "ztunnel",
+                tag: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("istio_build", "The build of this component", build);
+        registry.register_collector(Box::new(process::ProcessCollector));
         registry.register(
             "ztunnel_policy_denials",
             "Connections refused by policy, by the policy that decided",
@@ -482,12 +531,23 @@ impl Metrics {
             tcp_sent,
             tcp_received,
             tcp_failed,
+            tcp_sockets_open,
             policy_denials,
             policy_audits,
             policy_objects,
             policy_loads,
             policy_dry_run,
         }
+    }
+
+    /// Counts a socket accepted for `reporter` until the guard is dropped.
+    pub fn socket_opened(&self, reporter: Reporter) -> OpenSocket {
+        let gauge = self
+            .tcp_sockets_open
+            .get_or_create(&SocketLabels { reporter })
+            .clone();
+        gauge.inc();
+        OpenSocket(gauge)
     }
 
     /// Adds the metrics `collector` reads at each scrape; only the first
