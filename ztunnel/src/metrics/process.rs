@@ -22,7 +22,7 @@ struct Process {
     max_fds: Option<u64>,
     resident_bytes: Option<u64>,
     cpu_seconds: Option<f64>,
-    start_time_seconds: Option<f64>,
+    start_time_seconds: Option<u64>,
 }
 
 impl Process {
@@ -34,7 +34,7 @@ impl Process {
         let (cpu_seconds, start_time_seconds) = match stat.as_deref().and_then(stat_fields) {
             Some((ticks, start_ticks)) => (
                 Some(ticks as f64 / CLOCK_TICKS),
-                boot_time.map(|boot| boot + start_ticks as f64 / CLOCK_TICKS),
+                boot_time.map(|boot| (boot + start_ticks as f64 / CLOCK_TICKS) as u64),
             ),
             None => (None, None),
         };
@@ -107,23 +107,17 @@ impl Collector for ProcessCollector {
                 "Resident memory",
                 process.resident_bytes,
             ),
+            (
+                "process_start_time_seconds",
+                "When the process started (Unix time)",
+                process.start_time_seconds,
+            ),
         ];
         for (name, help, value) in gauges {
             if let Some(value) = value {
                 let gauge = ConstGauge::new(value as i64);
                 gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
             }
-        }
-        if let Some(seconds) = process.start_time_seconds {
-            let gauge = ConstGauge::new(seconds);
-            let help = "When the process started (Unix time)";
-            let descriptor = "process_start_time_seconds";
-            gauge.encode(encoder.encode_descriptor(
-                descriptor,
-                help,
-                None,
-                MetricType::Gauge,
-            )?)?;
         }
         if let Some(seconds) = process.cpu_seconds {
             let counter = ConstCounter::new(seconds);
