@@ -133,43 +133,59 @@ pub fn daemon_log(cluster: &ztunnel_cluster::Cluster, node: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// The JSON access-log entries node `node`'s daemon wrote (its stdout
+/// shares the node's log file; log lines in JSON, with `--log-format json`,
+/// are left out).
+pub fn access_log(cluster: &ztunnel_cluster::Cluster, node: &str) -> Vec<serde_json::Value> {
+    daemon_log(cluster, node)
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).expect("each access-log line is JSON"))
+        .filter(|entry: &serde_json::Value| entry["reporter"].is_string())
+        .collect()
+}
+
 /// How many connections from pod `src` to `dst` node `node`'s daemon has
-/// relayed outbound (its `outbound connection closed` log lines).
+/// relayed outbound (its access log's source-side entries without a failure).
 pub fn captured(cluster: &ztunnel_cluster::Cluster, node: &str, src: &str, dst: &str) -> usize {
-    count_relayed(
-        cluster,
-        node,
-        "outbound connection closed",
-        &format!("src.pod={src} "),
-        dst,
-    )
+    let pod = cluster.pod(src).expect("the pod exists").clone();
+    let from_pod = |addr: &str| {
+        addr.parse::<std::net::SocketAddr>()
+            .is_ok_and(|addr| addr.ip() == pod.ipv4 || addr.ip() == pod.ipv6)
+    };
+    relayed(cluster, node, "source", dst)
+        .filter(|entry| from_pod(entry["src_addr"].as_str().unwrap_or_default()))
+        .count()
 }
 
 /// How many connections to `dst` in pod `pod` node `node`'s daemon has
-/// delivered inbound (its `inbound connection closed` log lines).
+/// delivered inbound (its access log's destination-side entries without a
+/// failure).
 pub fn delivered(cluster: &ztunnel_cluster::Cluster, node: &str, pod: &str, dst: &str) -> usize {
-    count_relayed(
-        cluster,
-        node,
-        "inbound connection closed",
-        &format!("dst.pod={pod} "),
-        dst,
-    )
+    let pod = cluster.pod(pod).expect("the pod exists").clone();
+    let at_pod = |addr: &str| {
+        addr.parse::<std::net::SocketAddr>()
+            .is_ok_and(|addr| addr.ip() == pod.ipv4 || addr.ip() == pod.ipv6)
+    };
+    relayed(cluster, node, "destination", dst)
+        .filter(|entry| at_pod(entry["dst_endpoint"].as_str().unwrap_or_default()))
+        .count()
 }
 
-fn count_relayed(
+/// The access-log entries of node `node` reported by `reporter`, for
+/// connections to `dst` that were relayed (no failure flag).
+fn relayed(
     cluster: &ztunnel_cluster::Cluster,
     node: &str,
-    event: &str,
-    pod: &str,
+    reporter: &str,
     dst: &str,
-) -> usize {
-    daemon_log(cluster, node)
-        .lines()
-        .filter(|line| {
-            line.contains(event) && line.contains(pod) && line.contains(&format!("dst.addr={dst} "))
-        })
-        .count()
+) -> impl Iterator<Item = serde_json::Value> {
+    let (reporter, dst) = (reporter.to_owned(), dst.to_owned());
+    access_log(cluster, node).into_iter().filter(move |entry| {
+        entry["reporter"] == reporter.as_str()
+            && entry["response_flags"] == "-"
+            && entry["dst_addr"] == dst.as_str()
+    })
 }
 
 /// How long a server in a pod may take to start listening.
