@@ -148,44 +148,42 @@ pub fn access_log(cluster: &ztunnel_cluster::Cluster, node: &str) -> Vec<serde_j
 /// How many connections from pod `src` to `dst` node `node`'s daemon has
 /// relayed outbound (its access log's source-side entries without a failure).
 pub fn captured(cluster: &ztunnel_cluster::Cluster, node: &str, src: &str, dst: &str) -> usize {
-    let pod = cluster.pod(src).expect("the pod exists").clone();
-    let from_pod = |addr: &str| {
-        addr.parse::<std::net::SocketAddr>()
-            .is_ok_and(|addr| addr.ip() == pod.ipv4 || addr.ip() == pod.ipv6)
-    };
-    relayed(cluster, node, "source", dst)
-        .filter(|entry| from_pod(entry["src_addr"].as_str().unwrap_or_default()))
-        .count()
+    relayed(cluster, node, "source", dst, ("src_addr", src))
 }
 
 /// How many connections to `dst` in pod `pod` node `node`'s daemon has
 /// delivered inbound (its access log's destination-side entries without a
 /// failure).
 pub fn delivered(cluster: &ztunnel_cluster::Cluster, node: &str, pod: &str, dst: &str) -> usize {
-    let pod = cluster.pod(pod).expect("the pod exists").clone();
-    let at_pod = |addr: &str| {
-        addr.parse::<std::net::SocketAddr>()
-            .is_ok_and(|addr| addr.ip() == pod.ipv4 || addr.ip() == pod.ipv6)
-    };
-    relayed(cluster, node, "destination", dst)
-        .filter(|entry| at_pod(entry["dst_endpoint"].as_str().unwrap_or_default()))
-        .count()
+    relayed(cluster, node, "destination", dst, ("dst_endpoint", pod))
 }
 
-/// The access-log entries of node `node` reported by `reporter`, for
-/// connections to `dst` that were relayed (no failure flag).
+/// How many access-log entries of node `node`, reported by `reporter`, are
+/// of connections to `dst` that were relayed (no failure flag) and whose
+/// address `field` is one of pod `pod`'s.
 fn relayed(
     cluster: &ztunnel_cluster::Cluster,
     node: &str,
     reporter: &str,
     dst: &str,
-) -> impl Iterator<Item = serde_json::Value> {
-    let (reporter, dst) = (reporter.to_owned(), dst.to_owned());
-    access_log(cluster, node).into_iter().filter(move |entry| {
-        entry["reporter"] == reporter.as_str()
-            && entry["response_flags"] == "-"
-            && entry["dst_addr"] == dst.as_str()
-    })
+    (field, pod): (&str, &str),
+) -> usize {
+    let pod = cluster.pod(pod).expect("the pod exists").clone();
+    let of_pod = |entry: &serde_json::Value| {
+        entry[field]
+            .as_str()
+            .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok())
+            .is_some_and(|addr| addr.ip() == pod.ipv4 || addr.ip() == pod.ipv6)
+    };
+    access_log(cluster, node)
+        .iter()
+        .filter(|entry| {
+            entry["reporter"] == reporter
+                && entry["response_flags"] == "-"
+                && entry["dst_addr"] == dst
+                && of_pod(entry)
+        })
+        .count()
 }
 
 /// How long a server in a pod may take to start listening.
