@@ -22,6 +22,9 @@ use ztunnel::{
     tunnel::plaintext::Transport,
 };
 
+/// How often the node daemon writes how many warnings it suppressed.
+const REPORT_SUPPRESSED_EVERY: Duration = Duration::from_secs(10);
+
 /// Node-level ambient zero-trust proxy for Kubernetes.
 #[derive(Parser)]
 #[command(name = "ztunnel", version, about)]
@@ -314,16 +317,13 @@ impl Cli {
                 .boxed(),
             LogFormat::Json => lines.json().flatten_event(true).boxed(),
         };
+        // The node daemon's warnings are paced by what pods and peers do;
+        // the CA's refusals stay an exhaustive record.
+        let rate_limit =
+            matches!(self.command, Command::Node(_)).then(ztunnel::log_rate::RateLimit::default);
         tracing_subscriber::registry()
             .with(filter)
-            .with(
-                // The node daemon's warnings are paced by what pods and
-                // peers do; the CA's refusals stay an exhaustive record.
-                lines.with_filter(
-                    matches!(self.command, Command::Node(_))
-                        .then(ztunnel::log_rate::RateLimit::default),
-                ),
-            )
+            .with(lines.with_filter(rate_limit.clone()))
             .init();
         let log = Arc::new(ReloadableFilter {
             handle,
@@ -339,6 +339,9 @@ impl Cli {
             }
         };
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        if let Some(rate_limit) = rate_limit {
+            runtime.spawn(rate_limit.report(REPORT_SUPPRESSED_EVERY));
+        }
         runtime.block_on(async {
             match self.command {
                 Command::Ca(args) => run_ca(*args).await,

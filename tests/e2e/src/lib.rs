@@ -133,12 +133,28 @@ pub fn daemon_log(cluster: &ztunnel_cluster::Cluster, node: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// How many lines node `node`'s log has: a mark to read what comes after.
+pub fn log_len(cluster: &ztunnel_cluster::Cluster, node: &str) -> usize {
+    daemon_log(cluster, node).lines().count()
+}
+
 /// The JSON access-log entries node `node`'s daemon wrote (its stdout
 /// shares the node's log file; log lines in JSON, with `--log-format json`,
 /// are left out).
 pub fn access_log(cluster: &ztunnel_cluster::Cluster, node: &str) -> Vec<serde_json::Value> {
+    access_log_since(cluster, node, 0)
+}
+
+/// [`access_log`]'s entries after the first `skip` lines of the node's log
+/// (a mark taken with [`log_len`]).
+pub fn access_log_since(
+    cluster: &ztunnel_cluster::Cluster,
+    node: &str,
+    skip: usize,
+) -> Vec<serde_json::Value> {
     daemon_log(cluster, node)
         .lines()
+        .skip(skip)
         .filter(|line| line.starts_with('{'))
         .map(|line| serde_json::from_str(line).expect("each access-log line is JSON"))
         .filter(|entry: &serde_json::Value| entry["reporter"].is_string())

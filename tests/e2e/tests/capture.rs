@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use ztunnel_cluster::{Cluster, netns, payload::Payload};
 use ztunnel_e2e::{
-    READY, assert_downloads, bin, captured, daemon_log, delivered, eventually, http_server, mesh,
-    testapp, testapp_path, within,
+    READY, access_log, assert_downloads, bin, captured, daemon_log, delivered, eventually,
+    http_server, mesh, testapp, testapp_path, within,
 };
 
 const MODE: &str = "istio.io/dataplane-mode";
@@ -41,11 +41,13 @@ fn enrolled_pods_are_captured_with_their_workload_and_original_destination() {
         captured(&cluster, "node1", "client-1", &v4) == 1
             && captured(&cluster, "node1", "client-1", &v6) == 1
     });
-    let log = daemon_log(&cluster, "node1");
+    let log = access_log(&cluster, "node1");
     assert!(
-        log.lines().any(|line| line.contains("src.pod=client-1 ")
-            && line.contains("src.identity=spiffe://cluster.local/ns/demo/sa/client ")),
-        "{log}"
+        log.iter().any(|entry| entry["reporter"] == "source"
+            && entry["src_workload"] == "client"
+            && entry["src_namespace"] == "demo"
+            && entry["src_identity"] == "spiffe://cluster.local/ns/demo/sa/client"),
+        "{log:?}"
     );
 
     // The application sees its original destination, never the proxy.
@@ -72,8 +74,17 @@ fn enrolled_pods_are_captured_with_their_workload_and_original_destination() {
     let probe = testapp(&cluster, "legacy-1", &["probe", &v4]);
     assert!(probe.starts_with(&format!("peer={v4} ")), "{probe}");
     std::thread::sleep(Duration::from_millis(300)); // what would be logged, if anything, is logged at close
-    let log = daemon_log(&cluster, "node1");
-    assert!(!log.contains("legacy-1"), "the daemon saw legacy-1:\n{log}");
+    let legacy = cluster.pod("legacy-1").unwrap().clone();
+    let log = access_log(&cluster, "node1");
+    assert!(
+        !log.iter().any(|entry| {
+            entry["src_addr"]
+                .as_str()
+                .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok())
+                .is_some_and(|addr| addr.ip() == legacy.ipv4 || addr.ip() == legacy.ipv6)
+        }),
+        "the daemon saw legacy-1: {log:?}"
+    );
 }
 
 #[test]
@@ -389,10 +400,14 @@ fn plaintext_arriving_at_an_enrolled_pod_goes_through_its_daemon() {
         eventually("the connection in node2's log", || {
             delivered(&cluster, "node2", "web-2", &addr) == 1
         });
-        let log = daemon_log(&cluster, "node2");
+        let log = access_log(&cluster, "node2");
         assert!(
-            log.contains(&format!("src.addr={client}:")),
-            "client address lost:\n{log}"
+            log.iter().any(|entry| entry["reporter"] == "destination"
+                && entry["dst_addr"] == addr.as_str()
+                && entry["src_addr"]
+                    .as_str()
+                    .is_some_and(|src| src.starts_with(&format!("{client}:")))),
+            "client address lost: {log:?}"
         );
     }
 
@@ -403,7 +418,9 @@ fn plaintext_arriving_at_an_enrolled_pod_goes_through_its_daemon() {
         "hello from legacy-2\n"
     );
     assert!(
-        !daemon_log(&cluster, "node2").contains("dst.pod=legacy-2"),
+        !access_log(&cluster, "node2")
+            .iter()
+            .any(|entry| entry["dst_addr"] == legacy2.as_str()),
         "legacy-2 was captured"
     );
 

@@ -27,24 +27,23 @@ const KIALI_GROUP_BY: &str = "source_cluster,source_workload_namespace,source_wo
 
 /// A query and the label sets it must return (each with a positive value).
 struct Expect {
-    what: &'static str,
+    what: String,
     query: String,
     series: Vec<Vec<(&'static str, &'static str)>>,
 }
 
-/// Istio's TCP series of both nodes, as promtool input series (one sample
-/// per scrape, a minute apart; `_` where a series was not there yet).
+/// The series of both nodes that dashboards chart from Istio's names
+/// (`istio_*`, `process_*`), as promtool input series (one sample per
+/// scrape, a minute apart; `_` where a series was not there yet).
 fn input_series(scrapes: &[Vec<(String, Vec<prometheus_parse::Sample>)>]) -> String {
     let mut series: BTreeMap<String, Vec<Option<f64>>> = BTreeMap::new();
     for (index, scrape) in scrapes.iter().enumerate() {
         for (node, samples) in scrape {
-            for sample in samples
-                .iter()
-                .filter(|s| s.metric.starts_with("istio_tcp_"))
-            {
+            for sample in samples.iter().filter(|s| charted(&s.metric)) {
                 // OpenMetrics counters parse as untyped (their type line
                 // names the family without `_total`).
                 let (prometheus_parse::Value::Counter(value)
+                | prometheus_parse::Value::Gauge(value)
                 | prometheus_parse::Value::Untyped(value)) = sample.value
                 else {
                     continue;
@@ -78,12 +77,46 @@ fn input_series(scrapes: &[Vec<(String, Vec<prometheus_parse::Sample>)>]) -> Str
     out
 }
 
+/// Whether `metric` is one of the families [`input_series`] passes on.
+fn charted(metric: &str) -> bool {
+    metric.starts_with("istio_") || metric.starts_with("process_")
+}
+
+/// The queries of the project's own dashboard (`deploy/monitoring`) that
+/// read only [`charted`] families, by panel title, with every node selected.
+fn own_dashboard_queries() -> Vec<(String, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/monitoring/grafana-dashboard.yaml");
+    let config: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(config["data"]["ztunnel.json"].as_str().unwrap()).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let families: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| charted(word) || word.starts_with("ztunnel_"))
+                .collect();
+            if !families.is_empty() && families.iter().all(|family| charted(family)) {
+                queries.push((
+                    panel["title"].as_str().unwrap().to_owned(),
+                    expr.replace("$instance", ".*"),
+                ));
+            }
+        }
+    }
+    queries
+}
+
 #[test]
 fn istios_dashboards_and_kialis_graph_find_the_traffic() {
     let cluster = mesh(2);
     let _web1 = http_server(&cluster, "web-1");
     let _web2 = http_server(&cluster, "web-2");
     let web2 = format!("http://{}:8080/", cluster.pod("web-2").unwrap().ipv4);
+    let closed_port = format!("http://{}:8089/", cluster.pod("web-2").unwrap().ipv4);
     let service = cluster.status().service("demo", "web").cloned().unwrap();
     let vip = format!("http://{}:{}/", service.ipv4, service.port);
     // Through the service (both pods, one on each node), to a pod's address,
@@ -94,6 +127,13 @@ fn istios_dashboards_and_kialis_graph_find_the_traffic() {
         }
         get(cluster, "client-1", &web2);
         get(cluster, "legacy-1", &web2);
+        // And one that fails: nothing listens on the port.
+        let refused = cluster.run(
+            "client-1",
+            "curl",
+            &["-sS", "--max-time", "5", &closed_port],
+        );
+        assert!(refused.is_err(), "{refused:?}");
     };
     let closed = |cluster: &Cluster| {
         ["node1", "node2"].map(|node| {
@@ -121,19 +161,19 @@ fn istios_dashboards_and_kialis_graph_find_the_traffic() {
         .collect::<Vec<_>>();
 
     let web_service = "web.demo.svc.cluster.local";
-    let expectations = [
+    let mut expectations = vec![
         Expect {
-            what: "Workload dashboard (web): Bytes Received from Incoming TCP Connection, mTLS",
+            what: "Workload dashboard (web): Bytes Received from Incoming TCP Connection, mTLS".into(),
             query: r#"round(sum(irate(istio_tcp_received_bytes_total{reporter=~"destination", connection_security_policy="mutual_tls", destination_workload_namespace=~"demo", destination_workload=~"web", source_workload=~".*", source_workload_namespace=~".*"}[2m])) by (source_workload, source_workload_namespace), 0.001)"#.to_owned(),
             series: vec![vec![("source_workload", "client"), ("source_workload_namespace", "demo")]],
         },
         Expect {
-            what: "Workload dashboard (web): Bytes Received from Incoming TCP Connection, not mTLS",
+            what: "Workload dashboard (web): Bytes Received from Incoming TCP Connection, not mTLS".into(),
             query: r#"round(sum(irate(istio_tcp_received_bytes_total{reporter=~"destination", connection_security_policy!="mutual_tls", destination_workload_namespace=~"demo", destination_workload=~"web", source_workload=~".*", source_workload_namespace=~".*"}[2m])) by (source_workload, source_workload_namespace), 0.001)"#.to_owned(),
             series: vec![vec![("source_workload", "legacy"), ("source_workload_namespace", "legacy")]],
         },
         Expect {
-            what: "Workload dashboard (client): Bytes Received from Outgoing TCP Connection, mTLS",
+            what: "Workload dashboard (client): Bytes Received from Outgoing TCP Connection, mTLS".into(),
             query: r#"round(sum(irate(istio_tcp_sent_bytes_total{reporter="source", connection_security_policy="mutual_tls", source_workload_namespace=~"demo", source_workload=~"client", destination_service=~".*"}[2m])) by (destination_service), 0.001)"#.to_owned(),
             series: vec![
                 vec![("destination_service", "unknown")],
@@ -141,7 +181,7 @@ fn istios_dashboards_and_kialis_graph_find_the_traffic() {
             ],
         },
         Expect {
-            what: "Service dashboard: its services variable",
+            what: "Service dashboard: its services variable".into(),
             query: r#"sum(istio_tcp_sent_bytes_total{}) by (destination_service)"#.to_owned(),
             series: vec![
                 vec![("destination_service", "unknown")],
@@ -149,12 +189,12 @@ fn istios_dashboards_and_kialis_graph_find_the_traffic() {
             ],
         },
         Expect {
-            what: "Service dashboard (web): Bytes Received from Incoming TCP Connection by destination workload",
+            what: "Service dashboard (web): Bytes Received from Incoming TCP Connection by destination workload".into(),
             query: format!(r#"round(sum(irate(istio_tcp_received_bytes_total{{reporter="destination", connection_security_policy="mutual_tls", destination_service="{web_service}", destination_workload=~".*", destination_workload_namespace=~".*"}}[2m])) by (destination_workload, destination_workload_namespace), 0.001)"#),
             series: vec![vec![("destination_workload", "web"), ("destination_workload_namespace", "demo")]],
         },
         Expect {
-            what: "Kiali's namespace graph: TCP edges reported by the destination",
+            what: "Kiali's namespace graph: TCP edges reported by the destination".into(),
             query: format!(r#"sum(rate(istio_tcp_sent_bytes_total{{reporter="destination",destination_workload_namespace="demo"}}[2m])) by ({KIALI_GROUP_BY}) > 0"#),
             series: [("client", "demo"), ("legacy", "legacy")]
                 .into_iter()
@@ -179,6 +219,18 @@ fn istios_dashboards_and_kialis_graph_find_the_traffic() {
                 .collect(),
         },
     ];
+
+    // Every panel of the project's dashboard charting Istio's names returns
+    // something (a misspelt metric or label returns nothing, silently).
+    let own = own_dashboard_queries();
+    assert!(own.len() >= 8, "{own:?}");
+    for (title, query) in own {
+        expectations.push(Expect {
+            what: format!("ztunnel dashboard: {title}"),
+            query: format!("count({query})"),
+            series: vec![vec![]],
+        });
+    }
 
     // Each query wrapped in sgn(): a series with traffic between the scrapes is 1.
     let mut tests = String::new();
@@ -211,6 +263,6 @@ fn istios_dashboards_and_kialis_graph_find_the_traffic() {
         .expect("promtool runs (installed by `cargo xtask setup`)");
     let said =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let whats: Vec<&str> = expectations.iter().map(|e| e.what).collect();
+    let whats: Vec<&str> = expectations.iter().map(|e| e.what.as_str()).collect();
     assert!(out.status.success(), "{whats:#?}\n{said}\n{file}");
 }

@@ -144,6 +144,16 @@ fn a_flood_of_idle_connections_leaves_other_pods_traffic_untouched() {
         assert!(suppressed > 1000.0, "{node}: {suppressed} suppressed");
     }
     drop(floods);
+    // ... and the log says how many, per place in the code, every 10 s.
+    within(
+        Duration::from_secs(11),
+        "the suppressed warnings reported",
+        || {
+            daemon_log(&cluster, "node2").lines().any(|line| {
+                line.contains("repeated warnings suppressed: ") && line.contains(".rs:")
+            })
+        },
+    );
 
     // Memory comes back once the surge is over (checked every 5 s).
     within(

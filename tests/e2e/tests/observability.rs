@@ -731,6 +731,7 @@ fn readiness_flips_with_its_conditions() {
     };
     assert_eq!(istio_probe(&cluster), "200");
 
+    let _web = http_server(&cluster, "web-2");
     // With the CA gone, a newly enrolled ServiceAccount cannot be certified:
     // the daemon says it is not ready, and why.
     kill_ca(&cluster);
@@ -747,6 +748,31 @@ fn readiness_flips_with_its_conditions() {
         admin(&cluster, "node1", "/healthz/live", &[]).trim(),
         "alive"
     );
+    // Its pod's connections to another node fail for want of a certificate
+    // (once the CA's answer is in: they are held until then), and are
+    // counted as such on the side that failed them.
+    let web = format!("http://{}:8080/", cluster.pod("web-2").unwrap().ipv4);
+    assert!(!get(&cluster, "legacy-1", &web));
+    let node1 = scrape(&cluster, "node1");
+    let identity_error = [("reporter", "source"), ("response_flags", "IDENTITY_ERROR")];
+    assert!(
+        metric_sum(
+            &node1,
+            "istio_tcp_connections_failed_total",
+            &identity_error
+        ) >= 1.0,
+        "{node1:?}"
+    );
+    let no_certificate = [("side", "client"), ("reason", "local_certificate")];
+    assert!(metric_sum(&node1, "ztunnel_tunnel_failures_total", &no_certificate) >= 1.0);
+    assert!(access_log(&cluster, "node1").iter().any(|entry| {
+        entry["reporter"] == "source"
+            && entry["response_flags"] == "IDENTITY_ERROR"
+            && entry["end"].as_str().is_some_and(|end| {
+                end.contains("no valid certificate for spiffe://cluster.local/ns/legacy/sa/default")
+            })
+    }));
+
     let failed = [
         ("identity", "spiffe://cluster.local/ns/legacy/sa/default"),
         ("result", "failure"),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use ztunnel_cluster::Cluster;
 use ztunnel_e2e::{
-    ALLOW_CLIENT, READY, apply_policy as apply, ctl, daemon_log, http_server, mesh, metric_sum,
-    scrape, testapp_path, wait_tunnel_idle, within,
+    ALLOW_CLIENT, READY, access_log, apply_policy as apply, ctl, daemon_log, http_server, mesh,
+    metric_sum, scrape, testapp_path, wait_tunnel_idle, within,
 };
 
 /// Whether `from` gets an answer from `to` on `port`.
@@ -17,10 +17,17 @@ fn reaches(cluster: &Cluster, from: &str, to: &str, port: u16) -> bool {
         .is_ok_and(|body| body.starts_with("hello from"))
 }
 
+/// How many connections node `node` denied for `reason`, by its access log.
 fn denials(cluster: &Cluster, node: &str, reason: &str) -> usize {
-    daemon_log(cluster, node)
-        .lines()
-        .filter(|line| line.contains("denied") && line.contains(reason))
+    access_log(cluster, node)
+        .iter()
+        .filter(|entry| {
+            entry["response_flags"] == "DENY"
+                && entry["decision"] == "deny"
+                && entry["end"]
+                    .as_str()
+                    .is_some_and(|end| end.contains(reason))
+        })
         .count()
 }
 
@@ -403,9 +410,13 @@ spec:
         "the plaintext connection stays open"
     );
     let closed = |node: &str| {
-        daemon_log(&cluster, node)
-            .lines()
-            .filter(|l| l.contains("open connection closed by a policy change: denied by DENY policy demo/deny-demo rule 0"))
+        access_log(&cluster, node)
+            .iter()
+            .filter(|entry| {
+                entry["reporter"] == "destination"
+                    && entry["end"]
+                        == "closed by a policy change: denied by DENY policy demo/deny-demo rule 0"
+            })
             .count()
     };
     assert_eq!(closed("node2"), 1);

@@ -10,8 +10,8 @@ use rcgen::{
 };
 use ztunnel_cluster::{Cluster, netns, payload::Payload};
 use ztunnel_e2e::{
-    READY, assert_downloads, daemon_log, eventually, http_server, mesh, metric_sum, scrape,
-    testapp, testapp_path, wait_tunnel_idle, within,
+    READY, access_log_since, assert_downloads, daemon_log, eventually, http_server, log_len, mesh,
+    metric_sum, scrape, testapp, testapp_path, wait_tunnel_idle, within,
 };
 
 const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
@@ -29,9 +29,28 @@ fn log_lines(cluster: &Cluster, node: &str, skip: usize, parts: &[&str]) -> Vec<
         .collect()
 }
 
-/// How many lines node `node`'s daemon has logged.
-fn log_len(cluster: &Cluster, node: &str) -> usize {
-    daemon_log(cluster, node).lines().count()
+/// Node `node`'s access-log entries after its first `skip` log lines that
+/// `reporter` wrote and whose `field`s have the given values.
+fn entries(
+    cluster: &Cluster,
+    node: &str,
+    skip: usize,
+    reporter: &str,
+    fields: &[(&str, &str)],
+) -> Vec<serde_json::Value> {
+    access_log_since(cluster, node, skip)
+        .into_iter()
+        .filter(|entry| {
+            entry["reporter"] == reporter
+                && fields.iter().all(|(field, value)| entry[*field] == *value)
+        })
+        .collect()
+}
+
+/// Whether access-log `entry` is of a connection that carried TLS (to this
+/// node's pod, through a tunnel).
+fn tunnelled(entry: &serde_json::Value) -> bool {
+    entry["tls_version"] == "TLSv1.3"
 }
 
 /// `GET /` from `pod` to `addr`.
@@ -154,27 +173,19 @@ fn curl_and_iperf3_cross_nodes_through_the_tunnel() {
 
     // Both daemons saw it: the source side by route, the destination side with
     // the client's proven identity.
-    let out = log_lines(
-        &cluster,
-        "node1",
-        0,
-        &["outbound connection closed", "route=\"tunnel\""],
-    );
+    let out = entries(&cluster, "node1", 0, "source", &[("route", "tunnel")]);
     assert!(
-        out.iter()
-            .any(|l| l.contains(&format!("dst.identity={WEB}")) && l.contains("TLS13_AES")),
+        out.iter().any(|entry| entry["dst_identity"] == WEB
+            && entry["tls_cipher"]
+                .as_str()
+                .is_some_and(|cipher| cipher.starts_with("TLS13_AES"))),
         "{out:?}"
     );
-    let inbound = log_lines(
-        &cluster,
-        "node2",
-        0,
-        &["inbound connection closed", "tls=true"],
-    );
+    let inbound = entries(&cluster, "node2", 0, "destination", &[]);
     assert!(
         inbound
             .iter()
-            .any(|l| l.contains(&format!("src.identity={CLIENT}"))),
+            .any(|entry| tunnelled(entry) && entry["src_identity"] == CLIENT),
         "{inbound:?}"
     );
 
@@ -198,8 +209,16 @@ fn curl_and_iperf3_cross_nodes_through_the_tunnel() {
         Duration::from_secs(5),
         "iperf3's control and data connections logged",
         || {
-            let parts = ["inbound connection closed", ":5201 ", "tls=true"];
-            log_lines(&cluster, "node2", 0, &parts).len() >= 2
+            entries(&cluster, "node2", 0, "destination", &[])
+                .iter()
+                .filter(|entry| {
+                    tunnelled(entry)
+                        && entry["dst_addr"]
+                            .as_str()
+                            .is_some_and(|addr| addr.ends_with(":5201"))
+                })
+                .count()
+                >= 2
         },
     );
 }
@@ -212,27 +231,13 @@ type Tunnelled = (bool, bool);
 /// whether its TLS session was resumed, and whether it rode the tunnel of an
 /// earlier connection.
 fn tunnels(cluster: &Cluster, skip: (usize, usize)) -> (Vec<Tunnelled>, Vec<Tunnelled>) {
-    let out = log_lines(
-        cluster,
-        "node1",
-        skip.0,
-        &["outbound connection closed", "route=\"tunnel\""],
-    );
-    let inb = log_lines(
-        cluster,
-        "node2",
-        skip.1,
-        &["inbound connection closed", "tls=true"],
-    );
-    let facts = |lines: &[String]| -> Vec<Tunnelled> {
-        lines
+    let out = entries(cluster, "node1", skip.0, "source", &[("route", "tunnel")]);
+    let mut inb = entries(cluster, "node2", skip.1, "destination", &[]);
+    inb.retain(tunnelled);
+    let facts = |entries: &[serde_json::Value]| -> Vec<Tunnelled> {
+        entries
             .iter()
-            .map(|l| {
-                (
-                    l.contains("tls.resumed=true"),
-                    l.contains("tunnel.reused=true"),
-                )
-            })
+            .map(|entry| (entry["tls_resumed"] == true, entry["tunnel_reused"] == true))
             .collect()
     };
     (facts(&out), facts(&inb))
@@ -502,13 +507,16 @@ fn bad_peers_are_refused_with_the_reason_and_the_daemons_keep_serving() {
     assert!(get(&cluster, "client-1", &format!("{web}:8080")).is_err());
     let reason = format!("the server is {CLIENT}, not the expected {WEB}");
     eventually("the impostor's refusal", || {
-        !log_lines(
-            &cluster,
-            "node1",
-            mark,
-            &["outbound connection failed", &reason],
-        )
-        .is_empty()
+        entries(&cluster, "node1", mark, "source", &[])
+            .iter()
+            .any(|entry| {
+                // As Istio's ztunnel: the peer's certificate is refused
+                // inside the TLS handshake.
+                entry["response_flags"] == "TLS_FAILURE"
+                    && entry["end"]
+                        .as_str()
+                        .is_some_and(|end| end.contains(&reason))
+            })
     });
     let labels = [("side", "client"), ("reason", "identity")];
     assert!(
@@ -552,8 +560,16 @@ fn half_close_and_resets_cross_the_tunnel() {
     assert_eq!(out.trim(), "reset");
     // The daemon records each connection once it has closed both sides.
     eventually("three tunnelled connections logged", || {
-        let parts = ["outbound connection closed", "route=\"tunnel\"", ":900"];
-        log_lines(&cluster, "node1", 0, &parts).len() == 3
+        entries(&cluster, "node1", 0, "source", &[("route", "tunnel")])
+            .iter()
+            .filter(|entry| {
+                entry["response_flags"] == "-"
+                    && entry["dst_addr"]
+                        .as_str()
+                        .is_some_and(|addr| addr.ends_with(":9000") || addr.ends_with(":9001"))
+            })
+            .count()
+            == 3
     });
 }
 
@@ -580,16 +596,11 @@ fn a_service_vip_spreads_connections_over_endpoints_on_both_nodes() {
         "{answers:?}"
     );
     // Same node: straight into web-1; other node: through the tunnel.
-    let vip = format!("dst.addr={}:{}", service.ipv4, service.port);
-    for route in ["route=\"local\"", "route=\"tunnel\""] {
+    let vip = format!("{}:{}", service.ipv4, service.port);
+    for route in ["local", "tunnel"] {
+        let fields = [("route", route), ("dst_addr", vip.as_str())];
         assert!(
-            !log_lines(
-                &cluster,
-                "node1",
-                0,
-                &["outbound connection closed", &vip, route]
-            )
-            .is_empty(),
+            !entries(&cluster, "node1", 0, "source", &fields).is_empty(),
             "no {route} connection to the VIP"
         );
     }
@@ -660,15 +671,12 @@ fn the_benchmark_relay_carries_tunnels_as_plain_tcp_and_says_so() {
     // TLS was involved. (It logs the connection once its side is over, which
     // may be just after the client has its answer.)
     eventually("node2 logs the connection", || {
-        !log_lines(&cluster, "node2", 0, &["inbound connection closed"]).is_empty()
+        !entries(&cluster, "node2", 0, "destination", &[]).is_empty()
     });
-    let inbound = log_lines(&cluster, "node2", 0, &["inbound connection closed"]);
+    let inbound = entries(&cluster, "node2", 0, "destination", &[]);
     assert_eq!(inbound.len(), 1, "{inbound:?}");
-    assert!(
-        inbound[0].contains(&format!("src.identity={CLIENT}")),
-        "{inbound:?}"
-    );
-    assert!(inbound[0].contains("tls=false"), "{inbound:?}");
+    assert_eq!(inbound[0]["src_identity"], CLIENT, "{inbound:?}");
+    assert!(inbound[0]["tls_version"].is_null(), "{inbound:?}");
 }
 
 #[test]
@@ -686,15 +694,9 @@ fn a_destination_that_never_reads_the_end_of_a_connection_does_not_hold_up_the_n
     let flood = ["flood", &format!("{web2}:9002"), "--bytes", "6000000"];
     let out = cluster.run("client-1", &testapp_path(), &flood).unwrap();
     assert_eq!(out.trim(), "sent 6000000");
+    let deaf = format!("{web2}:9002");
     eventually("the source's side of the connection ends", || {
-        log_lines(
-            &cluster,
-            "node1",
-            0,
-            &["outbound connection closed", ":9002"],
-        )
-        .len()
-            == 1
+        entries(&cluster, "node1", 0, "source", &[("dst_addr", &deaf)]).len() == 1
     });
     // The next connection between the same two pods must not queue behind
     // them in the same tunnel.

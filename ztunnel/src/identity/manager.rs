@@ -81,6 +81,8 @@ pub struct CertManager {
     workers: HashMap<Identity, JoinHandle<()>>,
     /// The identities being managed, for those who watch them.
     managed: watch::Sender<BTreeSet<Identity>>,
+    /// The managed identities whose first request has not finished yet.
+    pending: Arc<watch::Sender<BTreeSet<Identity>>>,
     observer: Option<Arc<dyn RequestObserver>>,
 }
 
@@ -93,6 +95,7 @@ impl CertManager {
             certificates: Arc::new(watch::Sender::new(Certificates::default())),
             workers: HashMap::new(),
             managed: watch::Sender::new(BTreeSet::new()),
+            pending: Arc::new(watch::Sender::new(BTreeSet::new())),
             observer: None,
         }
     }
@@ -113,17 +116,22 @@ impl CertManager {
                 self.certificates.send_modify(|certs| {
                     Arc::make_mut(certs).remove(identity);
                 });
+                self.pending.send_if_modified(|pending| pending.remove(identity));
                 tracing::info!(%identity, "dropped certificate: no pod of this identity on the node");
             }
             keep
         });
         for identity in wanted {
             if !self.workers.contains_key(identity) {
+                self.pending.send_modify(|pending| {
+                    pending.insert(identity.clone());
+                });
                 let worker = Worker {
                     identity: identity.clone(),
                     client: self.client.clone(),
                     config: self.config.clone(),
                     certificates: self.certificates.clone(),
+                    pending: self.pending.clone(),
                     observer: self.observer.clone(),
                 };
                 self.workers
@@ -161,6 +169,12 @@ impl CertManager {
     pub fn subscribe_managed(&self) -> watch::Receiver<BTreeSet<Identity>> {
         self.managed.subscribe()
     }
+
+    /// A receiver of the managed identities whose first request to the CA
+    /// has not finished yet (with or without success).
+    pub fn subscribe_pending(&self) -> watch::Receiver<BTreeSet<Identity>> {
+        self.pending.subscribe()
+    }
 }
 
 impl Drop for CertManager {
@@ -177,6 +191,7 @@ struct Worker {
     client: CaClient,
     config: ManagerConfig,
     certificates: Arc<watch::Sender<Certificates>>,
+    pending: Arc<watch::Sender<BTreeSet<Identity>>>,
     observer: Option<Arc<dyn RequestObserver>>,
 }
 
@@ -204,11 +219,13 @@ impl Worker {
                         "certificate issued"
                     );
                     self.publish(Some(Arc::new(cert)));
+                    self.answered();
                     tokio::time::sleep(renew_in).await;
                 }
                 Err(err) => {
                     let retry_in = backoff.next_delay();
                     tracing::warn!(%identity, retry_in_ms = retry_in.as_millis() as u64, "certificate request failed: {err}");
+                    self.answered();
                     let retry_at = Instant::now() + retry_in;
                     // The current certificate serves until it expires, then is withdrawn.
                     if let Some(at) = expiry.filter(|at| *at <= retry_at) {
@@ -239,6 +256,13 @@ impl Worker {
             private,
             key.public_key_raw(),
         )?)
+    }
+
+    /// Ends the wait of those waiting for the first answer about this
+    /// identity (after the certificate, if any, is published).
+    fn answered(&self) {
+        self.pending
+            .send_if_modified(|pending| pending.remove(&self.identity));
     }
 
     fn publish(&self, cert: Option<Arc<WorkloadCertificate>>) {

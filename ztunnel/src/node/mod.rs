@@ -557,6 +557,7 @@ pub async fn run(
         registry: registry.subscribe(),
         tunnel: TunnelConfigs::new(
             manager.subscribe(),
+            manager.subscribe_pending(),
             trust_bundle.subscribe(),
             config.trust_domain.clone(),
             config.tunnel_tls,
@@ -611,13 +612,8 @@ pub async fn run(
     context.metrics.ebpf_programs_attached.set(attached);
     let mut changes = registry.subscribe();
     let mut apply = |capture: &mut capture::Capture, registry: &Registry| {
-        let uncaptured = capture.set_pods(local_pods(registry, &config.node, &config.enrolment));
-        let captured: Vec<String> = local_pods(registry, &config.node, &config.enrolment)
-            .map(|pod| format!("{}/{}", pod.namespace, pod.name))
-            .filter(|pod| !uncaptured.contains(pod))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        // Identities first: a newly captured pod's first connection then
+        // finds its certificate requested, and waits for it.
         let identities = local_identities(
             registry,
             &config.node,
@@ -625,6 +621,13 @@ pub async fn run(
             &config.trust_domain,
         );
         manager.set_identities(&identities);
+        let uncaptured = capture.set_pods(local_pods(registry, &config.node, &config.enrolment));
+        let captured: Vec<String> = local_pods(registry, &config.node, &config.enrolment)
+            .map(|pod| format!("{}/{}", pod.namespace, pod.name))
+            .filter(|pod| !uncaptured.contains(pod))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         context.metrics.enrolled_pods.set(captured.len() as i64);
         applied.send_replace(Some(Arc::new(Applied {
             identities,

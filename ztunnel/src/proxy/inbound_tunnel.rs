@@ -109,6 +109,7 @@ async fn handle(
     let _ = tcp.set_nodelay(true);
     match context.transport {
         Transport::MutualTls => {
+            context.tunnel.first_certificate(&pod.identity).await;
             let config = context
                 .tunnel
                 .server(&pod.identity)

@@ -340,12 +340,13 @@ async fn connect_tunnel(
     // Asked for every connection, not only new tunnels: it also checks that
     // the source still holds a valid certificate.
     let config = match context.transport {
-        Transport::MutualTls => Some(
+        Transport::MutualTls => Some({
+            context.tunnel.first_certificate(&pod.identity).await;
             context
                 .tunnel
                 .client(&pod.identity, identity)
-                .map_err(|source| failed(source.into()))?,
-        ),
+                .map_err(|source| failed(source.into()))?
+        }),
         Transport::PlaintextForBenchmarks => None,
     };
     let (mut tunnel, reused) = match context.pool.take(&key, config.as_ref()) {

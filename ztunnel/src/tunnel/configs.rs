@@ -12,7 +12,7 @@
 //! handshake verifies the peer against the new roots in full.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::SystemTime,
 };
@@ -56,6 +56,8 @@ impl<C> Built<C> {
 /// The tunnel's TLS configurations, per identity.
 pub struct TunnelConfigs {
     certificates: watch::Receiver<Certificates>,
+    /// Identities whose first certificate request has not been answered.
+    pending: watch::Receiver<BTreeSet<Identity>>,
     bundle: watch::Receiver<Arc<TrustBundle>>,
     trust_domain: TrustDomain,
     options: TunnelTls,
@@ -64,21 +66,45 @@ pub struct TunnelConfigs {
 }
 
 impl TunnelConfigs {
-    /// Configurations from the certificates and bundle the receivers publish.
+    /// Configurations from the certificates and bundle the receivers
+    /// publish; `pending` names the identities whose first certificate is
+    /// still being requested (see [`CertManager::subscribe_pending`]).
+    ///
+    /// [`CertManager::subscribe_pending`]: crate::identity::manager::CertManager::subscribe_pending
     pub fn new(
         certificates: watch::Receiver<Certificates>,
+        pending: watch::Receiver<BTreeSet<Identity>>,
         bundle: watch::Receiver<Arc<TrustBundle>>,
         trust_domain: TrustDomain,
         options: TunnelTls,
     ) -> Self {
         Self {
             certificates,
+            pending,
             bundle,
             trust_domain,
             options,
             clients: Mutex::default(),
             servers: Mutex::default(),
         }
+    }
+
+    /// Waits while the first certificate of `identity` is being requested.
+    ///
+    /// A newly enrolled pod's first connections can arrive before the CA has
+    /// answered for its ServiceAccount: they are held until it has (as
+    /// Istio's ztunnel holds them), not refused. Returns at once when the
+    /// first answer is in, whatever it was; the CA client's timeouts bound
+    /// the wait.
+    pub async fn first_certificate(&self, identity: &Identity) {
+        if !self.pending.borrow().contains(identity) {
+            return;
+        }
+        let mut pending = self.pending.clone();
+        // An error means the manager is gone; there is nothing to wait for.
+        let _ = pending
+            .wait_for(|pending| !pending.contains(identity))
+            .await;
     }
 
     /// The client configuration for a connection from `source` to `destination`.
@@ -163,5 +189,60 @@ impl TunnelConfigs {
             .cloned()
             .ok_or_else(|| ConfigError::NoCertificate(identity.clone()))?;
         Ok((certificate, self.bundle.borrow().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A bundle of one throwaway self-signed root.
+    fn bundle() -> TrustBundle {
+        let root = rcgen::generate_simple_self_signed(vec!["root".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roots.pem");
+        std::fs::write(&path, root.cert.pem()).unwrap();
+        TrustBundle::load(&path).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waits_for_the_first_answer_of_the_ca_and_no_longer() {
+        let web = Identity::parse("spiffe://cluster.local/ns/demo/sa/web").unwrap();
+        let other = Identity::parse("spiffe://cluster.local/ns/demo/sa/other").unwrap();
+        let (_certificates, certificates_rx) = watch::channel(Certificates::default());
+        let (pending, pending_rx) = watch::channel(BTreeSet::from([web.clone()]));
+        let (_bundle, bundle_rx) = watch::channel(Arc::new(bundle()));
+        let configs = Arc::new(TunnelConfigs::new(
+            certificates_rx,
+            pending_rx,
+            bundle_rx,
+            TrustDomain::new("cluster.local").unwrap(),
+            TunnelTls::default(),
+        ));
+
+        // An identity not being requested does not wait.
+        configs.first_certificate(&other).await;
+
+        let waiting = tokio::spawn({
+            let configs = configs.clone();
+            let web = web.clone();
+            async move { configs.first_certificate(&web).await }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished(), "returned before the CA answered");
+
+        // The CA answers (here: with a failure; no certificate was published).
+        pending.send_modify(|pending| {
+            pending.remove(&web);
+        });
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the wait ends with the answer")
+            .unwrap();
+        assert!(matches!(
+            configs.client(&web, &other),
+            Err(ConfigError::NoCertificate(_))
+        ));
     }
 }
