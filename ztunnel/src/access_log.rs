@@ -89,6 +89,9 @@ pub struct Entry<'a> {
     pub dst_identity: &'a str,
     /// Destination service host, or `unknown`.
     pub dst_service: &'a str,
+    /// The tunnel protocol (`native` or `hbone`), when it came or went
+    /// through a tunnel.
+    pub tunnel_protocol: Option<&'static str>,
     /// `TLSv1.3` for tunnelled connections.
     pub tls_version: Option<&'static str>,
     /// The negotiated cipher suite.

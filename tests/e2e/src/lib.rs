@@ -4,6 +4,8 @@
 //! The tests need root and run under `cargo xtask test`, which builds every
 //! binary first and points `ZTUNNEL_BIN_DIR` at them.
 
+pub mod certificates;
+
 use std::{
     path::PathBuf,
     process::{Command, Output},

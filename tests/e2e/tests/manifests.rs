@@ -172,8 +172,8 @@ fn kubectl_applies_every_manifest_in_a_client_dry_run() {
 #[test]
 fn the_monitoring_refers_only_to_metrics_the_daemon_exports() {
     use ztunnel::metrics::{
-        DryRunLabels, IdentityLabels, Metrics, PolicyLabels, RequestLabels, TcpLabels,
-        TunnelFailureLabels,
+        DryRunLabels, IdentityLabels, Metrics, PolicyLabels, Reporter, RequestLabels, SocketLabels,
+        TcpLabels, TunnelFailureLabels,
     };
     // Families without a sample are not exposed: give each one.
     let metrics = Metrics::new();
@@ -187,6 +187,10 @@ fn the_monitoring_refers_only_to_metrics_the_daemon_exports() {
     ] {
         family.get_or_create(&tcp).inc();
     }
+    let sockets = SocketLabels {
+        reporter: Reporter::Source,
+    };
+    metrics.tcp_sockets_open.get_or_create(&sockets).inc();
     let policy = PolicyLabels { policy: "p".into() };
     metrics.policy_denials.get_or_create(&policy).inc();
     metrics

@@ -3,15 +3,15 @@
 //! resumption,
 //! half-close and resets, and service VIPs.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use ztunnel_cluster::{Cluster, netns, payload::Payload};
 use ztunnel_e2e::{
-    READY, access_log_since, assert_downloads, daemon_log, eventually, http_server, log_len, mesh,
-    metric_sum, scrape, testapp, testapp_path, wait_tunnel_idle, within,
+    READY, access_log_since, assert_downloads,
+    certificates::{cluster_root, valid_now, write_leaf},
+    daemon_log, eventually, http_server, log_len, mesh, metric_sum, scrape, testapp, testapp_path,
+    wait_tunnel_idle, within,
 };
 
 const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
@@ -325,53 +325,6 @@ fn self_signed_root() -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let cert = params.self_signed(&key).unwrap();
     (cert, Issuer::new(params, key))
-}
-
-/// Writes a workload certificate for `identity` signed by `issuer`, valid
-/// from `not_before` to `not_after`, as `<dir>/<name>.pem` and `.key`.
-fn write_leaf(
-    dir: &Path,
-    name: &str,
-    issuer: &Issuer<'_, KeyPair>,
-    identity: &str,
-    validity: (time::OffsetDateTime, time::OffsetDateTime),
-) -> (String, String) {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    (params.not_before, params.not_after) = validity;
-    let cert = params.signed_by(&key, issuer).unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (
-        cert_path.to_string_lossy().into_owned(),
-        key_path.to_string_lossy().into_owned(),
-    )
-}
-
-/// The cluster CA's root, able to sign.
-fn cluster_root(cluster: &Cluster) -> Issuer<'static, KeyPair> {
-    let state = cluster.status().state_dir.join("ca/state");
-    let cert = std::fs::read_to_string(state.join("root-cert.pem")).unwrap();
-    let key =
-        KeyPair::from_pem(&std::fs::read_to_string(state.join("ca-key.pem")).unwrap()).unwrap();
-    Issuer::from_ca_cert_pem(&cert, key).unwrap()
-}
-
-fn valid_now() -> (time::OffsetDateTime, time::OffsetDateTime) {
-    let now = time::OffsetDateTime::now_utc();
-    (
-        now - time::Duration::minutes(5),
-        now + time::Duration::hours(1),
-    )
 }
 
 #[test]

@@ -50,17 +50,18 @@ pub enum DeliverError {
     },
 }
 
-/// Connects to the application at `destination` in `pod`, on behalf of
-/// `client`: the application sees `client` as the peer when the pod is set
-/// up for it (and the address is not the pod's own), the pod's address
-/// otherwise. The connection counts against the pod's inbound limit for as
-/// long as the returned slot lives.
-pub async fn to_app<'p>(
-    context: &ProxyContext,
-    pod: &'p LocalPod,
-    destination: SocketAddr,
-    client: IpAddr,
-) -> Result<(TcpStream, Slot<'p>), DeliverError> {
+impl DeliverError {
+    /// Whether the request itself was wrong (the destination), rather than
+    /// the application unreachable.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(self, Self::NotThisPod { .. } | Self::OwnPort(_))
+    }
+}
+
+/// Checks that `destination` is an address of `pod` and none of the
+/// daemon's own ports: a peer may only reach the pod whose listener accepted
+/// it, and never the daemon itself (a loop). Checked before anything else.
+pub fn check_destination(pod: &LocalPod, destination: SocketAddr) -> Result<(), DeliverError> {
     if !pod.ips.contains(&destination.ip()) {
         return Err(DeliverError::NotThisPod {
             destination,
@@ -71,6 +72,20 @@ pub async fn to_app<'p>(
     if [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_MTLS_PORT].contains(&destination.port()) {
         return Err(DeliverError::OwnPort(destination.port()));
     }
+    Ok(())
+}
+
+/// Connects to the application at `destination` in `pod` (checked with
+/// [`check_destination`]), on behalf of `client`: the application sees
+/// `client` as the peer when the pod is set up for it (and the address is
+/// not the pod's own), the pod's address otherwise. The connection counts
+/// against the pod's inbound limit for as long as the returned slot lives.
+pub async fn to_app<'p>(
+    context: &ProxyContext,
+    pod: &'p LocalPod,
+    destination: SocketAddr,
+    client: IpAddr,
+) -> Result<(TcpStream, Slot<'p>), DeliverError> {
     let limit = context.limits.connections_per_pod;
     let Some(slot) = pod.connections.open(Direction::Inbound, limit) else {
         limits::count_refusal(&context.metrics, Direction::Inbound.limit_label());

@@ -73,9 +73,10 @@ pub struct Delivered<'a> {
 }
 
 /// Decides and connects, the destination's steps of every path (tunnel,
-/// plaintext, same node): opens the connection's record, admits it by
-/// policy and connects it to the application in `pod` from the peer's
-/// address. A refusal or failure is recorded, and returned.
+/// plaintext, same node): opens the connection's record, checks the
+/// destination is `pod`'s, admits it by policy and connects it to the
+/// application in `pod` from the peer's address. A refusal or failure is
+/// recorded, and returned.
 pub async fn deliver<'a, E>(
     context: &'a ProxyContext,
     pod: &'a Arc<LocalPod>,
@@ -91,6 +92,10 @@ where
         record.carried_by(session.clone());
     }
     let (peer, destination) = (arrival.peer.ip(), arrival.destination);
+    if let Err(err) = deliver::check_destination(pod, destination) {
+        record.failed(ResponseFlags::Connect, &err);
+        return Err(err.into());
+    }
     let admission = match authorize::admit(context, pod, peer, arrival.source, destination) {
         Ok(admission) => admission,
         Err(denied) => {

@@ -3,9 +3,10 @@
 //!
 //! The daemon presents the pod's workload certificate and requires the
 //! client's (chained to the trust bundle, a workload identity of the trust
-//! domain). The tunnel then carries connections one after another: each
-//! preamble names a destination, which must be this pod, and the connection
-//! is delivered to the application from inside the pod.
+//! domain). With the native protocol the tunnel then carries connections one
+//! after another: each preamble names a destination, which must be this pod,
+//! and the connection is delivered to the application from inside the pod.
+//! With HBONE, [`inbound_hbone`] takes the session over.
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc};
 
@@ -20,6 +21,7 @@ use super::{
     copy::Resettable,
     deliver::DeliverError,
     destination::{self, Arrival},
+    inbound_hbone,
     limits::{self, Handshake},
     pod::LocalPod,
     record::{self, Via},
@@ -27,7 +29,7 @@ use super::{
 use crate::{
     identity::Identity,
     tunnel::{
-        self, HANDSHAKE_TIMEOUT, Session, TunnelError,
+        self, HANDSHAKE_TIMEOUT, Protocol, Session, TunnelError,
         chunked::{self, Chunked},
         plaintext::Transport,
         pool,
@@ -116,6 +118,11 @@ async fn handle(
                 .map_err(TunnelError::from)?;
             let (tls, session) = Box::pin(tunnel::server::accept(tcp, config)).await?;
             drop(handshake);
+            if session.protocol == Protocol::Hbone {
+                // Its streams count as running connections, each on its own.
+                drop(running);
+                return Box::pin(inbound_hbone::carry(tls, peer, session, pod, context)).await;
+            }
             let tunnel = Accepted {
                 stream: tls,
                 peer,

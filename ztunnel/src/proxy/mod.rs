@@ -4,7 +4,8 @@
 //! connect, copy, record.
 //! - [`outbound`]: a pod's own connections, from its outbound listener; by
 //!   [`route`] to the tunnel, a pod of this node, or plain passthrough.
-//! - [`inbound_tunnel`]: mutual TLS from another node's daemon.
+//! - [`inbound_tunnel`]: mutual TLS from another node's daemon; with HBONE,
+//!   [`inbound_hbone`] serves its streams.
 //! - [`inbound`]: plaintext arriving at a pod.
 //! - [`destination`]: what both inbound paths end with once the source is
 //!   known: decide, deliver, copy, record.
@@ -20,6 +21,7 @@ pub mod copy;
 pub mod deliver;
 pub mod destination;
 pub mod inbound;
+pub mod inbound_hbone;
 pub mod inbound_tunnel;
 pub mod limits;
 pub mod outbound;

@@ -98,7 +98,7 @@ impl OutboundError {
                 TunnelError::Handshake { .. }
                 | TunnelError::Timeout(_)
                 | TunnelError::Protocol(_) => ResponseFlags::TlsFailure,
-                TunnelError::Preamble(_) => ResponseFlags::Connect,
+                TunnelError::Preamble(_) | TunnelError::Http2(_) => ResponseFlags::Connect,
             },
             Self::NoOriginalDestination(_)
             | Self::NoEndpoint(_)

@@ -31,9 +31,12 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-/// ALPN of the native tunnel protocol. HBONE (HTTP/2 CONNECT) would be
-/// `h2` on the same port: ALPN tells the two apart.
+/// ALPN of the native tunnel protocol.
 pub const TUNNEL_ALPN: &[u8] = b"ztunnel-native/2";
+
+/// ALPN of HBONE (HTTP/2 `CONNECT`), Istio's tunnel, on the same port: ALPN
+/// tells the two apart.
+pub const HBONE_ALPN: &[u8] = b"h2";
 
 /// The cipher suites the tunnel offers, in order of preference.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,7 +131,9 @@ pub fn tunnel_server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
+    // The server's order decides: the native protocol for peers that offer
+    // it (this project's daemons), HBONE for the others (Istio's ztunnel).
+    config.alpn_protocols = vec![TUNNEL_ALPN.to_vec(), HBONE_ALPN.to_vec()];
     if options.resumption {
         config.ticketer = ring::Ticketer::new()?;
     } else {

@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::{
-    CipherSuites, TUNNEL_ALPN, TunnelTls, explain_io, tunnel_client_config, tunnel_server_config,
-    verifier::identity_of,
+    CipherSuites, HBONE_ALPN, TUNNEL_ALPN, TunnelTls, explain_io, tunnel_client_config,
+    tunnel_server_config, verifier::identity_of,
 };
 use crate::identity::{Identity, TrustDomain};
 
@@ -175,6 +175,36 @@ async fn mutual_tls_proves_both_identities_with_tls13_aes_gcm() {
     assert_eq!(conn.alpn_protocol(), Some(TUNNEL_ALPN));
     let server_cert = conn.peer_certificates().unwrap()[0].clone();
     assert_eq!(identity_of(&server_cert).unwrap(), id(WEB));
+}
+
+#[tokio::test]
+async fn the_server_speaks_the_native_protocol_to_who_offers_it_and_hbone_to_istio() {
+    let ca = ca();
+    let offering = |protocols: &[&[u8]]| {
+        let mut config = (*client(&ca, CLIENT, &ca, WEB)).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    };
+    // (who, protocols offered, protocol chosen)
+    type Case<'a> = (&'a str, &'a [&'a [u8]], &'a [u8]);
+    let cases: [Case; 3] = [
+        (
+            "this project's daemon",
+            &[TUNNEL_ALPN, HBONE_ALPN],
+            TUNNEL_ALPN,
+        ),
+        (
+            "the same, HBONE first",
+            &[HBONE_ALPN, TUNNEL_ALPN],
+            TUNNEL_ALPN,
+        ),
+        ("Istio's ztunnel", &[HBONE_ALPN], HBONE_ALPN),
+    ];
+    for (who, offered, chosen) in cases {
+        let (client_result, _) = connect(offering(offered), server(&ca, WEB)).await;
+        let tls = client_result.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(chosen), "{who}");
+    }
 }
 
 #[tokio::test]

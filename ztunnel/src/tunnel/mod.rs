@@ -3,8 +3,9 @@
 //! naming its original destination and framed by [`chunked`] so that its end
 //! leaves the session ready for the next.
 //!
-//! The protocol is chosen by ALPN: `ztunnel-native/2` is this one; HBONE
-//! (HTTP/2 CONNECT, `h2`) can later share the same port (15008).
+//! The protocol is chosen by ALPN ([`Protocol`]): `ztunnel-native/2` is this
+//! one; HBONE (HTTP/2 CONNECT, `h2`, [`hbone`]), Istio's, shares the port
+//! (15008).
 //!
 //! - [`configs`]: the TLS configurations per identity, following rotations.
 //! - [`client`]: the source side's handshake.
@@ -12,12 +13,14 @@
 //! - [`link`]: the source side's connection, TLS or plain.
 //! - [`pool`]: idle links kept for the next connection.
 //! - [`chunked`]: one connection's bytes inside a link.
+//! - [`hbone`]: HBONE's HTTP/2 settings, requests and streams.
 //! - [`plaintext`]: the same without TLS, for benchmarks only.
 //! - [`read_ahead`]: large socket reads under TLS.
 
 pub mod chunked;
 pub mod client;
 pub mod configs;
+pub mod hbone;
 pub mod link;
 pub mod plaintext;
 pub mod pool;
@@ -32,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::{
     identity::Identity,
-    tls::{TUNNEL_ALPN, verifier::identity_of},
+    tls::{HBONE_ALPN, TUNNEL_ALPN, verifier::identity_of},
     tunnel::preamble::Preamble,
 };
 
@@ -57,7 +60,7 @@ pub enum TunnelError {
     #[error("the peer did not finish the {0} within {HANDSHAKE_TIMEOUT:?}")]
     Timeout(&'static str),
     /// The peer negotiated another protocol (or none) through ALPN.
-    #[error("the peer speaks {0}, not the ztunnel tunnel (ALPN ztunnel-native/2)")]
+    #[error("the peer speaks {0}, not a tunnel protocol (ALPN ztunnel-native/2 or h2)")]
     Protocol(String),
     /// The peer's certificate carries no usable identity.
     #[error("the peer's identity is unreadable: {0}")]
@@ -65,6 +68,9 @@ pub enum TunnelError {
     /// The preamble could not be sent or was refused.
     #[error("tunnel preamble: {0}")]
     Preamble(std::io::Error),
+    /// HBONE's HTTP/2 connection failed or was refused.
+    #[error("HTTP/2: {0}")]
+    Http2(h2::Error),
 }
 
 impl TunnelError {
@@ -77,6 +83,7 @@ impl TunnelError {
             Self::Protocol(_) => "alpn",
             Self::PeerIdentity(_) => "identity",
             Self::Preamble(_) => "preamble",
+            Self::Http2(_) => "http2",
             Self::Config(_) => "local_certificate",
         }
     }
@@ -90,9 +97,31 @@ impl TunnelError {
     }
 }
 
+/// The protocol a tunnel speaks inside its TLS session, chosen by ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// This project's own: connections one after another ([`preamble`],
+    /// [`chunked`]).
+    Native,
+    /// Istio's HBONE: an HTTP/2 `CONNECT` stream per connection ([`hbone`]).
+    Hbone,
+}
+
+impl Protocol {
+    /// The name in logs and the access log: `native` or `hbone`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Hbone => "hbone",
+        }
+    }
+}
+
 /// What a tunnel's TLS session established, for logs and metrics.
 #[derive(Clone, Debug)]
 pub struct Session {
+    /// The protocol negotiated.
+    pub protocol: Protocol,
     /// The peer's workload identity, proven by its certificate.
     pub peer: Identity,
     /// The negotiated cipher suite (for example `TLS13_AES_128_GCM_SHA256`).
@@ -106,21 +135,24 @@ pub struct Session {
 }
 
 impl Session {
-    /// Reads the session of a finished handshake, checking it speaks the tunnel.
+    /// Reads the session of a finished handshake, checking it speaks a
+    /// tunnel protocol.
     fn of(tls: &CommonState) -> Result<Self, TunnelError> {
-        match tls.alpn_protocol() {
-            Some(TUNNEL_ALPN) => {}
+        let protocol = match tls.alpn_protocol() {
+            Some(TUNNEL_ALPN) => Protocol::Native,
+            Some(HBONE_ALPN) => Protocol::Hbone,
             Some(other) => {
                 return Err(TunnelError::Protocol(String::from_utf8_lossy(other).into()));
             }
             None => return Err(TunnelError::Protocol("no ALPN protocol".to_owned())),
-        }
+        };
         let leaf = tls
             .peer_certificates()
             .and_then(|chain| chain.first())
             .ok_or_else(|| TunnelError::PeerIdentity("no certificate".to_owned()))?;
         let peer = identity_of(leaf).map_err(|err| TunnelError::PeerIdentity(err.to_string()))?;
         Ok(Self {
+            protocol,
             peer,
             cipher: tls
                 .negotiated_cipher_suite()

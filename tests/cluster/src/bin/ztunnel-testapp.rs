@@ -42,6 +42,13 @@
 //!   fast as the way takes it, shuts down writing, and prints `accepted X`
 //!   and the server's answer (to a `stall` server: `ok X` if every byte
 //!   arrived intact);
+//! - `hbone <daemon addr> --server <spiffe id> --cert C --key K --roots R
+//!   --echo <authority>... [--flood <authority>]` opens one HBONE connection
+//!   (mutual TLS, ALPN `h2`) as Istio's ztunnel would, a `CONNECT` stream per
+//!   `--echo` authority (payload, half-close, whole reply) and one sending
+//!   without reading to `--flood`, all at once; prints `echo <authority>
+//!   200 <bytes> <sha256>` | `refused <status>` | `reset` per stream, and
+//!   `flood <authority> stalled <bytes>`;
 //! - `load <http addr> <mirror addr> --rate R --streams S` sends `GET /` on a
 //!   new connection R times a second and keeps S streams to a `mirror`
 //!   server, checking every echoed byte, until stdin closes; then prints
@@ -55,7 +62,22 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use ztunnel_cluster::{load_tally::LoadTally, payload::Payload};
+use ztunnel_cluster::{
+    hbone_client::{self, Outcome},
+    load_tally::LoadTally,
+    payload::Payload,
+};
+
+/// An HBONE stream's outcome as `hbone` prints it: `200 <bytes> <sha256>`,
+/// `refused <status>`, `reset` or `stalled <bytes>`.
+fn describe(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Echoed { received, sha256 } => format!("200 {received} {sha256}"),
+        Outcome::Refused(status) => format!("refused {status}"),
+        Outcome::Reset => "reset".to_owned(),
+        Outcome::Stalled { sent } => format!("stalled {sent}"),
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -185,6 +207,33 @@ enum App {
         #[arg(long, default_value_t = 3)]
         streams: usize,
     },
+    /// As Istio's ztunnel would: one HBONE connection to a daemon's tunnel
+    /// port, `CONNECT` streams on it all at once; one line per stream.
+    Hbone {
+        /// The daemon's tunnel address (`<pod ip>:15008`).
+        daemon: SocketAddr,
+        /// The SPIFFE identity the daemon must prove.
+        #[arg(long)]
+        server: String,
+        /// This client's certificate chain (PEM).
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        /// Its private key (PEM).
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// The roots it trusts (PEM).
+        #[arg(long)]
+        roots: std::path::PathBuf,
+        /// A stream to an `echo` app at this authority (repeatable).
+        #[arg(long)]
+        echo: Vec<String>,
+        /// Payload bytes per echo stream.
+        #[arg(long, default_value_t = 100_000)]
+        bytes: u64,
+        /// A stream sending to this authority without reading (a `deaf` app).
+        #[arg(long)]
+        flood: Option<String>,
+    },
     /// Fetch `/bytes/<n>` over many concurrent connections and verify each body.
     Fetch {
         /// `host:port` of an `http` test app.
@@ -236,6 +285,40 @@ async fn main() -> Result<()> {
             address,
             connections,
         } => hold(address, connections).await,
+        App::Hbone {
+            daemon,
+            server,
+            cert,
+            key,
+            roots,
+            echo,
+            bytes,
+            flood,
+        } => {
+            let credentials = hbone_client::Credentials {
+                chain: &cert,
+                key: &key,
+                roots: &roots,
+            };
+            let client = hbone_client::Client::connect(daemon, &credentials, &server).await?;
+            let flooding = async {
+                match &flood {
+                    Some(authority) => Some(client.flood(authority, 1 << 30).await),
+                    None => None,
+                }
+            };
+            let echoes = futures_util::future::join_all(
+                echo.iter().map(|authority| client.echo(authority, bytes)),
+            );
+            let (flooded, echoed) = tokio::join!(flooding, echoes);
+            for (authority, outcome) in echo.iter().zip(echoed) {
+                println!("echo {authority} {}", describe(outcome?));
+            }
+            if let Some(outcome) = flooded {
+                println!("flood {} {}", flood.unwrap_or_default(), describe(outcome?));
+            }
+            Ok(())
+        }
         App::Fetch {
             address,
             bytes,

@@ -1,0 +1,165 @@
+//! HBONE, Istio's tunnel, into a node daemon: a client playing Istio's
+//! ztunnel (mutual TLS with ALPN `h2`, `CONNECT` streams; written against
+//! `h2` in the test app, sharing nothing with the daemon's HBONE code) is
+//! served on the pod's tunnel port beside the native protocol, with the
+//! status codes Istio's ztunnel answers and the same policy, metrics and
+//! access log as any tunnelled connection.
+
+use ztunnel_cluster::{Cluster, payload::Payload};
+use ztunnel_e2e::{
+    READY, access_log, apply_policy,
+    certificates::{cluster_root, valid_now, write_leaf},
+    eventually, mesh, metric_sum, scrape, testapp_path,
+};
+
+const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
+const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
+
+/// Runs the test app's HBONE client in `legacy-1` (outside the mesh, so
+/// nothing captures it) against web-2's tunnel port, as `client` with a
+/// certificate from the cluster's CA; returns its lines.
+fn hbone(cluster: &Cluster, dir: &std::path::Path, args: &[&str]) -> Vec<String> {
+    let (cert, key) = write_leaf(dir, "client", &cluster_root(cluster), CLIENT, valid_now());
+    let roots = cluster.status().ca.as_ref().unwrap().root_cert.clone();
+    let daemon = format!("{}:15008", cluster.pod("web-2").unwrap().ipv4);
+    let mut all = vec![
+        "hbone",
+        &daemon,
+        "--server",
+        WEB,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--roots",
+        roots.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let out = cluster
+        .run("legacy-1", &testapp_path(), &all)
+        .unwrap_or_else(|err| panic!("the HBONE client: {err}"));
+    out.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn an_hbone_client_is_served_as_istios_ztunnel_would_be() {
+    let cluster = mesh(2);
+    let web2 = cluster.pod("web-2").unwrap().clone();
+    let web1 = cluster.pod("web-1").unwrap().clone();
+    let apps = [
+        ("echo", 9000, vec!["echo"]),
+        ("reset", 9001, vec!["reset"]),
+        ("deaf", 9002, vec!["deaf", "--listen", "[::]:9002"]),
+    ];
+    let _apps: Vec<_> = apps
+        .iter()
+        .map(|(_, port, args)| {
+            let app = cluster.spawn("web-2", &testapp_path(), args).unwrap();
+            cluster.wait_listening("web-2", *port, READY).unwrap();
+            app
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let echo4 = format!("{}:9000", web2.ipv4);
+    let echo6 = format!("[{}]:9000", web2.ipv6);
+    let bytes = 300_000;
+
+    // Twenty streams on one connection at once, IPv4 and IPv6, each with its
+    // payload echoed intact (the payload, then half-close, then the whole
+    // reply), beside a stream that floods an application that never reads:
+    // flow control holds that one, and only that one.
+    let mut args: Vec<String> = vec!["--bytes".into(), bytes.to_string()];
+    for n in 0..20 {
+        args.push("--echo".into());
+        args.push(if n % 2 == 0 { &echo4 } else { &echo6 }.clone());
+    }
+    // Refused: another pod's address (400), the daemon's own port (400),
+    // nothing listening (503); reset by the application.
+    let not_this_pod = format!("{}:9000", web1.ipv4);
+    let own_port = format!("{}:15008", web2.ipv4);
+    let closed = format!("{}:9009", web2.ipv4);
+    let reset = format!("{}:9001", web2.ipv4);
+    for authority in [&not_this_pod, &own_port, &closed, &reset] {
+        args.push("--echo".into());
+        args.push(authority.clone());
+    }
+    args.push("--flood".into());
+    args.push(format!("{}:9002", web2.ipv4));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let lines = hbone(&cluster, dir.path(), &args);
+
+    let expected_echo = format!("200 {bytes} {}", Payload::sha256_hex(bytes));
+    let line = |authority: &str| -> Vec<&String> {
+        lines
+            .iter()
+            .filter(|line| line.starts_with(&format!("echo {authority} ")))
+            .collect()
+    };
+    for authority in [&echo4, &echo6] {
+        let echoed = line(authority);
+        assert_eq!(echoed.len(), 10, "{lines:#?}");
+        for got in echoed {
+            assert_eq!(got, &format!("echo {authority} {expected_echo}"));
+        }
+    }
+    assert_eq!(
+        line(&not_this_pod),
+        [&format!("echo {not_this_pod} refused 400")]
+    );
+    assert_eq!(line(&own_port), [&format!("echo {own_port} refused 400")]);
+    assert_eq!(line(&closed), [&format!("echo {closed} refused 503")]);
+    assert_eq!(line(&reset), [&format!("echo {reset} reset")]);
+    let flood = lines.last().unwrap();
+    let held: u64 = flood
+        .strip_prefix(&format!("flood {}:9002 stalled ", web2.ipv4))
+        .unwrap_or_else(|| panic!("{flood}"))
+        .parse()
+        .unwrap();
+    // At most a stream window (4 MiB) and the sockets' buffers.
+    assert!(
+        held < 64 * 1024 * 1024,
+        "{held} bytes before the sender was held"
+    );
+
+    // Recorded like any tunnelled connection, with the protocol.
+    eventually("the echoed streams in node2's access log", || {
+        access_log(&cluster, "node2")
+            .iter()
+            .filter(|entry| {
+                entry["reporter"] == "destination"
+                    && entry["tunnel_protocol"] == "hbone"
+                    && entry["src_identity"] == CLIENT
+                    && entry["tls_version"] == "TLSv1.3"
+                    && entry["response_flags"] == "-"
+                    && entry["bytes_received"] == bytes
+                    && entry["bytes_sent"] == bytes
+            })
+            .count()
+            == 20
+    });
+    let mtls = [
+        ("reporter", "destination"),
+        ("source_principal", CLIENT),
+        ("destination_principal", WEB),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let node2 = scrape(&cluster, "node2");
+    assert!(metric_sum(&node2, "istio_tcp_received_bytes_total", &mtls) >= 20.0 * bytes as f64);
+
+    // A denial is answered 401, and recorded on the side that decided.
+    apply_policy(
+        &cluster,
+        "deny-client",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-client\n  namespace: demo\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/demo/sa/client\"]\n",
+    );
+    eventually("the denial answered 401", || {
+        hbone(&cluster, dir.path(), &["--echo", &echo4]) == [format!("echo {echo4} refused 401")]
+    });
+    assert!(access_log(&cluster, "node2").iter().any(|entry| {
+        entry["tunnel_protocol"] == "hbone"
+            && entry["response_flags"] == "DENY"
+            && entry["end"]
+                .as_str()
+                .is_some_and(|end| end.contains("denied by DENY policy demo/deny-client rule 0"))
+    }));
+}
