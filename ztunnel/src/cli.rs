@@ -194,6 +194,11 @@ struct NodeArgs {
     /// slower).
     #[arg(long)]
     no_tunnel_reuse: bool,
+    /// Speak only HBONE between nodes, as Istio's ztunnel does (ALPN `h2`):
+    /// by default this daemon prefers its own, faster protocol and speaks
+    /// HBONE with peers that speak only that.
+    #[arg(long)]
+    no_native_tunnel: bool,
     /// Move the bytes of the hops inside pods (application to daemon, daemon
     /// to application) socket to socket with sockmap instead of through
     /// loopback TCP, where the kernel can (see docs/acceleration.md). Off by
@@ -526,6 +531,7 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>, open_files: u64) -> 
                 CipherSuites::AesGcm
             },
             resumption: !args.no_tls_resumption,
+            hbone_only: args.no_native_tunnel,
         },
         tunnel_reuse: !args.no_tunnel_reuse,
         socket_acceleration: args.socket_acceleration && !args.no_socket_acceleration,

@@ -3,13 +3,14 @@
 //! `h2` in the test app, sharing nothing with the daemon's HBONE code) is
 //! served on the pod's tunnel port beside the native protocol, with the
 //! status codes Istio's ztunnel answers and the same policy, metrics and
-//! access log as any tunnelled connection.
+//! access log as any tunnelled connection. And two daemons with the native
+//! protocol off speak HBONE to each other, streams sharing connections.
 
 use ztunnel_cluster::{Cluster, payload::Payload};
 use ztunnel_e2e::{
-    READY, access_log, apply_policy,
+    READY, access_log, apply_policy, assert_downloads,
     certificates::{cluster_root, valid_now, write_leaf},
-    eventually, mesh, metric_sum, scrape, testapp_path,
+    eventually, http_server, mesh, metric_sum, scrape, testapp, testapp_path,
 };
 
 const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
@@ -162,4 +163,97 @@ fn an_hbone_client_is_served_as_istios_ztunnel_would_be() {
                 .as_str()
                 .is_some_and(|end| end.contains("denied by DENY policy demo/deny-client rule 0"))
     }));
+}
+
+#[test]
+fn daemons_speak_hbone_to_each_other_with_the_native_protocol_off() {
+    let spec = ztunnel_cluster::ClusterSpec::ephemeral(2, 1)
+        .with_mesh(ztunnel_e2e::bin_dir())
+        .with_daemon_args(["--no-native-tunnel"]);
+    let cluster = Cluster::create(&spec).expect("the cluster comes up");
+    let _web = http_server(&cluster, "web-2");
+    let _echo = cluster.spawn("web-2", &testapp_path(), &["echo"]).unwrap();
+    cluster.wait_listening("web-2", 9000, READY).unwrap();
+    let web2 = cluster.pod("web-2").unwrap().clone();
+
+    // Intact both ways, IPv4 and IPv6; half-close crosses; many at once
+    // share connections (streams), each answered on its own.
+    assert_downloads(
+        &cluster,
+        "client-1",
+        &format!("{}:8080", web2.ipv4),
+        5 << 20,
+    );
+    assert_downloads(
+        &cluster,
+        "client-1",
+        &format!("[{}]:8080", web2.ipv6),
+        1 << 20,
+    );
+    let echo = format!("{}:9000", web2.ipv4);
+    let out = testapp(
+        &cluster,
+        "client-1",
+        &["half-close", &echo, "--bytes", "3000000"],
+    );
+    assert_eq!(out.trim(), "ok 3000000");
+    let web = format!("{}:8080", web2.ipv4);
+    let out = testapp(
+        &cluster,
+        "client-1",
+        &["fetch", &web, "--bytes", "100000", "--connections", "200"],
+    );
+    assert_eq!(out.trim(), "ok 200");
+
+    // Both sides say HBONE, and most streams rode an open connection.
+    let hbone_entries = |node: &str, reporter: &str| -> Vec<serde_json::Value> {
+        access_log(&cluster, node)
+            .into_iter()
+            .filter(|entry| entry["reporter"] == reporter && entry["tunnel_protocol"] == "hbone")
+            .collect()
+    };
+    eventually("every connection recorded on both sides", || {
+        hbone_entries("node1", "source").len() == 203
+            && hbone_entries("node2", "destination").len() == 203
+    });
+    let source = hbone_entries("node1", "source");
+    assert!(
+        source
+            .iter()
+            .all(|entry| entry["response_flags"] == "-" && entry["dst_identity"] == WEB)
+    );
+    let reused = source
+        .iter()
+        .filter(|entry| entry["tunnel_reused"] == true)
+        .count();
+    assert!(
+        reused >= 150,
+        "{reused} of 203 streams rode an open connection"
+    );
+    assert!(
+        hbone_entries("node2", "destination")
+            .iter()
+            .all(|entry| entry["src_identity"] == CLIENT)
+    );
+
+    // A denial at the destination (401) is a DENY at the source too.
+    apply_policy(
+        &cluster,
+        "deny-client",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-client\n  namespace: demo\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/demo/sa/client\"]\n",
+    );
+    eventually("the source records the denial", || {
+        let _ = cluster.run(
+            "client-1",
+            "curl",
+            &["-sS", "--max-time", "3", &format!("http://{web}/")],
+        );
+        access_log(&cluster, "node1").iter().any(|entry| {
+            entry["reporter"] == "source"
+                && entry["response_flags"] == "DENY"
+                && entry["end"]
+                    .as_str()
+                    .is_some_and(|end| end.contains("answered 401"))
+        })
+    });
 }

@@ -577,6 +577,7 @@ pub async fn run(
         endpoints: Default::default(),
         active,
         pool: Pool::new(config.tunnel_reuse, tunnel_idle),
+        hbone: Default::default(),
     });
     let enforcer = tokio::spawn(crate::proxy::authorize::enforce_changes(context.clone()));
     let sweeper = tokio::spawn(sweep_tunnels(context.clone()));
@@ -772,5 +773,6 @@ async fn sweep_tunnels(context: Arc<ProxyContext>) {
     loop {
         tick.tick().await;
         context.pool.sweep();
+        context.hbone.sweep();
     }
 }

@@ -49,7 +49,7 @@ use crate::{
     metrics::{ListenerLabels, Metrics, Reporter},
     policy::PolicySet,
     registry::{Enrolment, Registry},
-    tunnel::{configs::TunnelConfigs, plaintext::Transport, pool::Pool},
+    tunnel::{configs::TunnelConfigs, hbone_pool::HbonePool, plaintext::Transport, pool::Pool},
 };
 
 /// What every connection of the node needs, shared by all of them.
@@ -88,6 +88,8 @@ pub struct ProxyContext {
     pub active: Active,
     /// Idle tunnels to other nodes, for the next connection.
     pub pool: Pool,
+    /// HBONE connections to other nodes' daemons, shared by their streams.
+    pub hbone: HbonePool,
 }
 
 /// Round-robin choice among service endpoints.

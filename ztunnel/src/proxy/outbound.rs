@@ -36,8 +36,10 @@ use crate::{
     redirect::{abi::INBOUND_MTLS_PORT, programs::OrigDstTable},
     registry::{Pod, Service},
     tunnel::{
-        self, TunnelError,
+        self, Protocol, TunnelError,
         chunked::{self, Chunked},
+        hbone,
+        hbone_pool::{Shared, StreamSlot},
         link::Link,
         plaintext::Transport,
         pool::{self, PoolKey, Pooled},
@@ -98,7 +100,10 @@ impl OutboundError {
                 TunnelError::Handshake { .. }
                 | TunnelError::Timeout(_)
                 | TunnelError::Protocol(_) => ResponseFlags::TlsFailure,
-                TunnelError::Preamble(_) | TunnelError::Http2(_) => ResponseFlags::Connect,
+                TunnelError::Refused(401) => ResponseFlags::Deny,
+                TunnelError::Preamble(_) | TunnelError::Http2(_) | TunnelError::Refused(_) => {
+                    ResponseFlags::Connect
+                }
             },
             Self::NoOriginalDestination(_)
             | Self::NoEndpoint(_)
@@ -266,20 +271,36 @@ async fn proxy(
     record: &mut ConnectionRecord<'_>,
 ) -> Result<(Ending, Option<Reusable>), OutboundError> {
     match upstream {
+        // The destination's daemon decides policy for tunnelled connections.
         Upstream::Tunnel { endpoint, identity } => {
-            let (key, mut tunnel, reused) =
-                connect_tunnel(context, pod, endpoint, &identity).await?;
-            if let Some(session) = &tunnel.session {
-                record.carried_by(tunnel::Session {
+            match connect_tunnel(context, pod, source, endpoint, &identity).await? {
+                Carrier::Native {
+                    key,
+                    mut tunnel,
                     reused,
-                    ..session.clone()
-                });
+                } => {
+                    if let Some(session) = &tunnel.session {
+                        record.carried_by(tunnel::Session {
+                            reused,
+                            ..session.clone()
+                        });
+                    }
+                    let mut connection = Chunked::new(&mut tunnel.link);
+                    let ending = relay(client, &mut connection, context, record.meters()).await;
+                    let finished = connection.finished();
+                    Ok((ending, finished.then_some((key, tunnel))))
+                }
+                Carrier::Hbone {
+                    mut stream,
+                    slot,
+                    session,
+                } => {
+                    record.carried_by(session);
+                    let ending = relay(client, &mut stream, context, record.meters()).await;
+                    drop(slot);
+                    Ok((ending, None))
+                }
             }
-            // The destination's daemon decides policy for tunnelled connections.
-            let mut connection = Chunked::new(&mut tunnel.link);
-            let ending = relay(client, &mut connection, context, record.meters()).await;
-            let finished = connection.finished();
-            Ok((ending, finished.then_some((key, tunnel))))
         }
         Upstream::Local { endpoint } => {
             let destination = context
@@ -316,16 +337,36 @@ async fn proxy(
     }
 }
 
+/// What carries a tunnelled connection.
+enum Carrier {
+    /// A native link of its own (an idle one reused, or a new one), the
+    /// connection announced on it; it goes back to the pool under `key`
+    /// when the connection ends cleanly.
+    Native {
+        key: PoolKey,
+        tunnel: Pooled,
+        reused: bool,
+    },
+    /// A stream of a shared HBONE connection, answered 200.
+    Hbone {
+        stream: hbone::Stream,
+        slot: StreamSlot,
+        session: tunnel::Session,
+    },
+}
+
 /// Connect: a tunnel from `pod` to the daemon of `endpoint`, whose workload
-/// is `identity` (an idle one between the same two workloads, or a new one),
-/// with the connection to `endpoint` announced on it. Returns its pool key,
-/// the tunnel, and whether it was reused.
+/// is `identity`, carrying the connection of `client` to `endpoint`: a
+/// stream on a shared HBONE connection when there is one with room, else an
+/// idle native link between the same two workloads, else a new tunnel in
+/// whichever protocol the destination's daemon chooses.
 async fn connect_tunnel(
     context: &ProxyContext,
     pod: &LocalPod,
+    client: SocketAddr,
     endpoint: SocketAddr,
     identity: &Identity,
-) -> Result<(PoolKey, Pooled, bool), OutboundError> {
+) -> Result<Carrier, OutboundError> {
     let daemon = SocketAddr::new(endpoint.ip(), INBOUND_MTLS_PORT);
     let failed = |source| OutboundError::Tunnel {
         endpoint: daemon,
@@ -349,17 +390,75 @@ async fn connect_tunnel(
         }),
         Transport::PlaintextForBenchmarks => None,
     };
+    if let Some((shared, slot)) = context.hbone.take(&key, config.as_ref()) {
+        match hbone_stream(shared, slot, true, endpoint, client).await {
+            Ok(carrier) => {
+                context.metrics.tunnel_reuses.inc();
+                return Ok(carrier);
+            }
+            // The peer closed the connection meanwhile (GOAWAY after a
+            // drain or an idle minute): the connection goes on a new one.
+            Err(TunnelError::Http2(_)) => {}
+            Err(err) => return Err(failed(err)),
+        }
+    }
     let (mut tunnel, reused) = match context.pool.take(&key, config.as_ref()) {
         Some(pooled) => {
             context.metrics.tunnel_reuses.inc();
             (pooled, true)
         }
-        None => (Box::pin(open_tunnel(pod, daemon, config)).await?, false),
+        None => {
+            // Unless the peer is known to choose the native protocol, wait
+            // for a tunnel being opened to it: if it is HBONE, share it.
+            let turn = context.hbone.opening(&key).await;
+            if turn.is_some()
+                && let Some((shared, slot)) = context.hbone.take(&key, config.as_ref())
+            {
+                context.metrics.tunnel_reuses.inc();
+                return hbone_stream(shared, slot, true, endpoint, client)
+                    .await
+                    .map_err(failed);
+            }
+            let tunnel = Box::pin(open_tunnel(pod, daemon, config)).await?;
+            if tunnel.session.as_ref().map(|s| s.protocol) == Some(Protocol::Hbone) {
+                let shared = Shared::handshake(tunnel).await.map_err(failed)?;
+                let slot = context.hbone.add(key, shared.clone());
+                drop(turn);
+                return hbone_stream(shared, slot, false, endpoint, client)
+                    .await
+                    .map_err(failed);
+            }
+            context.hbone.spoke_native(&key);
+            (tunnel, false)
+        }
     };
     tunnel::announce(&mut tunnel.link, endpoint)
         .await
         .map_err(failed)?;
-    Ok((key, tunnel, reused))
+    Ok(Carrier::Native {
+        key,
+        tunnel,
+        reused,
+    })
+}
+
+/// A stream to `endpoint` on the HBONE connection `shared`, for `client`.
+async fn hbone_stream(
+    shared: Shared,
+    slot: StreamSlot,
+    reused: bool,
+    endpoint: SocketAddr,
+    client: SocketAddr,
+) -> Result<Carrier, TunnelError> {
+    let stream = shared.connect(endpoint, client).await?;
+    Ok(Carrier::Hbone {
+        stream,
+        slot,
+        session: tunnel::Session {
+            reused,
+            ..shared.session
+        },
+    })
 }
 
 /// Opens a tunnel to the destination's daemon at `daemon`, from inside the

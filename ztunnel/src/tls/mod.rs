@@ -56,6 +56,10 @@ pub struct TunnelTls {
     /// Whether sessions are resumed from tickets (the default). Off, every
     /// connection does a full handshake: for benchmarks and troubleshooting.
     pub resumption: bool,
+    /// Speak only HBONE, as Istio's ztunnel does (offer and accept only ALPN
+    /// `h2`); by default the native protocol is preferred and HBONE spoken
+    /// with peers that speak only that.
+    pub hbone_only: bool,
 }
 
 impl Default for TunnelTls {
@@ -63,6 +67,19 @@ impl Default for TunnelTls {
         Self {
             suites: CipherSuites::default(),
             resumption: true,
+            hbone_only: false,
+        }
+    }
+}
+
+impl TunnelTls {
+    /// The tunnel protocols offered (client) or accepted (server), in order
+    /// of preference; a server's order decides.
+    fn alpn(self) -> Vec<Vec<u8>> {
+        if self.hbone_only {
+            vec![HBONE_ALPN.to_vec()]
+        } else {
+            vec![TUNNEL_ALPN.to_vec(), HBONE_ALPN.to_vec()]
         }
     }
 }
@@ -105,7 +122,7 @@ pub fn tunnel_client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
+    config.alpn_protocols = options.alpn();
     config.enable_early_data = false;
     if !options.resumption {
         config.resumption = rustls::client::Resumption::disabled();
@@ -133,7 +150,7 @@ pub fn tunnel_server_config(
         .with_single_cert(chain, key)?;
     // The server's order decides: the native protocol for peers that offer
     // it (this project's daemons), HBONE for the others (Istio's ztunnel).
-    config.alpn_protocols = vec![TUNNEL_ALPN.to_vec(), HBONE_ALPN.to_vec()];
+    config.alpn_protocols = options.alpn();
     if options.resumption {
         config.ticketer = ring::Ticketer::new()?;
     } else {

@@ -45,6 +45,26 @@ pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// (400 KiB, Istio's ztunnel's server setting).
 pub const MAX_SEND_BUFFER: usize = 400 * 1024;
 
+/// The largest header block accepted from a server (16 KiB, as Istio's ztunnel).
+pub const CLIENT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Buffered per stream on the client side before a writer waits (4 MiB, as
+/// Istio's ztunnel's client).
+pub const CLIENT_MAX_SEND_BUFFER: usize = 4 * 1024 * 1024;
+
+/// The client side's HTTP/2 settings.
+pub fn client() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(CLIENT_MAX_HEADER_LIST_SIZE)
+        .max_send_buffer_size(CLIENT_MAX_SEND_BUFFER)
+        .enable_push(false);
+    builder
+}
+
 /// The server side's HTTP/2 settings.
 pub fn server() -> h2::server::Builder {
     let mut builder = h2::server::Builder::new();

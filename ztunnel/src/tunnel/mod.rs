@@ -14,6 +14,7 @@
 //! - [`pool`]: idle links kept for the next connection.
 //! - [`chunked`]: one connection's bytes inside a link.
 //! - [`hbone`]: HBONE's HTTP/2 settings, requests and streams.
+//! - [`hbone_pool`]: the source side's HBONE connections, shared by streams.
 //! - [`plaintext`]: the same without TLS, for benchmarks only.
 //! - [`read_ahead`]: large socket reads under TLS.
 
@@ -21,6 +22,7 @@ pub mod chunked;
 pub mod client;
 pub mod configs;
 pub mod hbone;
+pub mod hbone_pool;
 pub mod link;
 pub mod plaintext;
 pub mod pool;
@@ -65,12 +67,17 @@ pub enum TunnelError {
     /// The peer's certificate carries no usable identity.
     #[error("the peer's identity is unreadable: {0}")]
     PeerIdentity(String),
-    /// The preamble could not be sent or was refused.
+    /// The preamble (or HBONE's `CONNECT` request) could not be made, sent
+    /// or was refused.
     #[error("tunnel preamble: {0}")]
     Preamble(std::io::Error),
     /// HBONE's HTTP/2 connection failed or was refused.
     #[error("HTTP/2: {0}")]
     Http2(h2::Error),
+    /// The destination answered an HBONE `CONNECT` with this status
+    /// (401: policy denied it; 400, 503: it could not be delivered).
+    #[error("the destination answered {0}")]
+    Refused(u16),
 }
 
 impl TunnelError {
@@ -84,6 +91,7 @@ impl TunnelError {
             Self::PeerIdentity(_) => "identity",
             Self::Preamble(_) => "preamble",
             Self::Http2(_) => "http2",
+            Self::Refused(_) => "refused",
             Self::Config(_) => "local_certificate",
         }
     }
