@@ -292,12 +292,11 @@ async fn proxy(
                 }
                 Carrier::Hbone {
                     mut stream,
-                    slot,
+                    slot: _slot,
                     session,
                 } => {
                     record.carried_by(session);
                     let ending = relay(client, &mut stream, context, record.meters()).await;
-                    drop(slot);
                     Ok((ending, None))
                 }
             }
@@ -390,17 +389,9 @@ async fn connect_tunnel(
         }),
         Transport::PlaintextForBenchmarks => None,
     };
-    if let Some((shared, slot)) = context.hbone.take(&key, config.as_ref()) {
-        match hbone_stream(shared, slot, true, endpoint, client).await {
-            Ok(carrier) => {
-                context.metrics.tunnel_reuses.inc();
-                return Ok(carrier);
-            }
-            // The peer closed the connection meanwhile (GOAWAY after a
-            // drain or an idle minute): the connection goes on a new one.
-            Err(TunnelError::Http2(_)) => {}
-            Err(err) => return Err(failed(err)),
-        }
+    let shared = || shared_stream(context, &key, config.as_ref(), endpoint, client);
+    if let Some(carrier) = shared().await.map_err(failed)? {
+        return Ok(carrier);
     }
     let (mut tunnel, reused) = match context.pool.take(&key, config.as_ref()) {
         Some(pooled) => {
@@ -412,12 +403,9 @@ async fn connect_tunnel(
             // for a tunnel being opened to it: if it is HBONE, share it.
             let turn = context.hbone.opening(&key).await;
             if turn.is_some()
-                && let Some((shared, slot)) = context.hbone.take(&key, config.as_ref())
+                && let Some(carrier) = shared().await.map_err(failed)?
             {
-                context.metrics.tunnel_reuses.inc();
-                return hbone_stream(shared, slot, true, endpoint, client)
-                    .await
-                    .map_err(failed);
+                return Ok(carrier);
             }
             let tunnel = Box::pin(open_tunnel(pod, daemon, config)).await?;
             if tunnel.session.as_ref().map(|s| s.protocol) == Some(Protocol::Hbone) {
@@ -440,6 +428,30 @@ async fn connect_tunnel(
         tunnel,
         reused,
     })
+}
+
+/// A stream to `endpoint` for `client` on an open HBONE connection of
+/// `key`, if there is one with room. A connection its peer closed meanwhile
+/// (GOAWAY after a drain or an idle minute) gives none: the caller opens a
+/// new one.
+async fn shared_stream(
+    context: &ProxyContext,
+    key: &PoolKey,
+    config: Option<&Arc<ClientConfig>>,
+    endpoint: SocketAddr,
+    client: SocketAddr,
+) -> Result<Option<Carrier>, TunnelError> {
+    let Some((shared, slot)) = context.hbone.take(key, config) else {
+        return Ok(None);
+    };
+    match hbone_stream(shared, slot, true, endpoint, client).await {
+        Ok(carrier) => {
+            context.metrics.tunnel_reuses.inc();
+            Ok(Some(carrier))
+        }
+        Err(TunnelError::Http2(_)) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// A stream to `endpoint` on the HBONE connection `shared`, for `client`.
