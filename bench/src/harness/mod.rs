@@ -119,7 +119,11 @@ fn run_on(
     let mut report = Report::new(settings.clone());
     let rounds = settings.rounds;
     for round in 1..=rounds {
-        for scenario in Scenario::MAIN.into_iter().chain(Scenario::ACCELERATION) {
+        let measured_fully = Scenario::MAIN
+            .into_iter()
+            .chain(Scenario::TRANSPORT)
+            .chain(Scenario::ACCELERATION);
+        for scenario in measured_fully {
             eprintln!("round {round}/{rounds}: {}", scenario.name());
             scenario::apply(cluster, scenario)?;
             let target = Target::new(cluster, CLIENT, server_of(scenario), &loadgen);

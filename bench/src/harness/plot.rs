@@ -20,6 +20,7 @@ fn colour(scenario: Scenario) -> &'static str {
         Scenario::MtlsPerConnection => "#c44e52",
         Scenario::MtlsFullHandshake => "#8172b3",
         Scenario::MtlsAccelerated => "#937860",
+        Scenario::MtlsHbone => "#64b5cd",
         Scenario::DirectSameNode => "#da8bc3",
         Scenario::MtlsSameNode => "#8c8c8c",
         Scenario::MtlsSameNodeAccelerated => "#ccb974",

@@ -266,7 +266,26 @@ impl Report {
         out.push('\n');
         out.push_str(&self.other_figures());
         out.push('\n');
+        out.push_str(&self.transport_figures());
+        out.push('\n');
         out.push_str(&self.acceleration_figures());
+        out
+    }
+
+    /// HBONE against the native protocol between the same two daemons: what
+    /// speaking Istio's tunnel costs (no target: the native protocol is
+    /// preferred between this project's daemons because it is cheaper).
+    fn transport_figures(&self) -> String {
+        let (hbone, native) = (Scenario::MtlsHbone, Scenario::Mtls);
+        let mut out = String::from(
+            "HBONE against the native protocol (hbone: mtls_hbone, both daemons `--no-native-tunnel`; native: mtls):\n\n\
+             | measure | hbone | native | hbone / native | target |\n\
+             |---|---|---|---|---|\n",
+        );
+        for (label, metric) in paired_rows() {
+            let ratio = self.ratio(&metric, hbone, native);
+            out.push_str(&self.paired_row(label, &metric, hbone, native, ratio, None));
+        }
         out
     }
 
@@ -274,22 +293,10 @@ impl Report {
     /// the targets of issue 19.
     fn acceleration_figures(&self) -> String {
         let median = |metric: &str, scenario| self.summary(metric, scenario).map(|s| s.median);
-        let ratio = |metric: &str, over: Scenario, base: Scenario| {
-            Some(median(metric, over)? / median(metric, base)?)
-        };
         // Latency the mesh adds over the direct path of the same placement.
         let added = |metric: &str, mesh: Scenario, unaccelerated: Scenario, direct: Scenario| {
             let direct = median(metric, direct)?;
             Some((median(metric, mesh)? - direct) / (median(metric, unaccelerated)? - direct))
-        };
-        let judge = |value: Option<f64>, bound: Bound| {
-            let shown = value.map_or("-".to_owned(), |v| format!("{v:.2}x"));
-            let verdict = match (value, bound) {
-                (None, _) => "not measured".to_owned(),
-                (Some(v), Bound::AtLeast(b)) => format!(">= {b}: {}", met(v >= b)),
-                (Some(v), Bound::AtMost(b)) => format!("<= {b}: {}", met(v <= b)),
-            };
-            (shown, verdict)
         };
         let cell = |metric: &str, scenario| {
             self.summary(metric, scenario)
@@ -303,63 +310,29 @@ impl Report {
              |---|---|---|---|---|\n",
         );
         let (on, off) = (Scenario::MtlsAccelerated, Scenario::Mtls);
-        let rows: [(&str, String, Option<f64>, Option<Bound>); 7] = [
-            (
-                "throughput, 1 stream (Gbit/s)",
-                Figure::throughput(1),
-                ratio(&Figure::throughput(1), on, off),
-                Some(Bound::AtLeast(1.3)),
-            ),
-            (
-                "throughput, 4 streams (Gbit/s)",
-                Figure::throughput(4),
-                ratio(&Figure::throughput(4), on, off),
-                Some(Bound::AtLeast(1.3)),
-            ),
-            (
-                "daemon CPU seconds per GB (1 stream)",
-                Figure::CPU_PER_GB.to_owned(),
-                ratio(Figure::CPU_PER_GB, on, off),
-                Some(Bound::AtMost(0.65)),
-            ),
-            (
-                "daemon CPU seconds per 1000 requests",
-                Figure::CPU_PER_1000_REQUESTS.to_owned(),
-                ratio(Figure::CPU_PER_1000_REQUESTS, on, off),
-                None,
-            ),
-            (
-                "latency p50, 16 connections (ms; ratio: latency added over direct)",
-                p50.clone(),
-                added(&p50, on, off, Scenario::Direct),
-                Some(Bound::AtMost(0.7)),
-            ),
-            (
-                "latency p99, 16 connections (ms)",
-                p99.clone(),
-                ratio(&p99, on, off),
-                Some(Bound::AtMost(1.0)),
-            ),
-            (
-                "new connections/s",
-                Figure::CONNECTIONS_PER_SECOND.to_owned(),
-                ratio(Figure::CONNECTIONS_PER_SECOND, on, off),
-                None,
-            ),
-        ];
-        for (label, metric, value, bound) in rows {
-            let (shown, verdict) = match bound {
-                Some(bound) => judge(value, bound),
-                None => (
-                    value.map_or("-".to_owned(), |v| format!("{v:.2}x")),
-                    String::new(),
-                ),
+        for (label, metric) in paired_rows() {
+            let (value, bound) = if metric == p50 {
+                (
+                    added(&p50, on, off, Scenario::Direct),
+                    Some(Bound::AtMost(0.7)),
+                )
+            } else {
+                let bound = match metric.as_str() {
+                    m if m == Figure::throughput(1) || m == Figure::throughput(4) => {
+                        Some(Bound::AtLeast(1.3))
+                    }
+                    Figure::CPU_PER_GB => Some(Bound::AtMost(0.65)),
+                    m if m == p99 => Some(Bound::AtMost(1.0)),
+                    _ => None,
+                };
+                (self.ratio(&metric, on, off), bound)
             };
-            out.push_str(&format!(
-                "| {label} | {} | {} | {shown} | {verdict} |\n",
-                cell(&metric, on),
-                cell(&metric, off)
-            ));
+            let label = if metric == p50 {
+                "latency p50, 16 connections (ms; ratio: latency added over direct)"
+            } else {
+                label
+            };
+            out.push_str(&self.paired_row(label, &metric, on, off, value, bound));
         }
         out.push_str(
             "\nOn one node (client and server pods on the same node):\n\n\
@@ -395,19 +368,48 @@ impl Report {
                 None,
             ),
         ] {
-            let show = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.2}x"));
-            let over_direct = ratio(&metric, on, direct);
+            let over_direct = self.ratio(&metric, on, direct);
             let verdict = target.map_or(String::new(), |b| judge(over_direct, Bound::AtLeast(b)).1);
             out.push_str(&format!(
                 "| {label} | {} | {} | {} | {} | {} | {verdict} |\n",
                 cell(&metric, direct),
                 cell(&metric, on),
                 cell(&metric, off),
-                show(over_direct),
-                show(ratio(&metric, on, off)),
+                show_ratio(over_direct),
+                show_ratio(self.ratio(&metric, on, off)),
             ));
         }
         out
+    }
+
+    /// The ratio of `metric`'s medians through `over` and through `base`.
+    fn ratio(&self, metric: &str, over: Scenario, base: Scenario) -> Option<f64> {
+        Some(self.summary(metric, over)?.median / self.summary(metric, base)?.median)
+    }
+
+    /// A table row comparing `metric` through `on` and through `off`:
+    /// both cells, `value` (their ratio, or another derived figure) and
+    /// whether it meets `bound`.
+    fn paired_row(
+        &self,
+        label: &str,
+        metric: &str,
+        on: Scenario,
+        off: Scenario,
+        value: Option<f64>,
+        bound: Option<Bound>,
+    ) -> String {
+        let cell = |scenario| {
+            self.summary(metric, scenario)
+                .map_or("-".to_owned(), |s| s.cell())
+        };
+        let verdict = bound.map_or(String::new(), |bound| judge(value, bound).1);
+        format!(
+            "| {label} | {} | {} | {} | {verdict} |\n",
+            cell(on),
+            cell(off),
+            show_ratio(value)
+        )
     }
 
     /// The figures outside the three-way comparison: full handshakes, CPU
@@ -468,6 +470,49 @@ impl Report {
         }
         out
     }
+}
+
+/// The figures every paired comparison shows, with their labels.
+fn paired_rows() -> [(&'static str, String); 7] {
+    [
+        ("throughput, 1 stream (Gbit/s)", Figure::throughput(1)),
+        ("throughput, 4 streams (Gbit/s)", Figure::throughput(4)),
+        (
+            "daemon CPU seconds per GB (1 stream)",
+            Figure::CPU_PER_GB.to_owned(),
+        ),
+        (
+            "daemon CPU seconds per 1000 requests",
+            Figure::CPU_PER_1000_REQUESTS.to_owned(),
+        ),
+        (
+            "latency p50, 16 connections (ms)",
+            Figure::latency(16, 50.0),
+        ),
+        (
+            "latency p99, 16 connections (ms)",
+            Figure::latency(16, 99.0),
+        ),
+        (
+            "new connections/s",
+            Figure::CONNECTIONS_PER_SECOND.to_owned(),
+        ),
+    ]
+}
+
+/// A ratio as shown in tables.
+fn show_ratio(ratio: Option<f64>) -> String {
+    ratio.map_or("-".to_owned(), |r| format!("{r:.2}x"))
+}
+
+/// `value` shown, and whether it meets `bound`.
+fn judge(value: Option<f64>, bound: Bound) -> (String, String) {
+    let verdict = match (value, bound) {
+        (None, _) => "not measured".to_owned(),
+        (Some(v), Bound::AtLeast(b)) => format!(">= {b}: {}", met(v >= b)),
+        (Some(v), Bound::AtMost(b)) => format!("<= {b}: {}", met(v <= b)),
+    };
+    (show_ratio(value), verdict)
 }
 
 fn met(ok: bool) -> &'static str {

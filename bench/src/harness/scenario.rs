@@ -32,6 +32,10 @@ pub enum Scenario {
     /// The mesh with socket acceleration: the hops inside the pods move
     /// their bytes socket to socket (`--socket-acceleration`).
     MtlsAccelerated,
+    /// The mesh speaking HBONE (HTTP/2 `CONNECT` streams inside the mutual
+    /// TLS session, as Istio's ztunnel) instead of the native protocol
+    /// (`--no-native-tunnel`).
+    MtlsHbone,
     /// Client and server on the same node, not enrolled.
     DirectSameNode,
     /// Client and server on the same node, through its daemon.
@@ -50,6 +54,10 @@ impl Scenario {
     /// the connection rate only, after the main three in each round.
     pub const PER_CONNECTION: [Scenario; 2] =
         [Scenario::MtlsPerConnection, Scenario::MtlsFullHandshake];
+
+    /// HBONE against the native protocol: measured like the main three,
+    /// right after them in each round.
+    pub const TRANSPORT: [Scenario; 1] = [Scenario::MtlsHbone];
 
     /// Socket acceleration against none, across nodes and on one node:
     /// measured like the main three, after them in each round (ordered so
@@ -70,6 +78,7 @@ impl Scenario {
             Self::MtlsPerConnection => "mtls_per_connection",
             Self::MtlsFullHandshake => "mtls_full_handshake",
             Self::MtlsAccelerated => "mtls_accelerated",
+            Self::MtlsHbone => "mtls_hbone",
             Self::DirectSameNode => "direct_same_node",
             Self::MtlsSameNode => "mtls_same_node",
             Self::MtlsSameNodeAccelerated => "mtls_same_node_accelerated",
@@ -92,6 +101,7 @@ impl Scenario {
                 vec!["--socket-acceleration".to_owned()]
             }
             Self::Relay => vec!["--benchmark-plaintext-tunnel".to_owned()],
+            Self::MtlsHbone => vec!["--no-native-tunnel".to_owned()],
             Self::MtlsPerConnection => vec!["--no-tunnel-reuse".to_owned()],
             Self::MtlsFullHandshake => vec![
                 "--no-tunnel-reuse".to_owned(),

@@ -276,7 +276,8 @@ impl Cluster {
     }
 
     /// Restarts every node daemon with `args` appended to its command line
-    /// (replacing the extra arguments it had), and waits until all are ready.
+    /// (replacing the extra arguments of every daemon; a node's own stay),
+    /// and waits until all are ready.
     pub fn restart_daemons(&mut self, args: &[String]) -> Result<(), ClusterError> {
         self.status.config.daemon_args = args.to_vec();
         let nodes: Vec<String> = self.status.nodes.iter().map(|n| n.name.clone()).collect();

@@ -199,14 +199,10 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
         "--handover-socket".as_ref(),
         handover.as_os_str(),
     ];
+    let extra = status.config.daemon_args_of(node);
     // A daemon reading the Kubernetes API (`--kubernetes` among the extra
     // arguments) takes neither the registry file nor the policy directory.
-    if !status
-        .config
-        .daemon_args
-        .iter()
-        .any(|arg| arg == "--kubernetes")
-    {
+    if !extra.clone().any(|arg| arg == "--kubernetes") {
         args.extend([
             "--registry".as_ref(),
             registry.as_os_str(),
@@ -216,15 +212,10 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
     }
     // Short, so a stopped node is quick to go; long enough for a test to
     // see an open connection drain. A test may ask for another.
-    if !status
-        .config
-        .daemon_args
-        .iter()
-        .any(|arg| arg == "--drain-timeout-secs")
-    {
+    if !extra.clone().any(|arg| arg == "--drain-timeout-secs") {
         args.extend(["--drain-timeout-secs", "3"].map(std::ffi::OsStr::new));
     }
-    args.extend(status.config.daemon_args.iter().map(std::ffi::OsStr::new));
+    args.extend(extra.map(std::ffi::OsStr::new));
     // Appended to, so a restarted daemon's log follows its predecessor's.
     netns::spawn_detached(netns, ztunnel, &args, &daemon_log(status, node))
 }

@@ -1,7 +1,7 @@
 //! What a cluster should contain: nodes, namespaces and the apps whose pods
 //! run on every node.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ztunnel::registry::Labels;
 
@@ -29,6 +29,10 @@ pub struct ClusterSpec {
     /// cluster's own (for example `--cert-validity-secs 20` in a test of
     /// certificate expiry).
     pub daemon_args: Vec<String>,
+    /// Further arguments for one node's daemon only, after `daemon_args`
+    /// (for example `--no-native-tunnel` on one node of two, so the nodes
+    /// differ as in a cluster migrating from Istio's ztunnel).
+    pub node_daemon_args: BTreeMap<String, Vec<String>>,
 }
 
 /// A Kubernetes namespace of the cluster.
@@ -87,6 +91,7 @@ impl ClusterSpec {
             ],
             mesh: None,
             daemon_args: Vec::new(),
+            node_daemon_args: BTreeMap::new(),
         }
     }
 
@@ -106,6 +111,20 @@ impl ClusterSpec {
         self
     }
 
+    /// The same cluster with `args` appended to node `node`'s daemon's
+    /// command line (after the arguments of every daemon).
+    pub fn with_node_daemon_args<I, S>(mut self, node: &str, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.node_daemon_args
+            .entry(node.to_owned())
+            .or_default()
+            .extend(args.into_iter().map(Into::into));
+        self
+    }
+
     /// A default cluster with a fresh random name, as tests use: two runs
     /// never share a name.
     pub fn ephemeral(nodes: u8, replicas: u8) -> Self {
@@ -118,6 +137,15 @@ impl ClusterSpec {
         validate_cluster_name(&self.name)?;
         if !(1..=250).contains(&self.nodes) {
             return bad(format!("nodes must be 1 to 250, got {}", self.nodes));
+        }
+        for node in self.node_daemon_args.keys() {
+            let index = node.strip_prefix("node").and_then(|i| i.parse::<u8>().ok());
+            if !index.is_some_and(|i| (1..=self.nodes).contains(&i)) {
+                return bad(format!(
+                    "daemon arguments for {node}: the cluster's nodes are node1 to node{}",
+                    self.nodes
+                ));
+            }
         }
         let namespaces: BTreeSet<&str> =
             self.namespaces.iter().map(|ns| ns.name.as_str()).collect();

@@ -158,6 +158,18 @@ pub struct ConfigStatus {
     /// restarted daemon gets them too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub daemon_args: Vec<String>,
+    /// Further arguments of one node's daemon, after `daemon_args`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub node_daemon_args: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl ConfigStatus {
+    /// The extra arguments node `node`'s daemon is started with: every
+    /// daemon's, then its own.
+    pub fn daemon_args_of<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a String> + Clone {
+        let own = self.node_daemon_args.get(node).into_iter().flatten();
+        self.daemon_args.iter().chain(own)
+    }
 }
 
 impl Status {

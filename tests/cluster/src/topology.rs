@@ -117,6 +117,7 @@ pub(crate) fn plan(spec: &ClusterSpec, state_dir: &Path, owner_pid: Option<u32>)
             registry: Some(state_dir.join("registry.yaml")),
             policies: Some(state_dir.join("policies")),
             daemon_args: spec.daemon_args.clone(),
+            node_daemon_args: spec.node_daemon_args.clone(),
         },
         state_dir: state_dir.to_owned(),
         owner_pid,

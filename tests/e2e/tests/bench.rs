@@ -30,7 +30,7 @@ fn a_short_benchmark_measures_every_scenario_and_writes_its_report() {
             .unwrap_or_else(|| panic!("no {metric} for {scenario:?}"))
             .median
     };
-    for scenario in Scenario::MAIN {
+    for scenario in Scenario::MAIN.into_iter().chain(Scenario::TRANSPORT) {
         for streams in [1, 4] {
             assert!(value(&Figure::throughput(streams), scenario) > 0.1);
         }
@@ -71,9 +71,14 @@ fn a_short_benchmark_measures_every_scenario_and_writes_its_report() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
             .unwrap();
     assert!(json["machine"]["cpus"].as_u64().unwrap() >= 1);
-    assert!(
-        std::fs::read_to_string(dir.path().join("report.md"))
-            .unwrap()
-            .contains("| throughput, 1 stream (Gbit/s) |")
-    );
+    let markdown = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(markdown.contains("| throughput, 1 stream (Gbit/s) |"));
+    // HBONE's table has a ratio for every row.
+    let hbone = markdown
+        .split("HBONE against the native protocol")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").nth(1))
+        .expect("an HBONE table");
+    assert_eq!(hbone.lines().count(), 2 + 7, "{hbone}");
+    assert!(!hbone.contains("| - |"), "{hbone}");
 }

@@ -257,3 +257,75 @@ fn daemons_speak_hbone_to_each_other_with_the_native_protocol_off() {
         })
     });
 }
+
+#[test]
+fn a_daemon_negotiates_hbone_with_a_node_that_speaks_only_hbone() {
+    // node2 plays a node of Istio's ztunnel (offers and accepts only `h2`);
+    // node1 and node3 are default daemons: HBONE is negotiated with node2
+    // in both directions, from ALPN alone, while node1 and node3 keep the
+    // native protocol between them.
+    let spec = ztunnel_cluster::ClusterSpec::ephemeral(3, 1)
+        .with_mesh(ztunnel_e2e::bin_dir())
+        .with_node_daemon_args("node2", ["--no-native-tunnel"]);
+    let cluster = Cluster::create(&spec).expect("the cluster comes up");
+    let _web1 = http_server(&cluster, "web-1");
+    let _web2 = http_server(&cluster, "web-2");
+    let web1 = cluster.pod("web-1").unwrap().clone();
+    let _web3 = http_server(&cluster, "web-3");
+    let web2 = cluster.pod("web-2").unwrap().clone();
+    let web3 = cluster.pod("web-3").unwrap().clone();
+
+    assert_downloads(
+        &cluster,
+        "client-1",
+        &format!("{}:8080", web2.ipv4),
+        2 << 20,
+    );
+    assert_downloads(
+        &cluster,
+        "client-1",
+        &format!("{}:8080", web3.ipv4),
+        1 << 20,
+    );
+    assert_downloads(
+        &cluster,
+        "client-2",
+        &format!("[{}]:8080", web1.ipv6),
+        2 << 20,
+    );
+    // The protocol `node` recorded as `reporter` for the connection to `dst`
+    // (each node has one client pod, so the destination names it).
+    let protocol_of = |node: &str, reporter: &str, dst: &ztunnel_cluster::status::PodStatus| {
+        let addresses = [format!("{}:8080", dst.ipv4), format!("[{}]:8080", dst.ipv6)];
+        access_log(&cluster, node)
+            .iter()
+            .find(|entry| {
+                entry["reporter"] == reporter
+                    && addresses
+                        .iter()
+                        .any(|address| entry["dst_addr"] == address.as_str())
+            })
+            .map(|entry| entry["tunnel_protocol"].as_str().unwrap_or("").to_owned())
+    };
+    eventually("both directions recorded on both sides", || {
+        [
+            ("node1", "source", &web2),
+            ("node2", "destination", &web2),
+            ("node2", "source", &web1),
+            ("node1", "destination", &web1),
+        ]
+        .into_iter()
+        .all(|(node, reporter, dst)| protocol_of(node, reporter, dst).as_deref() == Some("hbone"))
+    });
+    eventually("node1 to node3 recorded", || {
+        protocol_of("node3", "destination", &web3).is_some()
+    });
+    assert_eq!(
+        protocol_of("node1", "source", &web3).as_deref(),
+        Some("native")
+    );
+    assert_eq!(
+        protocol_of("node3", "destination", &web3).as_deref(),
+        Some("native")
+    );
+}

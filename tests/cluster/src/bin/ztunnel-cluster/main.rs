@@ -42,6 +42,10 @@ enum Command {
         /// `--daemon-arg=--cert-validity-secs --daemon-arg=60`.
         #[arg(long = "daemon-arg", allow_hyphen_values = true)]
         daemon_args: Vec<String>,
+        /// An argument for one node's daemon, `NODE=ARG` (repeat for several),
+        /// after those of every daemon: `--node-daemon-arg node2=--no-native-tunnel`.
+        #[arg(long = "node-daemon-arg", value_parser = node_arg)]
+        node_daemon_args: Vec<(String, String)>,
     },
     /// Set or remove a label, like kubectl: `namespace legacy istio.io/dataplane-mode=ambient`,
     /// `namespace legacy istio.io/dataplane-mode-`, `pod web-1 istio.io/dataplane-mode=none`.
@@ -103,6 +107,14 @@ enum Command {
     Demo,
 }
 
+/// Parses `--node-daemon-arg`'s `NODE=ARG`.
+fn node_arg(value: &str) -> Result<(String, String), String> {
+    value
+        .split_once('=')
+        .map(|(node, arg)| (node.to_owned(), arg.to_owned()))
+        .ok_or_else(|| format!("{value:?} is not NODE=ARG (for example node2=--no-native-tunnel)"))
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Up {
@@ -111,8 +123,12 @@ fn main() -> Result<()> {
             replicas,
             no_mesh,
             daemon_args,
+            node_daemon_args,
         } => {
             let mut spec = ClusterSpec::new(&name, nodes, replicas).with_daemon_args(daemon_args);
+            for (node, arg) in node_daemon_args {
+                spec = spec.with_node_daemon_args(&node, [arg]);
+            }
             if !no_mesh {
                 spec = spec.with_mesh(bin_dir()?);
             }
