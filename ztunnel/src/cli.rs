@@ -119,6 +119,10 @@ struct NodeArgs {
     /// every request: in Kubernetes, the projected ServiceAccount token).
     #[arg(long)]
     ca_token_file: PathBuf,
+    /// The cluster this node is in, sent to the CA as `clusterid` (istiod
+    /// reviews the token with that cluster's API server; Istio's default).
+    #[arg(long, default_value = "Kubernetes")]
+    ca_cluster_id: String,
     /// Trusted roots for peers (PEM), reloaded on change.
     #[arg(long)]
     trust_bundle: PathBuf,
@@ -291,13 +295,19 @@ struct CaArgs {
     /// kubeconfig file for --kubernetes outside a cluster.
     #[arg(long, requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
-    /// With --kubernetes: the audience node daemons' tokens must be issued for.
-    #[arg(long, default_value = "ztunnel-ca")]
-    token_audience: String,
-    /// With --kubernetes: the node daemons' ServiceAccount (`namespace/name`);
+    /// With --kubernetes: an audience node proxies' tokens may be issued for
+    /// (repeat for several; `istio-ca` is the one Istio's ztunnel uses).
+    #[arg(long = "token-audience", default_value = "ztunnel-ca")]
+    token_audiences: Vec<String>,
+    /// With --kubernetes: a ServiceAccount (`namespace/name`) of node proxies
+    /// that may ask for their pods' identities (repeat for several, e.g.
+    /// `istio-system/ztunnel` too while Istio's ztunnel runs on some nodes);
     /// tokens of any other account are refused.
-    #[arg(long, default_value = "ztunnel-system/ztunnel")]
-    node_service_account: String,
+    #[arg(
+        long = "node-service-account",
+        default_value = "ztunnel-system/ztunnel"
+    )]
+    node_service_accounts: Vec<String>,
     /// Longest certificate validity issued, in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     max_validity_secs: u64,
@@ -307,6 +317,10 @@ struct CaArgs {
     /// File to publish the root certificate to (the trust bundle node daemons read).
     #[arg(long)]
     publish_root: Option<PathBuf>,
+    /// The cluster served: requests whose `clusterid` names another are
+    /// refused, as istiod refuses a cluster it does not know.
+    #[arg(long, default_value = "Kubernetes")]
+    cluster_id: String,
 }
 
 impl Cli {
@@ -384,11 +398,12 @@ async fn run_ca(args: CaArgs) -> anyhow::Result<()> {
                     netns_dir: None,
                     policies: false,
                 },
-                audience: args.token_audience,
-                node_service_account: args.node_service_account,
+                audiences: args.token_audiences,
+                node_service_accounts: args.node_service_accounts,
             },
         },
         max_validity: Duration::from_secs(args.max_validity_secs),
+        cluster_id: args.cluster_id,
         server_names: args.server_names,
         publish_root: args.publish_root,
     };
@@ -507,6 +522,7 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>, open_files: u64) -> 
             server_name,
             root_cert: args.ca_root.unwrap_or_else(|| args.trust_bundle.clone()),
             token: CaToken::File(args.ca_token_file),
+            cluster_id: args.ca_cluster_id,
         },
         certificates: ManagerConfig {
             validity: Duration::from_secs(args.cert_validity_secs),

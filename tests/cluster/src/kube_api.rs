@@ -10,6 +10,8 @@
 //!   keeps ([`ApiServer::compact`]);
 //! - `POST` of an `events.k8s.io/v1` Event keeps it (and `PATCH` updates a
 //!   series), for tests to read ([`ApiServer::events`]);
+//! - `PATCH` of a pod with a JSON merge patch changes it (and its watchers
+//!   see `MODIFIED`), as a node agent annotating pods does;
 //! - `POST` of a `TokenReview` answers from the tokens it was given
 //!   ([`ApiServer::add_token`]): authenticated with the token's user and pod
 //!   claims, or not, with the `audiences` checked as the real server does;
@@ -295,25 +297,8 @@ impl ApiServer {
     /// Creates or replaces an object (by `metadata.namespace` and `name`), as
     /// `kubectl apply` would: a new resourceVersion, an `ADDED` or
     /// `MODIFIED` event.
-    pub fn apply(&self, resource: Resource, mut object: Value) {
-        let mut store = lock(&self.store);
-        store.revision += 1;
-        let revision = store.revision;
-        object["apiVersion"] = resource.api_version().into();
-        object["kind"] = resource.kind.into();
-        object["metadata"]["resourceVersion"] = revision.to_string().into();
-        let key = key(&object);
-        if object["metadata"]["uid"].is_null() {
-            object["metadata"]["uid"] = format!("uid-{revision}").into();
-        }
-        let objects = store.objects.entry(resource).or_default();
-        let kind = if objects.insert(key, object.clone()).is_some() {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        store.history.push((revision, resource, kind, object));
-        drop(store);
+    pub fn apply(&self, resource: Resource, object: Value) {
+        put(&mut lock(&self.store), resource, object);
         let _ = self.changes.send(());
     }
 
@@ -473,6 +458,50 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Stores `object` as the store's next revision, with its watch event;
+/// returns it as stored.
+fn put(store: &mut Store, resource: Resource, mut object: Value) -> Value {
+    store.revision += 1;
+    let revision = store.revision;
+    object["apiVersion"] = resource.api_version().into();
+    object["kind"] = resource.kind.into();
+    object["metadata"]["resourceVersion"] = revision.to_string().into();
+    let key = key(&object);
+    if object["metadata"]["uid"].is_null() {
+        object["metadata"]["uid"] = format!("uid-{revision}").into();
+    }
+    let objects = store.objects.entry(resource).or_default();
+    let kind = if objects.insert(key, object.clone()).is_some() {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    store
+        .history
+        .push((revision, resource, kind, object.clone()));
+    object
+}
+
+/// Applies a JSON merge patch (RFC 7386) to `target`: objects merge
+/// recursively, `null` removes a key, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("an object");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
 fn key(object: &Value) -> String {
     format!(
         "{}/{}",
@@ -580,6 +609,48 @@ async fn handle(
             StatusCode::OK
         };
         return json_response(code, &kept.clone());
+    }
+    if request.method() == Method::PATCH
+        && let Some((namespace, name)) = path
+            .strip_prefix("/api/v1/namespaces/")
+            .and_then(|rest| rest.split_once("/pods/"))
+    {
+        let key = format!("{namespace}/{name}");
+        let merge = request
+            .headers()
+            .get("content-type")
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/merge-patch+json"));
+        if !merge {
+            return json_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &status(
+                    415,
+                    "UnsupportedMediaType",
+                    "the stand-in takes merge patches only",
+                ),
+            );
+        }
+        let patch = match json_body(request).await {
+            Ok(patch) => patch,
+            Err(refused) => return refused,
+        };
+        let mut store = lock(&store);
+        let Some(mut pod) = store
+            .objects
+            .get(&PODS)
+            .and_then(|pods| pods.get(&key))
+            .cloned()
+        else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &status(404, "NotFound", &format!("pods \"{name}\" not found")),
+            );
+        };
+        merge_patch(&mut pod, &patch);
+        let stored = put(&mut store, PODS, pod);
+        drop(store);
+        let _ = changes.send(());
+        return json_response(StatusCode::OK, &stored);
     }
     if let Some(document) = discovery(&path) {
         return json_response(StatusCode::OK, &document);

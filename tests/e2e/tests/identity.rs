@@ -74,13 +74,43 @@ impl Fixture {
     }
 
     fn client(&self, ca: &CaProcess, token: &str) -> CaClient {
-        CaClient::new(&CaClientConfig {
+        CaClient::new(&self.client_config(ca, CaToken::Fixed(token.to_owned()))).unwrap()
+    }
+
+    /// How a node daemon of cluster `Kubernetes` reaches `ca` with `token`.
+    fn client_config(&self, ca: &CaProcess, token: CaToken) -> CaClientConfig {
+        CaClientConfig {
             address: ca.address.to_string(),
             server_name: "127.0.0.1".to_owned(),
             root_cert: self.dir.path().join("root.pem"),
-            token: CaToken::Fixed(token.to_owned()),
-        })
-        .unwrap()
+            token,
+            cluster_id: "Kubernetes".to_owned(),
+        }
+    }
+
+    /// The stand-in API server, seeded with the registry and knowing
+    /// `tokens`, and a CA in Kubernetes mode against it with `extra` flags.
+    fn kubernetes_ca(
+        &self,
+        tokens: Vec<(&str, ztunnel_cluster::kube_api::TokenInfo)>,
+        extra: &[&str],
+    ) -> (ztunnel_cluster::kube_api::ApiServer, CaProcess) {
+        use ztunnel_cluster::kube_api::ApiServer;
+        let api = ApiServer::serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
+        api.seed(
+            &ztunnel::registry::Registry::load(&self.dir.path().join("registry.yaml")).unwrap(),
+        );
+        for (token, info) in tokens {
+            api.add_token(token, info);
+        }
+        let kubeconfig = self.path("kubeconfig.yaml");
+        api.write_kubeconfig(kubeconfig.as_ref()).unwrap();
+        let mut args = vec!["--kubernetes", "--kubeconfig", &kubeconfig, "--state-dir"];
+        let (state, root) = (self.path("state"), self.path("root.pem"));
+        args.extend([state.as_str(), "--publish-root", &root]);
+        args.extend_from_slice(extra);
+        let log = self.dir.path().join("ca-kubernetes.log");
+        (api, CaProcess::start("127.0.0.1:0", &args, log))
     }
 
     /// node1 asks for a one-minute certificate of demo/web, which it runs.
@@ -572,47 +602,29 @@ async fn valid_certificates_outlive_a_ca_outage_expired_ones_are_withdrawn_and_r
 /// the stand-in API server) and binds each to the node its token names.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_kubernetes_ca_binds_each_token_to_its_node() {
-    use ztunnel_cluster::kube_api::{ApiServer, TokenInfo};
     let fx = Fixture::new();
-    let api = ApiServer::serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
-    api.seed(
-        &ztunnel::registry::Registry::load(fx.dir.path().join("registry.yaml").as_path()).unwrap(),
-    );
     let hour = Instant::now() + Duration::from_secs(3600);
-    let daemon = |node: &str, audience: &str, expires: Instant| TokenInfo {
-        username: "system:serviceaccount:ztunnel-system:ztunnel".to_owned(),
-        audiences: vec![audience.to_owned()],
-        pod: Some((format!("ztunnel-{node}"), format!("uid-{node}"))),
-        node: Some(node.to_owned()),
-        expires,
+    let daemon = |node: &str, audience: &str, expires: Instant| {
+        token_of("ztunnel-system/ztunnel", node, audience, expires)
     };
-    api.add_token("node1-projected", daemon("node1", "ztunnel-ca", hour));
-    api.add_token("node2-projected", daemon("node2", "ztunnel-ca", hour));
-    api.add_token(
-        "node1-expired",
-        daemon("node1", "ztunnel-ca", Instant::now()),
-    );
-    api.add_token(
-        "node1-apiserver-audience",
-        daemon("node1", "https://kubernetes.default.svc", hour),
-    );
-    let mut workload = daemon("node1", "ztunnel-ca", hour);
-    workload.username = "system:serviceaccount:demo:web".to_owned();
-    api.add_token("web-pod-token", workload);
-    let kubeconfig = fx.path("kubeconfig.yaml");
-    api.write_kubeconfig(kubeconfig.as_ref()).unwrap();
-    let ca = CaProcess::start(
-        "127.0.0.1:0",
-        &[
-            "--kubernetes",
-            "--kubeconfig",
-            &kubeconfig,
-            "--state-dir",
-            &fx.path("state"),
-            "--publish-root",
-            &fx.path("root.pem"),
+    let (api, ca) = fx.kubernetes_ca(
+        vec![
+            ("node1-projected", daemon("node1", "ztunnel-ca", hour)),
+            ("node2-projected", daemon("node2", "ztunnel-ca", hour)),
+            (
+                "node1-expired",
+                daemon("node1", "ztunnel-ca", Instant::now()),
+            ),
+            (
+                "node1-apiserver-audience",
+                daemon("node1", "https://kubernetes.default.svc", hour),
+            ),
+            (
+                "web-pod-token",
+                token_of("demo/web", "node1", "ztunnel-ca", hour),
+            ),
         ],
-        fx.dir.path().join("ca-kubernetes.log"),
+        &[],
     );
     let (web, client) = (
         Identity::parse(WEB).unwrap(),
@@ -645,7 +657,7 @@ async fn the_kubernetes_ca_binds_each_token_to_its_node() {
         (
             "web-pod-token",
             &web,
-            "not to the node daemons' system:serviceaccount:ztunnel-system:ztunnel",
+            "not to a node proxy's system:serviceaccount:ztunnel-system:ztunnel",
         ),
         ("no-such-token", &web, "invalid bearer token"),
     ] {
@@ -661,6 +673,88 @@ async fn the_kubernetes_ca_binds_each_token_to_its_node() {
     assert_eq!(reviews, 7, "one TokenReview per request");
 }
 
+/// A projected token of ServiceAccount `account` (`namespace/name`) for
+/// `audience`, bound to a pod on `node`, as TokenReview describes it.
+fn token_of(
+    account: &str,
+    node: &str,
+    audience: &str,
+    expires: Instant,
+) -> ztunnel_cluster::kube_api::TokenInfo {
+    let (namespace, name) = account.split_once('/').unwrap();
+    ztunnel_cluster::kube_api::TokenInfo {
+        username: format!("system:serviceaccount:{namespace}:{name}"),
+        audiences: vec![audience.to_owned()],
+        pod: Some((format!("{name}-{node}"), format!("uid-{name}-{node}"))),
+        node: Some(node.to_owned()),
+        expires,
+    }
+}
+
+/// One CA serves this project's daemons and Istio's ztunnel at once, as a
+/// cluster migrating node by node needs: ztunnel's ServiceAccount and
+/// audience (`istio-system/ztunnel`, `istio-ca`) are trusted beside the
+/// daemons'. A request for another cluster is refused, as istiod does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kubernetes_ca_serves_istios_ztunnel_beside_the_daemons() {
+    let fx = Fixture::new();
+    let hour = Instant::now() + Duration::from_secs(3600);
+    let (_api, ca) = fx.kubernetes_ca(
+        vec![
+            (
+                "daemon-node1",
+                token_of("ztunnel-system/ztunnel", "node1", "ztunnel-ca", hour),
+            ),
+            (
+                "istio-ztunnel-node1",
+                token_of("istio-system/ztunnel", "node1", "istio-ca", hour),
+            ),
+            (
+                "istiod",
+                token_of("istio-system/istiod", "node1", "istio-ca", hour),
+            ),
+        ],
+        &[
+            "--token-audience",
+            "ztunnel-ca",
+            "--token-audience",
+            "istio-ca",
+            "--node-service-account",
+            "ztunnel-system/ztunnel",
+            "--node-service-account",
+            "istio-system/ztunnel",
+        ],
+    );
+    let web = Identity::parse(WEB).unwrap();
+    let ask = |config: CaClientConfig| {
+        let web = web.clone();
+        async move {
+            CaClient::new(&config)
+                .unwrap()
+                .create_certificate(csr(&p256(), vec![uri(WEB)]), Duration::from_secs(60), &web)
+                .await
+        }
+    };
+    let token = |token: &str| fx.client_config(&ca, CaToken::Fixed(token.to_owned()));
+    assert_eq!(ask(token("daemon-node1")).await.unwrap().len(), 2);
+    assert_eq!(ask(token("istio-ztunnel-node1")).await.unwrap().len(), 2);
+
+    let (c, m) = code(ask(token("istiod")).await);
+    assert_eq!(c, Code::PermissionDenied, "{m}");
+    assert!(
+        m.contains("not to a node proxy's system:serviceaccount:ztunnel-system:ztunnel or system:serviceaccount:istio-system:ztunnel"),
+        "{m}"
+    );
+    let mut elsewhere = token("daemon-node1");
+    elsewhere.cluster_id = "cluster-2".to_owned();
+    let (c, m) = code(ask(elsewhere).await);
+    assert_eq!(c, Code::PermissionDenied, "{m}");
+    assert!(
+        m.contains(r#"the request is for cluster "cluster-2"; this CA serves "Kubernetes""#),
+        "{m}"
+    );
+}
+
 /// The token file is read for every request: a projected token the kubelet
 /// replaced is the one sent next.
 #[tokio::test(flavor = "multi_thread")]
@@ -668,13 +762,8 @@ async fn the_token_file_is_read_again_for_every_request() {
     let fx = Fixture::new();
     let ca = fx.start_ca(&[]);
     let token_file = fx.write("node-token", &format!("{NODE1_TOKEN}\n"));
-    let client = CaClient::new(&CaClientConfig {
-        address: ca.address.to_string(),
-        server_name: "127.0.0.1".to_owned(),
-        root_cert: fx.dir.path().join("root.pem"),
-        token: CaToken::File(token_file.clone().into()),
-    })
-    .unwrap();
+    let client =
+        CaClient::new(&fx.client_config(&ca, CaToken::File(token_file.clone().into()))).unwrap();
     let web = Identity::parse(WEB).unwrap();
     let ask =
         || client.create_certificate(csr(&p256(), vec![uri(WEB)]), Duration::from_secs(60), &web);

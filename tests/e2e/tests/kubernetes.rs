@@ -172,6 +172,19 @@ fn the_daemons_follow_the_api_server() {
     // demo pods, and no pod of node2.
     assert_eq!(captured(&cluster, "node1"), ["demo/client-1", "demo/web-1"]);
     assert_eq!(captured(&cluster, "node2"), ["demo/client-2", "demo/web-2"]);
+    // Each captured pod carries Istio's redirection annotation, as Istio's
+    // CNI agent sets it (istiod then tells Istio's ztunnels to reach the pod
+    // over HBONE); the others do not.
+    let annotated = |namespace: &str, name: &str| {
+        api.get(PODS, namespace, name).unwrap()["metadata"]["annotations"]["ambient.istio.io/redirection"]
+            == "enabled"
+    };
+    within(TAKES_EFFECT, "the captured pods annotated", || {
+        ["client-1", "web-1", "client-2", "web-2"]
+            .iter()
+            .all(|pod| annotated("demo", pod))
+    });
+    assert!(!annotated("legacy", "legacy-1") && !annotated("legacy", "legacy-2"));
 
     // Labelling a namespace through the API enrols its pods on each node.
     let enrol_legacy = |enrolled: bool| {
@@ -210,6 +223,10 @@ fn the_daemons_follow_the_api_server() {
         json!({"app": "client", "istio.io/dataplane-mode": "none"}),
     );
     captures_within_a_second(&cluster, "node1", &["demo/web-1"], "client-1 opted out");
+    within(TAKES_EFFECT, "client-1's annotation removed", || {
+        !annotated("demo", "client-1")
+    });
+    assert!(annotated("demo", "web-1"));
     set_labels(&api, PODS, "demo", "client-1", json!({"app": "client"}));
     captures_within_a_second(
         &cluster,
@@ -217,6 +234,9 @@ fn the_daemons_follow_the_api_server() {
         &["demo/client-1", "demo/web-1"],
         "client-1 back in",
     );
+    within(TAKES_EFFECT, "client-1 annotated again", || {
+        annotated("demo", "client-1")
+    });
 
     // History compacted and every watch broken, as when the API server
     // restarts: the watches resume from an expired resourceVersion, get

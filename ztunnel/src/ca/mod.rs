@@ -53,6 +53,9 @@ pub struct CaConfig {
     pub server_names: Vec<String>,
     /// Where to publish the root certificate (the trust bundle for daemons).
     pub publish_root: Option<PathBuf>,
+    /// The cluster this CA serves: a request naming another in its
+    /// `clusterid` metadata is refused (one without is served).
+    pub cluster_id: String,
 }
 
 /// How the CA knows the nodes: who is asking, and which pods it runs.
@@ -70,10 +73,10 @@ pub enum NodeSource {
     Kubernetes {
         /// How to reach the API server.
         api: KubeConfig,
-        /// The audience the daemons' tokens must carry.
-        audience: String,
-        /// The daemons' ServiceAccount, `namespace/name`.
-        node_service_account: String,
+        /// The audiences accepted in node proxies' tokens (any one).
+        audiences: Vec<String>,
+        /// The node proxies' ServiceAccounts, `namespace/name` (any one).
+        node_service_accounts: Vec<String>,
     },
 }
 
@@ -151,14 +154,17 @@ impl Ca {
             ),
             NodeSource::Kubernetes {
                 api,
-                audience,
-                node_service_account,
+                audiences,
+                node_service_accounts,
             } => {
                 // Checked before anything is contacted.
-                let username = token_review::service_account_username(node_service_account)
+                let usernames = node_service_accounts
+                    .iter()
+                    .map(|account| token_review::service_account_username(account))
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(CaError::TokenReview)?;
                 let client = kubernetes::client(api).await?;
-                let reviewer = TokenReviewer::new(client, audience.clone(), username);
+                let reviewer = TokenReviewer::new(client, audiences.clone(), usernames);
                 // No node is "this" node: the CA captures nothing.
                 let source =
                     kubernetes::start(api, None, /* no policies: no root namespace */ "").await?;
@@ -173,6 +179,7 @@ impl Ca {
             nodes,
             registry,
             max_validity: config.max_validity,
+            cluster_id: config.cluster_id,
         };
         let listener = TcpListener::bind(config.listen)
             .await

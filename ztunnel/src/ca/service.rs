@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use super::{
     api::{
-        IstioCertificateRequest, IstioCertificateResponse,
+        CLUSTER_ID_HEADER, IstioCertificateRequest, IstioCertificateResponse,
         istio_certificate_service_server::IstioCertificateService,
     },
     authority::Authority,
@@ -28,6 +28,7 @@ pub struct CaService {
     pub(super) nodes: NodeAuth,
     pub(super) registry: Watched<Registry>,
     pub(super) max_validity: Duration,
+    pub(super) cluster_id: String,
 }
 
 #[tonic::async_trait]
@@ -58,6 +59,16 @@ impl IstioCertificateService for CaService {
 impl CaService {
     /// The node presenting the request's bearer token.
     async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, String> {
+        // Before the token: a token of another cluster cannot be reviewed here.
+        if let Some(cluster) = metadata.get(CLUSTER_ID_HEADER) {
+            let cluster = cluster.to_str().unwrap_or_default();
+            if cluster != self.cluster_id {
+                return Err(format!(
+                    "the request is for cluster {cluster:?}; this CA serves {:?} (--cluster-id)",
+                    self.cluster_id
+                ));
+            }
+        }
         let header = metadata
             .get("authorization")
             .ok_or("no `authorization: Bearer <node token>` header")?;

@@ -5,9 +5,13 @@
 //! CA's audience. The API server says whether it is valid (signature, expiry,
 //! the pod still exists) and for which audiences, whose it is, and — for a
 //! token bound to a pod, since Kubernetes 1.30 — the node that pod runs on.
-//! The CA accepts only tokens of the node daemon's ServiceAccount issued for
-//! its audience, and binds the request to the node named in the token: a
-//! daemon can never ask for another node's identities.
+//! The CA accepts only tokens of the node proxies' ServiceAccounts issued
+//! for one of its audiences, and binds the request to the node named in the
+//! token: a daemon can never ask for another node's identities. Several
+//! accounts and audiences may be trusted at once (as istiod's
+//! `CA_TRUSTED_NODE_ACCOUNTS`), so one CA serves this project's daemons and
+//! Istio's ztunnel (`istio-system/ztunnel`, audience `istio-ca`) while a
+//! cluster migrates between them.
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, Client, api::PostParams};
@@ -18,8 +22,8 @@ const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
 /// Asks the API server who a token belongs to.
 pub struct TokenReviewer {
     api: Api<TokenReview>,
-    audience: String,
-    username: String,
+    audiences: Vec<String>,
+    usernames: Vec<String>,
 }
 
 /// The username TokenReview reports for tokens of ServiceAccount
@@ -37,13 +41,13 @@ pub fn service_account_username(service_account: &str) -> Result<String, String>
 }
 
 impl TokenReviewer {
-    /// A reviewer accepting tokens issued for `audience` to `username` (see
-    /// [`service_account_username`]).
-    pub fn new(client: Client, audience: String, username: String) -> Self {
+    /// A reviewer accepting tokens issued for one of `audiences` to one of
+    /// `usernames` (see [`service_account_username`]).
+    pub fn new(client: Client, audiences: Vec<String>, usernames: Vec<String>) -> Self {
         Self {
             api: Api::all(client),
-            audience,
-            username,
+            audiences,
+            usernames,
         }
     }
 
@@ -52,7 +56,7 @@ impl TokenReviewer {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
-                audiences: Some(vec![self.audience.clone()]),
+                audiences: Some(self.audiences.clone()),
             },
             ..TokenReview::default()
         };
@@ -73,22 +77,22 @@ impl TokenReviewer {
                     .unwrap_or("the API server did not authenticate it")
             ));
         }
-        if !status
-            .audiences
-            .as_ref()
-            .is_some_and(|audiences| audiences.contains(&self.audience))
-        {
+        if !status.audiences.as_ref().is_some_and(|audiences| {
+            audiences
+                .iter()
+                .any(|audience| self.audiences.contains(audience))
+        }) {
             return Err(format!(
                 "the token was not issued for audience {}",
-                self.audience
+                self.audiences.join(" or ")
             ));
         }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
-        if username != self.username {
+        if !self.usernames.contains(&username) {
             return Err(format!(
-                "the token belongs to {username:?}, not to the node daemons' {}",
-                self.username
+                "the token belongs to {username:?}, not to a node proxy's {}",
+                self.usernames.join(" or ")
             ));
         }
         user.extra

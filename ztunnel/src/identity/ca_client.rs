@@ -19,7 +19,8 @@ use super::Identity;
 
 use crate::{
     ca::api::{
-        IstioCertificateRequest, istio_certificate_service_client::IstioCertificateServiceClient,
+        CLUSTER_ID_HEADER, IstioCertificateRequest,
+        istio_certificate_service_client::IstioCertificateServiceClient,
     },
     tls,
 };
@@ -42,6 +43,9 @@ pub struct CaClientConfig {
     pub root_cert: PathBuf,
     /// The node's bearer token.
     pub token: CaToken,
+    /// The cluster this node is in, sent as `clusterid` (istiod picks the
+    /// API server that reviews the token by it).
+    pub cluster_id: String,
 }
 
 /// Where the node's bearer token for the CA comes from.
@@ -99,6 +103,7 @@ impl From<tonic::Status> for CaClientError {
 pub struct CaClient {
     client: IstioCertificateServiceClient<Channel>,
     token: CaToken,
+    cluster_id: MetadataValue<Ascii>,
 }
 
 impl CaClient {
@@ -122,6 +127,10 @@ impl CaClient {
                 .parse::<MetadataValue<Ascii>>()
                 .map_err(|err| bad("token", &err))?;
         }
+        let cluster_id = config
+            .cluster_id
+            .parse::<MetadataValue<Ascii>>()
+            .map_err(|err| bad("cluster id", &err))?;
 
         let address = Arc::new(config.address.clone());
         // The URI only routes the request; the connector below makes the real
@@ -143,6 +152,7 @@ impl CaClient {
         Ok(Self {
             client: IstioCertificateServiceClient::new(channel),
             token,
+            cluster_id,
         })
     }
 
@@ -169,9 +179,9 @@ impl CaClient {
             validity_duration: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
             metadata: Some(metadata),
         });
-        request
-            .metadata_mut()
-            .insert("authorization", self.token.header().await?);
+        let headers = request.metadata_mut();
+        headers.insert("authorization", self.token.header().await?);
+        headers.insert(CLUSTER_ID_HEADER, self.cluster_id.clone());
         let response = self.client.clone().create_certificate(request).await?;
         Ok(response.into_inner().cert_chain)
     }

@@ -117,6 +117,13 @@ pub fn trim_pod(pod: &mut Pod) {
         name: metadata.name,
         namespace: metadata.namespace,
         labels: metadata.labels,
+        // Only the annotation the daemon keeps (`redirection`).
+        annotations: metadata.annotations.map(|annotations| {
+            annotations
+                .into_iter()
+                .filter(|(key, _)| key == super::redirection::ANNOTATION)
+                .collect()
+        }),
         resource_version: metadata.resource_version,
         uid: metadata.uid,
         // The controller names the workload in metrics.

@@ -18,15 +18,17 @@
 //! policy kinds count as listed when their CRDs are not installed.
 //!
 //! A node daemon posts a Kubernetes Event on each policy object it does not
-//! apply as written (`events`).
+//! apply as written (`events`), and keeps Istio's redirection annotation on
+//! the pods it captures ([`redirection`]).
 
 pub mod convert;
 mod events;
 mod netns_index;
 mod policies;
+pub mod redirection;
 mod store;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use futures_util::{
     FutureExt, StreamExt,
@@ -88,6 +90,9 @@ pub struct KubeSource {
     pub policies: watch::Receiver<Arc<PolicySet>>,
     /// Completes with the first complete view.
     pub synced: Synced,
+    /// Keeps Istio's redirection annotation on the captured pods (node
+    /// daemons only).
+    pub annotator: Option<redirection::Annotator>,
 }
 
 /// The first complete view of the cluster, to wait for.
@@ -113,6 +118,16 @@ pub async fn start(
     let client = client(config).await?;
     let (registry_tx, registry_rx) = watch::channel(Arc::new(Registry::default()));
     let (policies_tx, policies_rx) = watch::channel(Arc::new(PolicySet::default()));
+    // Node daemons (which look for pods' network namespaces) capture pods,
+    // so they annotate them; the CA does not.
+    let (annotated, annotator) = match node {
+        Some(_) if config.netns_dir.is_some() => {
+            let (annotated, view) = watch::channel(BTreeSet::new());
+            let annotator = redirection::Annotator::start(client.clone(), view);
+            (Some(annotated), Some(annotator))
+        }
+        _ => (None, None),
+    };
     let mut state = State {
         node: node.map(str::to_owned),
         namespaces: Store::default(),
@@ -125,6 +140,7 @@ pub async fn start(
         missing_netns: false,
         registry: registry_tx,
         policy_set: policies_tx,
+        annotated,
         events: node
             .filter(|_| config.policies)
             .map(|node| events::PolicyEvents::new(client.clone(), node)),
@@ -145,6 +161,7 @@ pub async fn start(
         registry: Watched::fed_by(registry_rx, task),
         policies: policies_rx,
         synced: Synced(ready_rx),
+        annotator,
     })
 }
 
@@ -260,6 +277,9 @@ struct State {
     missing_netns: bool,
     registry: watch::Sender<Arc<Registry>>,
     policy_set: watch::Sender<Arc<PolicySet>>,
+    /// This node's pods that carry Istio's redirection annotation (node
+    /// daemons only).
+    annotated: Option<watch::Sender<BTreeSet<String>>>,
     /// Events on the policy objects not applied as written (node daemons).
     events: Option<events::PolicyEvents>,
 }
@@ -369,6 +389,14 @@ impl State {
             .node
             .as_deref()
             .is_some_and(|node| registry.pods_on(node).any(|pod| pod.netns.is_none()));
+        if let (Some(annotated), Some(node)) = (&self.annotated, self.node.as_deref()) {
+            let now = redirection::annotated_on(self.pods.objects().map(|(_, pod)| pod), node);
+            annotated.send_if_modified(|current| {
+                let modified = *current != now;
+                *current = now;
+                modified
+            });
+        }
         match registry.validated() {
             Ok(registry) => {
                 self.registry.send_if_modified(|current| {

@@ -436,6 +436,7 @@ pub async fn run(
     // With the API as source, the first complete view is waited for after
     // the admin endpoint is up (it says "starting" meanwhile).
     let mut synced = None;
+    let mut annotator = None;
     let (registry, policies) = match &config.source {
         Source::Files { registry, policies } => (
             Watched::start(registry.clone(), "registry", Registry::load)?,
@@ -445,6 +446,7 @@ pub async fn run(
             let source =
                 kubernetes::start(kube, Some(&config.node), &config.root_namespace).await?;
             synced = Some(source.synced);
+            annotator = source.annotator;
             (source.registry, (None, source.policies))
         }
     };
@@ -630,6 +632,9 @@ pub async fn run(
             .into_iter()
             .collect();
         context.metrics.enrolled_pods.set(captured.len() as i64);
+        if let Some(annotator) = &annotator {
+            annotator.set_captured(&captured);
+        }
         applied.send_replace(Some(Arc::new(Applied {
             identities,
             uncaptured,
