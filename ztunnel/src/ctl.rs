@@ -98,6 +98,12 @@ pub fn workloads(dump: &Value) -> String {
 
 /// `check`'s answer in sentences.
 pub fn explain_check(answer: &Value) -> String {
+    let waypoint = answer["waypoint"].as_str().map(|waypoint| {
+        format!(
+            "waypoint:    {waypoint}: the connection goes there first, and its policy (L7 \
+             included) applies before this decision\n"
+        )
+    });
     if let Some(endpoints) = answer["endpoints"].as_array() {
         let mut out = format!(
             "service:     {} port {} (to port {} of its endpoints)\ndecision:    {}: {}\n",
@@ -107,6 +113,7 @@ pub fn explain_check(answer: &Value) -> String {
             answer["decision"].as_str().unwrap_or("?").to_uppercase(),
             answer["reason"].as_str().unwrap_or("?"),
         );
+        out.extend(waypoint);
         for endpoint in endpoints {
             out.push('\n');
             out.push_str(&explain_check(endpoint));
@@ -151,5 +158,6 @@ pub fn explain_check(answer: &Value) -> String {
     for note in answer["notes"].as_array().into_iter().flatten() {
         out.push_str(&format!("note:        {}\n", note.as_str().unwrap_or("?")));
     }
+    out.extend(waypoint);
     out
 }

@@ -201,6 +201,31 @@ impl Cluster {
         self.registry_changed()
     }
 
+    /// Sets (`Some`) or removes (`None`) label `key` on Service `service`
+    /// (`name` or `namespace/name`), like `kubectl label service`.
+    pub fn label_service(
+        &mut self,
+        service: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let (namespace, name) = match service.split_once('/') {
+            Some((namespace, name)) => (Some(namespace), name),
+            None => (None, service),
+        };
+        let cluster = self.status.name.clone();
+        let service = self
+            .status
+            .services
+            .iter_mut()
+            .find(|s| s.name == name && namespace.is_none_or(|ns| ns == s.namespace))
+            .ok_or_else(|| {
+                ClusterError::Spec(format!("no Service {service} in cluster {cluster}"))
+            })?;
+        set_label(&mut service.labels, key, value);
+        self.registry_changed()
+    }
+
     fn registry_changed(&mut self) -> Result<(), ClusterError> {
         topology::refresh_enrolment(&mut self.status);
         self.write_registry()?;

@@ -371,7 +371,7 @@ impl ApiServer {
             self.apply(
                 SERVICES,
                 json!({
-                    "metadata": {"name": svc.name, "namespace": svc.namespace},
+                    "metadata": {"name": svc.name, "namespace": svc.namespace, "labels": svc.labels},
                     "spec": {"type": "ClusterIP", "clusterIP": vips[0], "clusterIPs": vips,
                              "selector": svc.selector, "ports": ports}
                 }),

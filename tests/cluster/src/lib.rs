@@ -22,6 +22,7 @@
 
 pub mod addressing;
 mod cluster;
+pub mod fake_waypoint;
 pub mod hbone_client;
 pub mod kube_api;
 pub mod load_tally;

@@ -123,6 +123,9 @@ pub struct ServiceStatus {
     pub target_port: u16,
     /// Pods whose labels contain all of these are its endpoints.
     pub selector: Labels,
+    /// The Service's own labels (for example `istio.io/use-waypoint`).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 /// The fabric: a bridge in its own network namespace that every node plugs into.

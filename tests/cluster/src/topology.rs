@@ -91,6 +91,7 @@ pub(crate) fn plan(spec: &ClusterSpec, state_dir: &Path, owner_pid: Option<u32>)
             port: SERVICE_PORT,
             target_port: APP_PORT,
             selector: Labels::from([("app".to_owned(), app.name.clone())]),
+            labels: Labels::new(),
         })
         .collect();
 
@@ -179,6 +180,7 @@ pub(crate) fn registry(status: &Status) -> Registry {
                     target_port: service.target_port,
                 }],
                 selector: service.selector.clone(),
+                labels: service.labels.clone(),
             })
             .collect(),
     )

@@ -62,6 +62,7 @@ fn manifests(out: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in [
         "deploy",
+        "deploy/istio",
         "deploy/crds",
         "deploy/monitoring",
         "deploy/uninstall",
@@ -132,6 +133,66 @@ fn the_manifests_validate_against_the_kubernetes_schemas() {
             "Kubernetes {version}: every other object passes\n{report}"
         );
     }
+}
+
+/// Beside Istio (`deploy/istio`): no CA of the project, istiod's CA
+/// endpoint, a token for istiod's audience, istiod's roots, and daemons only
+/// on the nodes labelled for them, everything else as in `deploy`.
+#[test]
+fn the_istio_overlay_takes_istiod_as_ca_on_labelled_nodes_only() {
+    let render = |dir: &str| -> Vec<serde_json::Value> {
+        let text = run(Command::new(tool("kubectl"))
+            .arg("kustomize")
+            .arg(workspace().join(dir)));
+        serde_saphyr::from_multiple(&text).expect("the rendering is YAML")
+    };
+    let find = |objects: &[serde_json::Value], kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .cloned()
+    };
+    let (plain, istio) = (render("deploy"), render("deploy/istio"));
+    assert!(find(&plain, "Deployment", "ztunnel-ca").is_some());
+    for kind in [
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ] {
+        assert!(
+            find(&istio, kind, "ztunnel-ca").is_none(),
+            "{kind} ztunnel-ca"
+        );
+    }
+    assert_eq!(istio.len(), plain.len() - 5);
+    let config = find(&istio, "ConfigMap", "ztunnel-config").unwrap();
+    assert_eq!(config["data"]["caAddress"], "istiod.istio-system.svc:15012");
+    assert_eq!(config["data"]["caServerName"], "istiod.istio-system.svc");
+    let daemons = find(&istio, "DaemonSet", "ztunnel").unwrap();
+    let pod = &daemons["spec"]["template"]["spec"];
+    assert_eq!(pod["nodeSelector"]["ztunnel.dev/node-proxy"], "ebpf");
+    let volume = |name: &str| {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        volume("ca-token")["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "istio-ca"
+    );
+    assert_eq!(
+        volume("trust-bundle")["configMap"]["name"],
+        "istio-ca-root-cert"
+    );
+    // The rest is the plain deployment's: the same arguments and mounts.
+    let plain_pod = &find(&plain, "DaemonSet", "ztunnel").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"], plain_pod["containers"]);
 }
 
 #[test]

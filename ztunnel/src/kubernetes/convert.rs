@@ -22,7 +22,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
-use crate::registry::{self, Registry, naming};
+use crate::registry::{self, Registry, naming, waypoint};
 
 /// The label EndpointSlices carry to name their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -270,12 +270,23 @@ fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<registry::Service
     if ports.is_empty() {
         return None;
     }
+    // Only the labels the daemon reads (waypoints): the rest would cost
+    // memory per Service for nothing.
+    let labels = svc
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(key, _)| waypoint::SERVICE_LABELS.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
     Some(registry::Service {
         name,
         namespace,
         vips,
         ports,
         selector,
+        labels,
     })
 }
 
@@ -312,7 +323,8 @@ mod tests {
         let mut done: Pod = from_json(pod_json("job", "node1", "10.244.1.9", "fd00::1:9"));
         done.status.as_mut().unwrap().phase = Some("Succeeded".into());
         let service: Service = from_json(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "demo"},
+            "metadata": {"name": "web", "namespace": "demo",
+                         "labels": {"istio.io/use-waypoint": "waypoint", "app.kubernetes.io/name": "web"}},
             "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "selector": {"app": "web"},
                      "ports": [{"name": "http", "port": 80, "targetPort": "http"},
                                {"name": "admin", "port": 9000, "targetPort": 9090},
@@ -359,6 +371,12 @@ mod tests {
             ports,
             [(80, 8080), (9000, 9090)],
             "named port resolved, UDP left out"
+        );
+        let labels: Vec<_> = registry.services[0].labels.keys().collect();
+        assert_eq!(
+            labels,
+            ["istio.io/use-waypoint"],
+            "only the labels read are kept"
         );
         let nodes: Vec<_> = registry.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(nodes, ["node1", "node2"]);

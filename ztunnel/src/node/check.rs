@@ -1,6 +1,8 @@
 //! `ztunnel ctl check`'s answer: what the destination's daemon would decide
 //! for a connection from a pod to a pod or a Service, and why. The decision
-//! is [`PolicySet::decide`], the one the data path makes.
+//! is [`PolicySet::decide`], the one the data path makes. A destination that
+//! names a waypoint for the traffic is reported with it: the connection goes
+//! there first, and the waypoint's own (L7) policy applies before these.
 
 use std::net::IpAddr;
 
@@ -9,7 +11,10 @@ use serde_json::{Value, json};
 use crate::{
     identity::{Identity, TrustDomain},
     policy::{Connection, PolicySet, Workload},
-    registry::{Enrolment, Pod, Registry, Service},
+    registry::{
+        Enrolment, Pod, Registry, Service,
+        waypoint::{Traffic, waypoint_for},
+    },
 };
 
 /// What `ctl check` names as the destination.
@@ -45,7 +50,12 @@ pub fn explain(
         }
     };
     let service = match target(registry, destination)? {
-        Target::Pod(dst) => return context.explain_pod(src, dst, port),
+        Target::Pod(dst) => {
+            let mut answer = context.explain_pod(src, dst, port)?;
+            let waypoint = waypoint_for(registry, &dst.namespace, &dst.labels, Traffic::Workload);
+            with_waypoint(&mut answer, waypoint);
+            return Ok(answer);
+        }
         Target::Service(service) => service,
     };
     let target_port = service
@@ -73,14 +83,29 @@ pub fn explain(
         (_, 0) => ("allow", "every endpoint allows it".to_owned()),
         (all, denied) => ("deny", format!("{denied} of its {all} endpoints deny it")),
     };
-    Ok(json!({
+    let mut answer = json!({
         "service": service.host(),
         "port": port,
         "target_port": target_port,
         "endpoints": endpoints,
         "decision": decision,
         "reason": reason,
-    }))
+    });
+    let waypoint = waypoint_for(
+        registry,
+        &service.namespace,
+        &service.labels,
+        Traffic::Service,
+    );
+    with_waypoint(&mut answer, waypoint);
+    Ok(answer)
+}
+
+/// Adds the waypoint the connection goes through, if any.
+fn with_waypoint(answer: &mut Value, waypoint: Option<&Service>) {
+    if let Some(waypoint) = waypoint {
+        answer["waypoint"] = json!(format!("{}/{}", waypoint.namespace, waypoint.name));
+    }
 }
 
 /// A pod or Service named `name`, `namespace/name` or by address.

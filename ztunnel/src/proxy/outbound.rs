@@ -99,7 +99,8 @@ impl OutboundError {
                 }
                 TunnelError::Handshake { .. }
                 | TunnelError::Timeout(_)
-                | TunnelError::Protocol(_) => ResponseFlags::TlsFailure,
+                | TunnelError::Protocol(_)
+                | TunnelError::NotHbone => ResponseFlags::TlsFailure,
                 TunnelError::Refused(401) => ResponseFlags::Deny,
                 TunnelError::Preamble(_) | TunnelError::Http2(_) | TunnelError::Refused(_) => {
                     ResponseFlags::Connect
@@ -121,6 +122,13 @@ enum Upstream {
         endpoint: SocketAddr,
         identity: Identity,
     },
+    /// Through a waypoint pod (`daemon`, its HBONE address, proving
+    /// `identity`), asking it for `target`.
+    Waypoint {
+        daemon: SocketAddr,
+        identity: Identity,
+        target: SocketAddr,
+    },
     Local {
         endpoint: SocketAddr,
     },
@@ -135,6 +143,7 @@ impl Upstream {
             Self::Tunnel { endpoint, .. }
             | Self::Local { endpoint }
             | Self::Passthrough { endpoint } => *endpoint,
+            Self::Waypoint { daemon, .. } => *daemon,
         }
     }
 }
@@ -210,6 +219,7 @@ async fn handle(
             reporter: Reporter::Source,
             via: match upstream {
                 Upstream::Tunnel { .. } => Via::Tunnel,
+                Upstream::Waypoint { .. } => Via::Waypoint,
                 Upstream::Local { .. } => Via::Local,
                 Upstream::Passthrough { .. } => Via::Passthrough,
             },
@@ -220,7 +230,9 @@ async fn handle(
             target,
             service: service.as_ref(),
             security: match upstream {
-                Upstream::Tunnel { .. } if context.transport == Transport::MutualTls => {
+                Upstream::Tunnel { .. } | Upstream::Waypoint { .. }
+                    if context.transport == Transport::MutualTls =>
+                {
                     SecurityPolicy::MutualTls
                 }
                 // One node: the daemon captured the source itself.
@@ -273,33 +285,27 @@ async fn proxy(
     match upstream {
         // The destination's daemon decides policy for tunnelled connections.
         Upstream::Tunnel { endpoint, identity } => {
-            match connect_tunnel(context, pod, source, endpoint, &identity).await? {
-                Carrier::Native {
-                    key,
-                    mut tunnel,
-                    reused,
-                } => {
-                    if let Some(session) = &tunnel.session {
-                        record.carried_by(tunnel::Session {
-                            reused,
-                            ..session.clone()
-                        });
-                    }
-                    let mut connection = Chunked::new(&mut tunnel.link);
-                    let ending = relay(client, &mut connection, context, record.meters()).await;
-                    let finished = connection.finished();
-                    Ok((ending, finished.then_some((key, tunnel))))
-                }
-                Carrier::Hbone {
-                    mut stream,
-                    slot: _slot,
-                    session,
-                } => {
-                    record.carried_by(session);
-                    let ending = relay(client, &mut stream, context, record.meters()).await;
-                    Ok((ending, None))
-                }
-            }
+            let hop = Hop {
+                daemon: SocketAddr::new(endpoint.ip(), INBOUND_MTLS_PORT),
+                identity: &identity,
+                target: endpoint,
+                waypoint: false,
+            };
+            tunnelled(client, source, pod, &hop, context, record).await
+        }
+        // The waypoint decides policy (L7 included) and forwards.
+        Upstream::Waypoint {
+            daemon,
+            identity,
+            target,
+        } => {
+            let hop = Hop {
+                daemon,
+                identity: &identity,
+                target,
+                waypoint: true,
+            };
+            tunnelled(client, source, pod, &hop, context, record).await
         }
         Upstream::Local { endpoint } => {
             let destination = context
@@ -336,6 +342,58 @@ async fn proxy(
     }
 }
 
+/// Connect and copy through a tunnel to `hop`.
+async fn tunnelled(
+    client: &mut TcpStream,
+    source: SocketAddr,
+    pod: &LocalPod,
+    hop: &Hop<'_>,
+    context: &ProxyContext,
+    record: &mut ConnectionRecord<'_>,
+) -> Result<(Ending, Option<Reusable>), OutboundError> {
+    match connect_tunnel(context, pod, source, hop).await? {
+        Carrier::Native {
+            key,
+            mut tunnel,
+            reused,
+        } => {
+            if let Some(session) = &tunnel.session {
+                record.carried_by(tunnel::Session {
+                    reused,
+                    ..session.clone()
+                });
+            }
+            let mut connection = Chunked::new(&mut tunnel.link);
+            let ending = relay(client, &mut connection, context, record.meters()).await;
+            let finished = connection.finished();
+            Ok((ending, finished.then_some((key, tunnel))))
+        }
+        Carrier::Hbone {
+            mut stream,
+            slot: _slot,
+            session,
+        } => {
+            record.carried_by(session);
+            let ending = relay(client, &mut stream, context, record.meters()).await;
+            Ok((ending, None))
+        }
+    }
+}
+
+/// The far end of a tunnel.
+struct Hop<'a> {
+    /// Its tunnel address: `<pod ip>:15008` of the destination (its daemon
+    /// answers there) or of a waypoint pod.
+    daemon: SocketAddr,
+    /// The workload identity it must prove.
+    identity: &'a Identity,
+    /// The connection's destination as announced to it (HBONE's
+    /// `:authority`): the pod's address, or for a waypoint what was dialled.
+    target: SocketAddr,
+    /// A waypoint: reached over HBONE only.
+    waypoint: bool,
+}
+
 /// What carries a tunnelled connection.
 enum Carrier {
     /// A native link of its own (an idle one reused, or a new one), the
@@ -354,19 +412,18 @@ enum Carrier {
     },
 }
 
-/// Connect: a tunnel from `pod` to the daemon of `endpoint`, whose workload
-/// is `identity`, carrying the connection of `client` to `endpoint`: a
-/// stream on a shared HBONE connection when there is one with room, else an
-/// idle native link between the same two workloads, else a new tunnel in
-/// whichever protocol the destination's daemon chooses.
+/// Connect: a tunnel from `pod` to `hop`, carrying the connection of
+/// `client`: a stream on a shared HBONE connection when there is one with
+/// room, else an idle native link between the same two workloads, else a
+/// new tunnel in whichever protocol the far end chooses (HBONE only, for a
+/// waypoint).
 async fn connect_tunnel(
     context: &ProxyContext,
     pod: &LocalPod,
     client: SocketAddr,
-    endpoint: SocketAddr,
-    identity: &Identity,
+    hop: &Hop<'_>,
 ) -> Result<Carrier, OutboundError> {
-    let daemon = SocketAddr::new(endpoint.ip(), INBOUND_MTLS_PORT);
+    let daemon = hop.daemon;
     let failed = |source| OutboundError::Tunnel {
         endpoint: daemon,
         source,
@@ -375,7 +432,7 @@ async fn connect_tunnel(
         source_netns: pod.netns.cookie(),
         source: pod.identity.clone(),
         daemon,
-        destination: identity.clone(),
+        destination: hop.identity.clone(),
     };
     // Asked for every connection, not only new tunnels: it also checks that
     // the source still holds a valid certificate.
@@ -384,12 +441,12 @@ async fn connect_tunnel(
             context.tunnel.first_certificate(&pod.identity).await;
             context
                 .tunnel
-                .client(&pod.identity, identity)
+                .client(&pod.identity, hop.identity)
                 .map_err(|source| failed(source.into()))?
         }),
         Transport::PlaintextForBenchmarks => None,
     };
-    let shared = || shared_stream(context, &key, config.as_ref(), endpoint, client);
+    let shared = || shared_stream(context, &key, config.as_ref(), hop.target, client);
     if let Some(carrier) = shared().await.map_err(failed)? {
         return Ok(carrier);
     }
@@ -412,15 +469,18 @@ async fn connect_tunnel(
                 let shared = Shared::handshake(tunnel).await.map_err(failed)?;
                 let slot = context.hbone.add(key, shared.clone());
                 drop(turn);
-                return hbone_stream(shared, slot, false, endpoint, client)
+                return hbone_stream(shared, slot, false, hop.target, client)
                     .await
                     .map_err(failed);
+            }
+            if hop.waypoint {
+                return Err(failed(TunnelError::NotHbone));
             }
             context.hbone.spoke_native(&key);
             (tunnel, false)
         }
     };
-    tunnel::announce(&mut tunnel.link, endpoint)
+    tunnel::announce(&mut tunnel.link, hop.target)
         .await
         .map_err(failed)?;
     Ok(Carrier::Native {
@@ -581,6 +641,23 @@ fn decide(
                 endpoint: destination,
             };
             (upstream, target, service.cloned())
+        }
+        // Recorded as Istio's ztunnel records it: the destination workload
+        // is the waypoint, the service the one dialled.
+        Route::Waypoint {
+            address,
+            waypoint,
+            target,
+            service,
+        } => {
+            let identity = identity_of(waypoint)?;
+            let party = Party::pod(waypoint, Some(&identity));
+            let upstream = Upstream::Waypoint {
+                daemon: SocketAddr::new(address, INBOUND_MTLS_PORT),
+                identity,
+                target,
+            };
+            (upstream, party, service.cloned())
         }
         Route::Passthrough { destination } => (
             Upstream::Passthrough {

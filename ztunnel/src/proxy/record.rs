@@ -42,6 +42,8 @@ pub enum Via {
     Local,
     /// Source side: as plain TCP to a destination outside the mesh.
     Passthrough,
+    /// Source side: through the tunnel to the waypoint the destination names.
+    Waypoint,
     /// Destination side: out of a tunnel from another node.
     InboundTunnel,
     /// Destination side: plaintext from outside the mesh.
@@ -55,6 +57,7 @@ impl Via {
             Self::Tunnel => "tunnel",
             Self::Local => "local",
             Self::Passthrough => "passthrough",
+            Self::Waypoint => "waypoint",
             Self::InboundTunnel => "inbound_tunnel",
             Self::InboundPlaintext => "inbound_plaintext",
         }
@@ -422,6 +425,7 @@ mod tests {
             vips: vec![],
             ports: vec![],
             selector: Labels::new(),
+            labels: Labels::new(),
         };
         let labels = labels(&opening(
             Party::pod(&client, Some(&identity)),

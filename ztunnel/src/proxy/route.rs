@@ -2,16 +2,22 @@
 //! tested as a table without sockets.
 //!
 //! The original destination is a pod address, a service VIP and port, or
-//! something outside the cluster. A VIP resolves to one of the service's
-//! endpoints (the pods of its namespace matching its selector, with an address
-//! of the same family), spread by the caller's `pick`. Then:
-//! an enrolled pod on another node is reached through the tunnel; one on this
-//! node directly (it never leaves the node; the same checks apply); anything
-//! else is passed through as plain TCP.
+//! something outside the cluster. A Service or pod that names a waypoint for
+//! that kind of traffic ([`waypoint`]) is reached through one of the
+//! waypoint's pods, as Istio's ztunnel does: service traffic when the VIP was
+//! dialled, pod traffic when the pod's own address was. Otherwise a VIP
+//! resolves to one of the service's endpoints (the pods of its namespace
+//! matching its selector, with an address of the same family), spread by the
+//! caller's `pick`. Then: an enrolled pod on another node is reached through
+//! the tunnel; one on this node directly (it never leaves the node; the same
+//! checks apply); anything else is passed through as plain TCP.
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::registry::{Enrolment, Pod, Registry, Service};
+use crate::registry::{
+    Enrolment, Pod, Registry, Service,
+    waypoint::{self, Traffic},
+};
 
 /// The decision for one outbound connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +37,18 @@ pub enum Route<'a> {
         destination: SocketAddr,
         /// The destination workload.
         pod: &'a Pod,
+        /// The service whose VIP was dialled, if any.
+        service: Option<&'a Service>,
+    },
+    /// A destination that names a waypoint: HBONE to one of the
+    /// waypoint's pods, asking it for `target` (the address dialled).
+    Waypoint {
+        /// The waypoint pod's address (its HBONE port is the tunnel's).
+        address: IpAddr,
+        /// The waypoint pod.
+        waypoint: &'a Pod,
+        /// What the application dialled: the `CONNECT`'s `:authority`.
+        target: SocketAddr,
         /// The service whose VIP was dialled, if any.
         service: Option<&'a Service>,
     },
@@ -56,6 +74,19 @@ pub fn route<'a>(
     pick: &mut impl FnMut(usize) -> usize,
 ) -> Route<'a> {
     let via = service_at(registry, original);
+    let service = via.map(|(service, _)| service);
+    // Service traffic goes to the Service's waypoint; pod traffic (below) to
+    // the pod's, never both.
+    if let Some(service) = service
+        && let Some(waypoint) = waypoint::waypoint_for(
+            registry,
+            &service.namespace,
+            &service.labels,
+            Traffic::Service,
+        )
+    {
+        return through(registry, waypoint, original, Some(service), pick);
+    }
     let (destination, pod) = match via {
         Some((service, target_port)) => {
             let endpoints: Vec<(&Pod, IpAddr)> =
@@ -70,7 +101,15 @@ pub fn route<'a>(
         }
         None => (original, registry.pod_at(original.ip())),
     };
-    let service = via.map(|(service, _)| service);
+    if service.is_none()
+        && let Some(pod) = pod
+        && let Some(waypoint) =
+            waypoint::waypoint_for(registry, &pod.namespace, &pod.labels, Traffic::Workload)
+        // A waypoint's own pod is never sent through the waypoint.
+        && !waypoint.selects(&pod.labels)
+    {
+        return through(registry, waypoint, original, None, pick);
+    }
     match pod {
         Some(pod) if enrolment.enrols_in(registry, pod) && pod.node == node => Route::Local {
             destination,
@@ -83,6 +122,30 @@ pub fn route<'a>(
             service,
         },
         _ => Route::Passthrough { destination },
+    }
+}
+
+/// Through one of `waypoint`'s pods (an address of `target`'s family),
+/// asking for `target`.
+fn through<'a>(
+    registry: &'a Registry,
+    waypoint: &'a Service,
+    target: SocketAddr,
+    service: Option<&'a Service>,
+    pick: &mut impl FnMut(usize) -> usize,
+) -> Route<'a> {
+    let pods: Vec<(&Pod, IpAddr)> = registry.endpoints(waypoint, target.ip()).collect();
+    if pods.is_empty() {
+        return Route::NoEndpoint {
+            service: format!("{}/{} (a waypoint)", waypoint.namespace, waypoint.name),
+        };
+    }
+    let (pod, address) = pods[pick(pods.len()).min(pods.len() - 1)];
+    Route::Waypoint {
+        address,
+        waypoint: pod,
+        target,
+        service,
     }
 }
 
@@ -116,6 +179,12 @@ mod tests {
             Route::Local {
                 destination, pod, ..
             } => format!("local {destination} {}", pod.name),
+            Route::Waypoint {
+                address,
+                waypoint,
+                target,
+                ..
+            } => format!("waypoint {address} {} for {target}", waypoint.name),
             Route::Passthrough { destination } => format!("passthrough {destination}"),
             Route::NoEndpoint { service } => format!("no endpoint {service}"),
         }
@@ -190,5 +259,130 @@ mod tests {
             &mut |_| 0,
         );
         assert_eq!(summary(&got), "no endpoint demo/web");
+    }
+
+    /// The example registry with a waypoint `waypoint` (Service and pod in
+    /// `demo`, on node2) taking `traffic`.
+    fn with_waypoint(traffic: &str) -> Registry {
+        let mut registry = Registry::from_yaml(EXAMPLE).unwrap();
+        let mut pod = registry.pods[0].clone();
+        pod.name = "waypoint-1".to_owned();
+        pod.service_account = "waypoint".to_owned();
+        pod.node = "node2".to_owned();
+        pod.ips = vec![at("10.244.2.9:0").ip(), at("[fd00:10:244:2::9]:0").ip()];
+        pod.labels = [("gateway.networking.k8s.io/gateway-name", "waypoint")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        registry.pods.push(pod.clone());
+        let mut service = registry.services[0].clone();
+        service.name = "waypoint".to_owned();
+        service.vips = vec![at("10.96.0.99:0").ip()];
+        service.selector = pod.labels.clone();
+        service
+            .labels
+            .insert(waypoint::WAYPOINT_FOR.to_owned(), traffic.to_owned());
+        registry.services.push(service);
+        registry
+    }
+
+    #[test]
+    fn a_destination_naming_a_waypoint_is_reached_through_it() {
+        let label = |registry: &mut Registry, what: &str| {
+            let labels = match what {
+                "service" => &mut registry.services[0].labels,
+                "pod web-2" => {
+                    let web2 = registry.pods.iter_mut().find(|p| p.name == "web-2");
+                    &mut web2.unwrap().labels
+                }
+                _ => &mut registry.namespaces[0].labels,
+            };
+            labels.insert(waypoint::USE_WAYPOINT.to_owned(), "waypoint".to_owned());
+        };
+        // (waypoint-for, what names it, dialled, expected)
+        let cases = [
+            // Service traffic: the VIP is asked of the waypoint, from any node.
+            (
+                "service",
+                "service",
+                "10.96.0.10:80",
+                "waypoint 10.244.2.9 waypoint-1 for 10.96.0.10:80",
+            ),
+            (
+                "service",
+                "namespace",
+                "10.96.0.10:80",
+                "waypoint 10.244.2.9 waypoint-1 for 10.96.0.10:80",
+            ),
+            (
+                "service",
+                "service",
+                "[fd00:10:96::10]:80",
+                "waypoint fd00:10:244:2::9 waypoint-1 for [fd00:10:96::10]:80",
+            ),
+            // A waypoint for services leaves pod traffic alone.
+            (
+                "service",
+                "namespace",
+                "10.244.2.2:8080",
+                "tunnel 10.244.2.2:8080 web-2",
+            ),
+            // Pod traffic: the pod's address is asked of the waypoint.
+            (
+                "workload",
+                "pod web-2",
+                "10.244.2.2:8080",
+                "waypoint 10.244.2.9 waypoint-1 for 10.244.2.2:8080",
+            ),
+            (
+                "all",
+                "namespace",
+                "10.244.1.2:8080",
+                "waypoint 10.244.2.9 waypoint-1 for 10.244.1.2:8080",
+            ),
+            // A waypoint for pods leaves service traffic to the endpoints.
+            (
+                "workload",
+                "service",
+                "10.96.0.10:80",
+                "local 10.244.1.2:8080 web-1",
+            ),
+            // Service traffic is not sent to a workload waypoint as well.
+            (
+                "all",
+                "pod web-2",
+                "10.96.0.10:80",
+                "local 10.244.1.2:8080 web-1",
+            ),
+        ];
+        for (traffic, named_by, dialled, want) in cases {
+            let mut registry = with_waypoint(traffic);
+            label(&mut registry, named_by);
+            let got = route(
+                &registry,
+                &Enrolment::default(),
+                "node1",
+                at(dialled),
+                &mut |_| 0,
+            );
+            assert_eq!(
+                summary(&got),
+                want,
+                "{traffic} waypoint named by {named_by}, {dialled}"
+            );
+        }
+
+        // A waypoint without a pod is no endpoint, not a way around it.
+        let mut registry = with_waypoint("service");
+        label(&mut registry, "service");
+        registry.pods.retain(|pod| pod.name != "waypoint-1");
+        let got = route(
+            &registry,
+            &Enrolment::default(),
+            "node1",
+            at("10.96.0.10:80"),
+            &mut |_| 0,
+        );
+        assert_eq!(summary(&got), "no endpoint demo/waypoint (a waypoint)");
     }
 }

@@ -12,6 +12,7 @@ mod enrolment;
 mod model;
 pub mod naming;
 mod validate;
+pub mod waypoint;
 
 use std::path::{Path, PathBuf};
 

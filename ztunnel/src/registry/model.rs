@@ -124,6 +124,10 @@ pub struct Service {
     /// Pods of the service's namespace whose labels contain all of these.
     #[serde(default)]
     pub selector: Labels,
+    /// The Service's own labels (its waypoint: `istio.io/use-waypoint`; a
+    /// waypoint's traffic: `istio.io/waypoint-for`).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 /// One port of a [`Service`].
@@ -221,6 +225,17 @@ impl Registry {
     pub fn pod_at(&self, ip: IpAddr) -> Option<&Pod> {
         let position = *self.index().pods_by_ip.get(&ip)?;
         self.pods.get(position)
+    }
+
+    /// The Service `name` of `namespace`, if any.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.index()
+            .services_by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter_map(|position| self.services.get(*position))
+            .find(|service| service.name == name)
     }
 
     /// The service with virtual IP `vip`, if any.

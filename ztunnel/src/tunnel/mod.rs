@@ -64,6 +64,12 @@ pub enum TunnelError {
     /// The peer negotiated another protocol (or none) through ALPN.
     #[error("the peer speaks {0}, not a tunnel protocol (ALPN ztunnel-native/2 or h2)")]
     Protocol(String),
+    /// A waypoint chose the native protocol: waypoints are reached over
+    /// HBONE only.
+    #[error(
+        "the waypoint chose the native protocol; a waypoint is reached over HBONE (ALPN h2) only"
+    )]
+    NotHbone,
     /// The peer's certificate carries no usable identity.
     #[error("the peer's identity is unreadable: {0}")]
     PeerIdentity(String),
@@ -87,7 +93,7 @@ impl TunnelError {
         match self {
             Self::Handshake { kind, .. } => kind,
             Self::Timeout(_) => "timeout",
-            Self::Protocol(_) => "alpn",
+            Self::Protocol(_) | Self::NotHbone => "alpn",
             Self::PeerIdentity(_) => "identity",
             Self::Preamble(_) => "preamble",
             Self::Http2(_) => "http2",

@@ -49,6 +49,9 @@
 //!   without reading to `--flood`, all at once; prints `echo <authority>
 //!   200 <bytes> <sha256>` | `refused <status>` | `reset` per stream, and
 //!   `flood <authority> stalled <bytes>`;
+//! - `waypoint --name N --cert C --key K --roots R` plays an Istio waypoint
+//!   on port 15008: answers every HBONE `CONNECT` with 200 and an HTTP reply
+//!   `via waypoint N to <authority> from <client identity>`;
 //! - `load <http addr> <mirror addr> --rate R --streams S` sends `GET /` on a
 //!   new connection R times a second and keeps S streams to a `mirror`
 //!   server, checking every echoed byte, until stdin closes; then prints
@@ -63,6 +66,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use ztunnel_cluster::{
+    fake_waypoint,
     hbone_client::{self, Outcome},
     load_tally::LoadTally,
     payload::Payload,
@@ -234,6 +238,25 @@ enum App {
         #[arg(long)]
         flood: Option<String>,
     },
+    /// A stand-in for an Istio waypoint: an HBONE server answering each
+    /// `CONNECT` with which waypoint, authority and client it saw.
+    Waypoint {
+        /// Where to listen.
+        #[arg(long, default_value = "[::]:15008")]
+        listen: SocketAddr,
+        /// The waypoint's name, in its answers.
+        #[arg(long)]
+        name: String,
+        /// Its certificate chain (PEM).
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        /// Its private key (PEM).
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// The roots it trusts for clients (PEM).
+        #[arg(long)]
+        roots: std::path::PathBuf,
+    },
     /// Fetch `/bytes/<n>` over many concurrent connections and verify each body.
     Fetch {
         /// `host:port` of an `http` test app.
@@ -318,6 +341,20 @@ async fn main() -> Result<()> {
                 println!("flood {} {}", flood.unwrap_or_default(), describe(outcome?));
             }
             Ok(())
+        }
+        App::Waypoint {
+            listen,
+            name,
+            cert,
+            key,
+            roots,
+        } => {
+            let credentials = hbone_client::Credentials {
+                chain: &cert,
+                key: &key,
+                roots: &roots,
+            };
+            fake_waypoint::serve(listen, name, &credentials).await
         }
         App::Fetch {
             address,

@@ -203,6 +203,7 @@ fn main() -> Result<()> {
             match kind {
                 LabelTarget::Namespace => cluster.label_namespace(&object, key, value)?,
                 LabelTarget::Pod => cluster.label_pod(&object, key, value)?,
+                LabelTarget::Service => cluster.label_service(&object, key, value)?,
             }
             eprintln!("{kind:?} {object} labelled; the registry is updated");
             Ok(())
@@ -218,6 +219,8 @@ enum LabelTarget {
     Namespace,
     /// A pod.
     Pod,
+    /// A Service (`name` or `namespace/name`).
+    Service,
 }
 
 /// The directory of this binary, where the build also puts `ztunnel`.
