@@ -13,22 +13,15 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use ztunnel::{identity::TrustDomain, tls::TunnelTls};
 
-use crate::hbone_client::Credentials;
+use crate::credentials::{Credentials, Loaded};
 
 /// Serves on `listen` until the process ends, as waypoint `name`.
-pub async fn serve(listen: SocketAddr, name: String, credentials: &Credentials<'_>) -> Result<()> {
-    let chain = CertificateDer::pem_file_iter(credentials.chain)
-        .context("reading the chain")?
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(credentials.key).context("reading the key")?;
-    let roots = CertificateDer::pem_file_iter(credentials.roots)
-        .context("reading the roots")?
-        .collect::<Result<Vec<_>, _>>()?;
+pub async fn serve(listen: SocketAddr, name: String, credentials: &Credentials) -> Result<()> {
+    let Loaded { chain, key, roots } = credentials.load()?;
     let trust_domain: TrustDomain = "cluster.local".parse().context("the trust domain")?;
     let config = ztunnel::tls::tunnel_server_config(
         chain,

@@ -4,29 +4,22 @@
 //! HTTP/2 `CONNECT` stream per connection, written against `h2` directly so
 //! that it shares nothing with the daemon's HBONE code.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use h2::{RecvStream, SendStream, client::SendRequest};
 use http::{Method, Request};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use ztunnel::{identity::Identity, tls::TunnelTls};
 
-use crate::payload::Payload;
-
-/// A workload's certificate chain and key, and the roots it trusts, as PEM files.
-pub struct Credentials<'a> {
-    /// The certificate chain, leaf first.
-    pub chain: &'a Path,
-    /// The leaf's private key.
-    pub key: &'a Path,
-    /// The trusted roots.
-    pub roots: &'a Path,
-}
+use crate::{
+    credentials::{Credentials, Loaded},
+    payload::Payload,
+};
 
 /// One HTTP/2 connection to a daemon's tunnel port.
 pub struct Client {
@@ -60,16 +53,10 @@ impl Client {
     /// Connects to `daemon` (`<pod ip>:15008`), which must prove `server`.
     pub async fn connect(
         daemon: SocketAddr,
-        credentials: &Credentials<'_>,
+        credentials: &Credentials,
         server: &str,
     ) -> Result<Self> {
-        let chain = CertificateDer::pem_file_iter(credentials.chain)
-            .context("reading the chain")?
-            .collect::<Result<Vec<_>, _>>()?;
-        let key = PrivateKeyDer::from_pem_file(credentials.key).context("reading the key")?;
-        let roots = CertificateDer::pem_file_iter(credentials.roots)
-            .context("reading the roots")?
-            .collect::<Result<Vec<_>, _>>()?;
+        let Loaded { chain, key, roots } = credentials.load()?;
         let server = Identity::parse(server).context("the server's identity")?;
         let config =
             ztunnel::tls::tunnel_client_config(chain, key, &roots, server, TunnelTls::default())?;

@@ -22,6 +22,7 @@
 
 pub mod addressing;
 mod cluster;
+pub mod credentials;
 pub mod fake_waypoint;
 pub mod hbone_client;
 pub mod kube_api;

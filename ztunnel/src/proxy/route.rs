@@ -190,10 +190,21 @@ mod tests {
         }
     }
 
+    /// The route of a connection to `dialled` from node1, summarised (the
+    /// first endpoint picked).
+    fn routed(registry: &Registry, dialled: &str) -> String {
+        summary(&route(
+            registry,
+            &Enrolment::default(),
+            "node1",
+            at(dialled),
+            &mut |_| 0,
+        ))
+    }
+
     #[test]
     fn routes_by_destination_kind_enrolment_and_node() {
         let registry = Registry::from_yaml(EXAMPLE).unwrap();
-        let enrolment = Enrolment::default();
         let cases = [
             ("10.244.2.2:8080", "tunnel 10.244.2.2:8080 web-2"),
             (
@@ -212,8 +223,7 @@ mod tests {
             ("[fd00:10:96::10]:80", "local [fd00:10:244:1::2]:8080 web-1"),
         ];
         for (original, want) in cases {
-            let got = route(&registry, &enrolment, "node1", at(original), &mut |_| 0);
-            assert_eq!(summary(&got), want, "{original}");
+            assert_eq!(routed(&registry, original), want, "{original}");
         }
     }
 
@@ -251,14 +261,7 @@ mod tests {
         registry.services[0]
             .selector
             .insert("app".into(), "nothing".into());
-        let got = route(
-            &registry,
-            &Enrolment::default(),
-            "node1",
-            at("10.96.0.10:80"),
-            &mut |_| 0,
-        );
-        assert_eq!(summary(&got), "no endpoint demo/web");
+        assert_eq!(routed(&registry, "10.96.0.10:80"), "no endpoint demo/web");
     }
 
     /// The example registry with a waypoint `waypoint` (Service and pod in
@@ -376,13 +379,9 @@ mod tests {
         let mut registry = with_waypoint("service");
         label(&mut registry, "service");
         registry.pods.retain(|pod| pod.name != "waypoint-1");
-        let got = route(
-            &registry,
-            &Enrolment::default(),
-            "node1",
-            at("10.96.0.10:80"),
-            &mut |_| 0,
+        assert_eq!(
+            routed(&registry, "10.96.0.10:80"),
+            "no endpoint demo/waypoint (a waypoint)"
         );
-        assert_eq!(summary(&got), "no endpoint demo/waypoint (a waypoint)");
     }
 }

@@ -66,6 +66,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use ztunnel_cluster::{
+    credentials::Credentials,
     fake_waypoint,
     hbone_client::{self, Outcome},
     load_tally::LoadTally,
@@ -219,15 +220,9 @@ enum App {
         /// The SPIFFE identity the daemon must prove.
         #[arg(long)]
         server: String,
-        /// This client's certificate chain (PEM).
-        #[arg(long)]
-        cert: std::path::PathBuf,
-        /// Its private key (PEM).
-        #[arg(long)]
-        key: std::path::PathBuf,
-        /// The roots it trusts (PEM).
-        #[arg(long)]
-        roots: std::path::PathBuf,
+        /// This client's certificate, key and trusted roots.
+        #[command(flatten)]
+        credentials: Credentials,
         /// A stream to an `echo` app at this authority (repeatable).
         #[arg(long)]
         echo: Vec<String>,
@@ -247,15 +242,9 @@ enum App {
         /// The waypoint's name, in its answers.
         #[arg(long)]
         name: String,
-        /// Its certificate chain (PEM).
-        #[arg(long)]
-        cert: std::path::PathBuf,
-        /// Its private key (PEM).
-        #[arg(long)]
-        key: std::path::PathBuf,
-        /// The roots it trusts for clients (PEM).
-        #[arg(long)]
-        roots: std::path::PathBuf,
+        /// Its certificate, key and the roots it trusts for clients.
+        #[command(flatten)]
+        credentials: Credentials,
     },
     /// Fetch `/bytes/<n>` over many concurrent connections and verify each body.
     Fetch {
@@ -311,18 +300,11 @@ async fn main() -> Result<()> {
         App::Hbone {
             daemon,
             server,
-            cert,
-            key,
-            roots,
+            credentials,
             echo,
             bytes,
             flood,
         } => {
-            let credentials = hbone_client::Credentials {
-                chain: &cert,
-                key: &key,
-                roots: &roots,
-            };
             let client = hbone_client::Client::connect(daemon, &credentials, &server).await?;
             let flooding = async {
                 match &flood {
@@ -345,17 +327,8 @@ async fn main() -> Result<()> {
         App::Waypoint {
             listen,
             name,
-            cert,
-            key,
-            roots,
-        } => {
-            let credentials = hbone_client::Credentials {
-                chain: &cert,
-                key: &key,
-                roots: &roots,
-            };
-            fake_waypoint::serve(listen, name, &credentials).await
-        }
+            credentials,
+        } => fake_waypoint::serve(listen, name, &credentials).await,
         App::Fetch {
             address,
             bytes,
