@@ -119,10 +119,11 @@ struct NodeArgs {
     /// every request: in Kubernetes, the projected ServiceAccount token).
     #[arg(long)]
     ca_token_file: PathBuf,
-    /// The cluster this node is in, sent to the CA as `clusterid` (istiod
-    /// reviews the token with that cluster's API server; Istio's default).
+    /// The cluster this node is in (Istio's CLUSTER_ID): sent to the CA as
+    /// `clusterid` (istiod reviews the token with that cluster's API server)
+    /// and named in HBONE's `baggage`.
     #[arg(long, default_value = "Kubernetes")]
-    ca_cluster_id: String,
+    cluster_id: String,
     /// Trusted roots for peers (PEM), reloaded on change.
     #[arg(long)]
     trust_bundle: PathBuf,
@@ -522,7 +523,7 @@ async fn run_node(args: NodeArgs, log: Arc<dyn LogControl>, open_files: u64) -> 
             server_name,
             root_cert: args.ca_root.unwrap_or_else(|| args.trust_bundle.clone()),
             token: CaToken::File(args.ca_token_file),
-            cluster_id: args.ca_cluster_id,
+            cluster_id: args.cluster_id.clone(),
         },
         certificates: ManagerConfig {
             validity: Duration::from_secs(args.cert_validity_secs),

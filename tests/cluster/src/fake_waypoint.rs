@@ -2,8 +2,9 @@
 //! 1.3 with ALPN `h2`, written against `h2` directly, sharing nothing with the
 //! daemon's HBONE code) that answers every `CONNECT` with 200 and then plays
 //! an HTTP/1.1 server on the stream, whose body says which waypoint took the
-//! connection, the `:authority` it was asked for and the client's proven
-//! identity: `via waypoint <name> to <authority> from <spiffe id>`.
+//! connection, the `:authority` it was asked for, the client's proven
+//! identity and its `baggage`: `via waypoint <name> to <authority> from
+//! <spiffe id> baggage <baggage or ->`.
 //!
 //! A real waypoint would forward the connection to its destination after
 //! its L7 policy; the test only needs to see what reached it.
@@ -62,11 +63,16 @@ async fn connection(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, name: &st
     while let Some(request) = h2.accept().await {
         let (request, respond) = request?;
         let body = format!(
-            "via waypoint {name} to {} from {client}\n",
+            "via waypoint {name} to {} from {client} baggage {}\n",
             request
                 .uri()
                 .authority()
-                .map_or("-", |authority| authority.as_str())
+                .map_or("-", |authority| authority.as_str()),
+            request
+                .headers()
+                .get("baggage")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("-")
         );
         tokio::spawn(async move {
             if let Err(err) = stream(request.into_body(), respond, body).await {

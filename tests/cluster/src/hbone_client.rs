@@ -21,6 +21,9 @@ use crate::{
     payload::Payload,
 };
 
+/// A `CONNECT` stream answered 200: its halves and the answer's `baggage`.
+type Opened = (SendStream<Bytes>, RecvStream, String);
+
 /// One HTTP/2 connection to a daemon's tunnel port.
 pub struct Client {
     requests: SendRequest<Bytes>,
@@ -38,6 +41,8 @@ pub enum Outcome {
         received: u64,
         /// SHA-256 of what was received, hex.
         sha256: String,
+        /// The `baggage` header of the 200, or `-`.
+        baggage: String,
     },
     /// 200, then the stream was reset.
     Reset,
@@ -81,9 +86,9 @@ impl Client {
         Ok(Self { requests })
     }
 
-    /// Opens a `CONNECT` stream to `authority`: its two halves once
-    /// answered 200, or the status it was answered with.
-    async fn open(&self, authority: &str) -> Result<Result<(SendStream<Bytes>, RecvStream), u16>> {
+    /// Opens a `CONNECT` stream to `authority`: its two halves and the
+    /// 200's `baggage` once answered 200, or the status it was answered with.
+    async fn open(&self, authority: &str) -> Result<Result<Opened, u16>> {
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(authority)
@@ -94,13 +99,19 @@ impl Client {
         if response.status() != http::StatusCode::OK {
             return Ok(Err(response.status().as_u16()));
         }
-        Ok(Ok((send, response.into_body())))
+        let baggage = response
+            .headers()
+            .get("baggage")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        Ok(Ok((send, response.into_body(), baggage)))
     }
 
     /// Opens a `CONNECT` stream to `authority`, sends a payload of `len`
     /// bytes, half-closes it and reads the reply to its end.
     pub async fn echo(&self, authority: &str, len: u64) -> Result<Outcome> {
-        let (mut send, mut recv) = match self.open(authority).await? {
+        let (mut send, mut recv, baggage) = match self.open(authority).await? {
             Ok(stream) => stream,
             Err(status) => return Ok(Outcome::Refused(status)),
         };
@@ -154,7 +165,11 @@ impl Client {
         };
         let (_, read) = tokio::join!(writer, reader);
         Ok(match read {
-            Some((received, sha256)) => Outcome::Echoed { received, sha256 },
+            Some((received, sha256)) => Outcome::Echoed {
+                received,
+                sha256,
+                baggage,
+            },
             None => Outcome::Reset,
         })
     }
@@ -163,7 +178,7 @@ impl Client {
     /// reading, until flow control holds it for a second (or `limit` bytes
     /// went out, an error: nothing held the sender back).
     pub async fn flood(&self, authority: &str, limit: u64) -> Result<Outcome> {
-        let (mut send, _recv) = match self.open(authority).await? {
+        let (mut send, _recv, _) = match self.open(authority).await? {
             Ok(stream) => stream,
             Err(status) => return Ok(Outcome::Refused(status)),
         };

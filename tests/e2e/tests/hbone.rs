@@ -89,7 +89,10 @@ fn an_hbone_client_is_served_as_istios_ztunnel_would_be() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let lines = hbone(&cluster, dir.path(), &args);
 
-    let expected_echo = format!("200 {bytes} {}", Payload::sha256_hex(bytes));
+    // The 200 names the destination workload as Istio's ztunnel does.
+    let baggage = "k8s.cluster.name=Kubernetes,k8s.namespace.name=demo,k8s.pod.name=web,\
+                   service.name=web,service.version=latest";
+    let expected_echo = format!("200 {bytes} {} {baggage}", Payload::sha256_hex(bytes));
     let line = |authority: &str| -> Vec<&String> {
         lines
             .iter()

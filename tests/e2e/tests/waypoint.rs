@@ -23,12 +23,18 @@ fn get(cluster: &Cluster, url: &str) -> String {
         .unwrap_or_else(|err| format!("failed: {err}"))
 }
 
+/// client-1's baggage, as Istio's ztunnel would send it.
+const CLIENT_BAGGAGE: &str = "k8s.cluster.name=Kubernetes,k8s.namespace.name=demo,\
+                              k8s.pod.name=client,service.name=client,service.version=latest";
+
 /// Whether a request to `target` from client-1 was answered by a waypoint
-/// asked for `target` by client-1's identity.
+/// asked for `target` by client-1's identity, with its baggage.
 fn through(cluster: &Cluster, target: &str) -> bool {
     let answer = get(cluster, &format!("http://{target}/"));
     answer.starts_with("via waypoint legacy-")
-        && answer.ends_with(&format!(" to {target} from {CLIENT}\n"))
+        && answer.ends_with(&format!(
+            " to {target} from {CLIENT} baggage {CLIENT_BAGGAGE}\n"
+        ))
 }
 
 #[test]

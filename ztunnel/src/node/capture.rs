@@ -28,6 +28,7 @@ use crate::{
         transparent,
     },
     registry::Pod,
+    tunnel::hbone,
 };
 
 /// Why a pod could not be captured.
@@ -258,6 +259,13 @@ impl Capture {
             ips: pod.ips.clone(),
             labels: pod.labels.clone(),
             workload: pod.workload().to_owned(),
+            baggage: hbone::baggage(
+                &self.context.cluster,
+                &pod.namespace,
+                pod.workload(),
+                pod.canonical_service(),
+                pod.canonical_revision(),
+            ),
             netns,
             transparent,
             connections: Default::default(),

@@ -554,6 +554,8 @@ pub async fn run(
     let tunnel_idle = metrics.tunnel_idle.clone();
     let context = Arc::new(ProxyContext {
         node: config.node.clone(),
+        // One setting names the cluster to the CA and to HBONE peers.
+        cluster: config.ca.cluster_id.clone(),
         enrolment: config.enrolment.clone(),
         trust_domain: config.trust_domain.clone(),
         registry: registry.subscribe(),

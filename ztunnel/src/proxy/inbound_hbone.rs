@@ -128,7 +128,14 @@ async fn serve_stream(
             return;
         }
     };
-    let Ok(send) = respond.send_response(Response::new(()), false) else {
+    // Who answered, as Istio's ztunnel says it.
+    let mut response = Response::new(());
+    if let Some(baggage) = &pod.baggage {
+        response
+            .headers_mut()
+            .insert(hbone::BAGGAGE, baggage.clone());
+    }
+    let Ok(send) = respond.send_response(response, false) else {
         // The peer reset the stream meanwhile.
         return;
     };

@@ -56,6 +56,8 @@ use crate::{
 pub struct ProxyContext {
     /// This node's name.
     pub node: String,
+    /// The cluster it is in (Istio's CLUSTER_ID), as HBONE's baggage names it.
+    pub cluster: String,
     /// Which pods are in the mesh.
     pub enrolment: Enrolment,
     /// Trust domain of workload identities.

@@ -12,6 +12,7 @@
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
+use http::HeaderValue;
 use rustls::ClientConfig;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -446,7 +447,8 @@ async fn connect_tunnel(
         }),
         Transport::PlaintextForBenchmarks => None,
     };
-    let shared = || shared_stream(context, &key, config.as_ref(), hop.target, client);
+    let baggage = pod.baggage.as_ref();
+    let shared = || shared_stream(context, &key, config.as_ref(), hop.target, client, baggage);
     if let Some(carrier) = shared().await.map_err(failed)? {
         return Ok(carrier);
     }
@@ -469,7 +471,7 @@ async fn connect_tunnel(
                 let shared = Shared::handshake(tunnel).await.map_err(failed)?;
                 let slot = context.hbone.add(key, shared.clone());
                 drop(turn);
-                return hbone_stream(shared, slot, false, hop.target, client)
+                return hbone_stream(shared, slot, false, hop.target, client, baggage)
                     .await
                     .map_err(failed);
             }
@@ -490,8 +492,8 @@ async fn connect_tunnel(
     })
 }
 
-/// A stream to `endpoint` for `client` on an open HBONE connection of
-/// `key`, if there is one with room. A connection its peer closed meanwhile
+/// A stream to `endpoint` for `client` (with `baggage`) on an open HBONE
+/// connection of `key`, if there is one with room. A connection its peer closed meanwhile
 /// (GOAWAY after a drain or an idle minute) gives none: the caller opens a
 /// new one.
 async fn shared_stream(
@@ -500,11 +502,12 @@ async fn shared_stream(
     config: Option<&Arc<ClientConfig>>,
     endpoint: SocketAddr,
     client: SocketAddr,
+    baggage: Option<&HeaderValue>,
 ) -> Result<Option<Carrier>, TunnelError> {
     let Some((shared, slot)) = context.hbone.take(key, config) else {
         return Ok(None);
     };
-    match hbone_stream(shared, slot, true, endpoint, client).await {
+    match hbone_stream(shared, slot, true, endpoint, client, baggage).await {
         Ok(carrier) => {
             context.metrics.tunnel_reuses.inc();
             Ok(Some(carrier))
@@ -514,15 +517,17 @@ async fn shared_stream(
     }
 }
 
-/// A stream to `endpoint` on the HBONE connection `shared`, for `client`.
+/// A stream to `endpoint` on the HBONE connection `shared`, for `client`
+/// (with `baggage`).
 async fn hbone_stream(
     shared: Shared,
     slot: StreamSlot,
     reused: bool,
     endpoint: SocketAddr,
     client: SocketAddr,
+    baggage: Option<&HeaderValue>,
 ) -> Result<Carrier, TunnelError> {
-    let stream = shared.connect(endpoint, client).await?;
+    let stream = shared.connect(endpoint, client, baggage).await?;
     Ok(Carrier::Hbone {
         stream,
         slot,

@@ -28,6 +28,8 @@ pub struct LocalPod {
     /// The workload it belongs to, as metrics name it
     /// ([`crate::registry::Pod::workload`]).
     pub workload: String,
+    /// Its W3C baggage for HBONE peers ([`crate::tunnel::hbone::baggage`]).
+    pub baggage: Option<http::HeaderValue>,
     /// Its network namespace.
     pub netns: PodNetns,
     /// Whether its namespace is set up for delivery from the original

@@ -17,7 +17,7 @@ use std::{
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
-use http::{Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::proxy::copy::Resettable;
@@ -51,6 +51,30 @@ pub const CLIENT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// Buffered per stream on the client side before a writer waits (4 MiB, as
 /// Istio's ztunnel's client).
 pub const CLIENT_MAX_SEND_BUFFER: usize = 4 * 1024 * 1024;
+
+/// The header naming a workload to its peer (W3C baggage), sent by the
+/// client on each `CONNECT` and by the server on its 200, as Istio's ztunnel
+/// does: Istio's waypoints and telemetry read who is at the other end from it.
+pub const BAGGAGE: &str = "baggage";
+
+/// A workload's baggage as Istio's ztunnel writes it: its cluster, namespace,
+/// workload name (under `k8s.pod.name`: istiod calls every Kubernetes
+/// workload a pod), canonical service and revision.
+/// Kubernetes names and label values are valid header text, so the value
+/// is too; one that is not (an unusual cluster name) is left out.
+pub fn baggage(
+    cluster: &str,
+    namespace: &str,
+    workload: &str,
+    service: &str,
+    revision: &str,
+) -> Option<HeaderValue> {
+    HeaderValue::try_from(format!(
+        "k8s.cluster.name={cluster},k8s.namespace.name={namespace},k8s.pod.name={workload},\
+         service.name={service},service.version={revision}"
+    ))
+    .ok()
+}
 
 /// The client side's HTTP/2 settings.
 pub fn client() -> h2::client::Builder {
@@ -290,6 +314,18 @@ mod tests {
             let got = destination_of(&request(method.clone(), uri)).ok();
             assert_eq!(got, want.map(|w| w.parse().unwrap()), "{name}");
         }
+    }
+
+    #[test]
+    fn baggage_is_written_as_istios_ztunnel_writes_it() {
+        let written = baggage("Kubernetes", "demo", "web", "web", "v2").unwrap();
+        assert_eq!(
+            written,
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=demo,k8s.pod.name=web,\
+             service.name=web,service.version=v2"
+        );
+        // Not header text: left out rather than failing the connection.
+        assert!(baggage("line\nbreak", "demo", "web", "web", "v2").is_none());
     }
 
     #[test]

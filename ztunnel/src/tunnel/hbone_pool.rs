@@ -25,7 +25,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http::{Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 use rustls::ClientConfig;
 
 use super::{
@@ -113,20 +113,27 @@ impl Shared {
         current && !self.closed.load(Ordering::Relaxed) && now.duration_since(self.opened) < MAX_AGE
     }
 
-    /// Opens a stream to `destination` for a connection from `client` and
-    /// waits for the destination's answer: the stream once it says 200.
+    /// Opens a stream to `destination` for a connection from `client` (a
+    /// workload with `baggage`) and waits for the destination's answer: the
+    /// stream once it says 200.
     pub async fn connect(
         &self,
         destination: SocketAddr,
         client: SocketAddr,
+        baggage: Option<&HeaderValue>,
     ) -> Result<hbone::Stream, TunnelError> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(destination.to_string())
-            // Istio's ztunnel says where the connection came from.
+            // Istio's ztunnel says where the connection came from, and who.
             .header("forwarded", format!("for=\"{client}\""))
             .body(())
             .map_err(|err| TunnelError::Preamble(std::io::Error::other(err)))?;
+        if let Some(baggage) = baggage {
+            request
+                .headers_mut()
+                .insert(hbone::BAGGAGE, baggage.clone());
+        }
         let answered = async {
             let mut requests = self.requests.clone().ready().await?;
             let (response, send) = requests.send_request(request, false)?;

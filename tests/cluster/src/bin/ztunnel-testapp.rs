@@ -47,11 +47,11 @@
 //!   (mutual TLS, ALPN `h2`) as Istio's ztunnel would, a `CONNECT` stream per
 //!   `--echo` authority (payload, half-close, whole reply) and one sending
 //!   without reading to `--flood`, all at once; prints `echo <authority>
-//!   200 <bytes> <sha256>` | `refused <status>` | `reset` per stream, and
+//!   200 <bytes> <sha256> <baggage>` | `refused <status>` | `reset` per stream, and
 //!   `flood <authority> stalled <bytes>`;
 //! - `waypoint --name N --cert C --key K --roots R` plays an Istio waypoint
 //!   on port 15008: answers every HBONE `CONNECT` with 200 and an HTTP reply
-//!   `via waypoint N to <authority> from <client identity>`;
+//!   `via waypoint N to <authority> from <client identity> baggage <baggage>`;
 //! - `load <http addr> <mirror addr> --rate R --streams S` sends `GET /` on a
 //!   new connection R times a second and keeps S streams to a `mirror`
 //!   server, checking every echoed byte, until stdin closes; then prints
@@ -77,7 +77,11 @@ use ztunnel_cluster::{
 /// `refused <status>`, `reset` or `stalled <bytes>`.
 fn describe(outcome: Outcome) -> String {
     match outcome {
-        Outcome::Echoed { received, sha256 } => format!("200 {received} {sha256}"),
+        Outcome::Echoed {
+            received,
+            sha256,
+            baggage,
+        } => format!("200 {received} {sha256} {baggage}"),
         Outcome::Refused(status) => format!("refused {status}"),
         Outcome::Reset => "reset".to_owned(),
         Outcome::Stalled { sent } => format!("stalled {sent}"),
