@@ -89,14 +89,11 @@ pub fn route<'a>(
     }
     let (destination, pod) = match via {
         Some((service, target_port)) => {
-            let endpoints: Vec<(&Pod, IpAddr)> =
-                registry.endpoints(service, original.ip()).collect();
-            if endpoints.is_empty() {
+            let Some((pod, ip)) = pick_endpoint(registry, service, original.ip(), pick) else {
                 return Route::NoEndpoint {
                     service: format!("{}/{}", service.namespace, service.name),
                 };
-            }
-            let (pod, ip) = endpoints[pick(endpoints.len()).min(endpoints.len() - 1)];
+            };
             (SocketAddr::new(ip, target_port), Some(pod))
         }
         None => (original, registry.pod_at(original.ip())),
@@ -134,19 +131,30 @@ fn through<'a>(
     service: Option<&'a Service>,
     pick: &mut impl FnMut(usize) -> usize,
 ) -> Route<'a> {
-    let pods: Vec<(&Pod, IpAddr)> = registry.endpoints(waypoint, target.ip()).collect();
-    if pods.is_empty() {
+    let Some((pod, address)) = pick_endpoint(registry, waypoint, target.ip(), pick) else {
         return Route::NoEndpoint {
             service: format!("{}/{} (a waypoint)", waypoint.namespace, waypoint.name),
         };
-    }
-    let (pod, address) = pods[pick(pods.len()).min(pods.len() - 1)];
+    };
     Route::Waypoint {
         address,
         waypoint: pod,
         target,
         service,
     }
+}
+
+/// One of `service`'s endpoints with an address of `family`'s family, chosen
+/// by `pick`; none when it has none.
+fn pick_endpoint<'a>(
+    registry: &'a Registry,
+    service: &'a Service,
+    family: IpAddr,
+    pick: &mut impl FnMut(usize) -> usize,
+) -> Option<(&'a Pod, IpAddr)> {
+    let endpoints: Vec<(&Pod, IpAddr)> = registry.endpoints(service, family).collect();
+    let last = endpoints.len().checked_sub(1)?;
+    Some(endpoints[pick(endpoints.len()).min(last)])
 }
 
 /// The service with VIP `original.ip()` exposing `original.port()`, and that

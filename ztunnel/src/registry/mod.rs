@@ -83,3 +83,12 @@ impl Registry {
 
 #[cfg(test)]
 mod tests;
+
+/// Labels from `key, value` pairs, for tests.
+#[cfg(test)]
+pub(crate) fn labels_of(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}

@@ -18,6 +18,7 @@ pub type Labels = BTreeMap<String, String>;
 /// Everything the daemon knows about the cluster.
 ///
 /// The lookups the data path makes per connection ([`Registry::pod_at`],
+/// [`Registry::namespace`], [`Registry::service`],
 /// [`Registry::service_at`], [`Registry::pods_in`]) use an index built on
 /// the first of them: a registry is not changed once looked up in (the
 /// daemon shares each version immutably).
@@ -47,6 +48,7 @@ struct Index {
     services_by_vip: HashMap<IpAddr, usize>,
     pods_by_namespace: HashMap<String, Vec<usize>>,
     services_by_namespace: HashMap<String, Vec<usize>>,
+    namespaces_by_name: HashMap<String, usize>,
 }
 
 /// The index is derived: two registries are equal when their contents are.
@@ -192,6 +194,12 @@ impl Registry {
     fn index(&self) -> &Index {
         self.index.get_or_init(|| {
             let mut index = Index::default();
+            for (position, namespace) in self.namespaces.iter().enumerate() {
+                index
+                    .namespaces_by_name
+                    .entry(namespace.name.clone())
+                    .or_insert(position);
+            }
             for (position, pod) in self.pods.iter().enumerate() {
                 for ip in &pod.ips {
                     index.pods_by_ip.entry(*ip).or_insert(position);
@@ -218,7 +226,8 @@ impl Registry {
 
     /// The namespace called `name`, if the registry has it.
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
-        self.namespaces.iter().find(|ns| ns.name == name)
+        let position = *self.index().namespaces_by_name.get(name)?;
+        self.namespaces.get(position)
     }
 
     /// The pod with address `ip`, if any.

@@ -86,12 +86,7 @@ pub fn controller_workload(kind: &str, name: &str, labels: &Labels) -> String {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::registry::labels_of as labels;
 
     #[test]
     fn controllers_name_workloads_as_istio_does() {

@@ -102,12 +102,7 @@ mod tests {
     use super::*;
     use crate::registry::{Namespace, Pod, ServicePort};
 
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::registry::labels_of as labels;
 
     fn service(namespace: &str, name: &str, service_labels: &[(&str, &str)]) -> Service {
         Service {
