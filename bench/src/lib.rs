@@ -4,6 +4,9 @@
 //! - [`loadgen`]: the load generator run inside pods (`ztunnel-loadgen`).
 //! - [`harness`]: the scenarios, the measurements and the report
 //!   (`ztunnel-bench`, run by `cargo xtask bench`).
+//! - [`scale`]: cost as the cluster grows (`ztunnel-bench scale`, run by
+//!   `cargo xtask bench scale`).
 
 pub mod harness;
 pub mod loadgen;
+pub mod scale;

@@ -4,10 +4,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::Parser;
-use ztunnel_bench::harness::{
-    self, Environment,
-    report::{Report, Settings},
+use clap::{Parser, Subcommand};
+use ztunnel_bench::{
+    harness::{
+        self, Environment,
+        report::{Report, Settings},
+    },
+    scale::{self, ScaleReport, ScaleSettings},
 };
 
 /// The mesh against a direct path and a plain relay, in one run.
@@ -43,10 +46,59 @@ struct Cli {
     /// `upgrades.json`.
     #[arg(long, value_name = "N")]
     upgrades: Option<u32>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cost as the cluster grows: the per-connection decision, registry
+    /// rebuilds, and a node daemon against the stand-in API server at
+    /// growing sizes; writes `scale.md`, `scale.json` and plots.
+    Scale {
+        /// Cluster sizes (pods) the daemon is run against.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000, 100_000])]
+        sizes: Vec<usize>,
+        /// Cluster sizes (pods) of the in-process decision benchmark.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000, 100_000])]
+        decision_sizes: Vec<usize>,
+        /// AuthorizationPolicy counts of the decision benchmark.
+        #[arg(long, value_delimiter = ',', default_values_t = [10, 1_000, 10_000])]
+        policies: Vec<usize>,
+        /// Only the in-process measurements (no cluster, no root needed).
+        #[arg(long)]
+        in_process: bool,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Scale {
+        sizes,
+        decision_sizes,
+        policies,
+        in_process,
+    }) = &cli.command
+    {
+        let report = match &cli.from_json {
+            Some(json) => ScaleReport::read(json)?,
+            None => {
+                let settings = ScaleSettings {
+                    decision_sizes: decision_sizes.clone(),
+                    policy_counts: policies.clone(),
+                    daemon_sizes: if *in_process {
+                        Vec::new()
+                    } else {
+                        sizes.clone()
+                    },
+                };
+                scale::run(&settings, &environment(&cli)?)?
+            }
+        };
+        report.write(&cli.out)?;
+        print!("{}", report.markdown());
+        return Ok(());
+    }
     if let Some(json) = &cli.from_json {
         let report = Report::read(json)?;
         report.write(&cli.out)?;
@@ -63,18 +115,7 @@ fn main() -> Result<()> {
         connrate_concurrency: 8,
         held_connections: cli.held_connections,
     };
-    let bin_dir = match cli.bin_dir {
-        Some(dir) => dir,
-        None => std::env::current_exe()?
-            .parent()
-            .context("the binary has a directory")?
-            .to_owned(),
-    };
-    let environment = Environment {
-        bin_dir,
-        cluster: cli.name,
-        keep_on_failure: cli.keep_on_failure,
-    };
+    let environment = environment(&cli)?;
     if let Some(per_node) = cli.upgrades {
         let upgrades = harness::upgrades::run(&environment, per_node)?;
         std::fs::create_dir_all(&cli.out)?;
@@ -92,4 +133,20 @@ fn main() -> Result<()> {
     print!("{}", report.markdown());
     eprintln!("report written to {}", cli.out.display());
     Ok(())
+}
+
+/// Where the binaries are and which cluster to use.
+fn environment(cli: &Cli) -> Result<Environment> {
+    let bin_dir = match &cli.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the binary has a directory")?
+            .to_owned(),
+    };
+    Ok(Environment {
+        bin_dir,
+        cluster: cli.name.clone(),
+        keep_on_failure: cli.keep_on_failure,
+    })
 }

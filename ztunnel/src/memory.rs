@@ -19,16 +19,18 @@ pub const SURGE: usize = 1024;
 /// How often the connection count is checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// Decides when to trim, from the open connections seen at each check.
+/// Decides when to trim, from a count seen again and again: open
+/// connections at each check, or the registry's pods at each update (a
+/// cluster that shrank leaves the memory of its rebuilds in the arenas).
 #[derive(Debug, Default)]
 pub struct Surges {
-    /// The most connections seen open since the last trim.
+    /// The highest count seen since the last trim.
     peak: usize,
 }
 
 impl Surges {
-    /// Records `open` connections; true if memory should be trimmed now: a
-    /// surge of at least [`SURGE`] has fallen to half.
+    /// Records a count (`open` connections); true if memory should be
+    /// trimmed now: a surge of at least [`SURGE`] has fallen to half.
     pub fn trim_now(&mut self, open: usize) -> bool {
         self.peak = self.peak.max(open);
         if self.peak >= SURGE && open <= self.peak / 2 {
@@ -58,7 +60,7 @@ pub async fn trim_after_surges(active: &Active) {
 }
 
 /// Returns the allocator's free memory to the system.
-fn trim() {
+pub fn trim() {
     #[cfg(target_env = "gnu")]
     // SAFETY: `malloc_trim` only releases free memory of the allocator's own
     // arenas; it takes the arenas' locks, so it is safe alongside other

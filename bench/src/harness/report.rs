@@ -121,18 +121,23 @@ pub struct Report {
     pub figures: Vec<Figure>,
 }
 
+/// The commit the benchmark binaries were built from (`git describe`).
+pub fn commit() -> Option<String> {
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|hash| hash.trim().to_owned())
+}
+
 impl Report {
     /// An empty report for a run with `settings` on this machine.
     pub fn new(settings: Settings) -> Self {
         Self {
             machine: Machine::this(),
-            commit: std::process::Command::new("git")
-                .args(["describe", "--always", "--dirty"])
-                .output()
-                .ok()
-                .filter(|out| out.status.success())
-                .and_then(|out| String::from_utf8(out.stdout).ok())
-                .map(|hash| hash.trim().to_owned()),
+            commit: commit(),
             settings,
             figures: Vec::new(),
         }

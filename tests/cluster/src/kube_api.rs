@@ -234,6 +234,24 @@ struct Store {
     requests: Vec<String>,
     /// Events posted, by name.
     events: BTreeMap<String, Value>,
+    /// What was served.
+    traffic: Traffic,
+}
+
+/// What the stand-in served, for the scale benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// List requests (each page counts).
+    pub lists: u64,
+    /// Bytes of list responses.
+    pub list_bytes: u64,
+    /// Watch requests.
+    pub watches: u64,
+    /// Watch events sent (`ADDED`, `MODIFIED`, `DELETED`; not bookmarks),
+    /// over all watches.
+    pub watch_events: u64,
+    /// Bytes of those events.
+    pub watch_bytes: u64,
 }
 
 /// A running stand-in API server.
@@ -261,6 +279,7 @@ impl ApiServer {
             available: true,
             requests: Vec::new(),
             events: BTreeMap::new(),
+            traffic: Traffic::default(),
         }));
         let (changes, _) = broadcast::channel(1024);
         let (shared, notify) = (store.clone(), changes.clone());
@@ -438,6 +457,11 @@ impl ApiServer {
     /// The Events posted so far (`events.k8s.io/v1`), in name order.
     pub fn events(&self) -> Vec<Value> {
         lock(&self.store).events.values().cloned().collect()
+    }
+
+    /// What was served so far.
+    pub fn traffic(&self) -> Traffic {
+        lock(&self.store).traffic
     }
 
     /// Every request line served so far (`GET /api/v1/pods?watch=true...`).
@@ -680,6 +704,7 @@ async fn handle(
             .get("resourceVersion")
             .and_then(|rv| rv.parse().ok())
             .unwrap_or(0);
+        lock(&store).traffic.watches += 1;
         let bookmarks = query
             .get("allowWatchBookmarks")
             .is_some_and(|b| b == "true");
@@ -697,7 +722,7 @@ fn list(
     resource: Resource,
     query: &HashMap<String, String>,
 ) -> Response<Body> {
-    let store = lock(store);
+    let mut store = lock(store);
     let all: Vec<&Value> = store
         .objects
         .get(&resource)
@@ -720,15 +745,20 @@ fn list(
     if offset + page.len() < all.len() {
         metadata["continue"] = format!("{revision}-{}", offset + page.len()).into();
     }
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "kind": format!("{}List", resource.kind),
-            "apiVersion": resource.api_version(),
-            "metadata": metadata,
-            "items": page,
-        }),
-    )
+    let response = json!({
+        "kind": format!("{}List", resource.kind),
+        "apiVersion": resource.api_version(),
+        "metadata": metadata,
+        "items": page,
+    })
+    .to_string();
+    store.traffic.lists += 1;
+    store.traffic.list_bytes += response.len() as u64;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(response)).boxed())
+        .expect("a valid response")
 }
 
 fn watch(
@@ -763,20 +793,23 @@ fn watch(
         let mut bookmark = tokio::time::interval(BOOKMARK_INTERVAL);
         loop {
             let (events, revision, closed) = {
-                let store = lock(&store);
-                let events: Vec<Value> = store
-                    .history
+                let mut store = lock(&store);
+                // The history is in revision order: only its tail is new.
+                let new = store.history.partition_point(|(rv, ..)| *rv <= sent);
+                let events: Vec<Bytes> = store.history[new..]
                     .iter()
-                    .filter(|(rv, r, _, _)| *rv > sent && *r == resource)
-                    .map(|(_, _, kind, object)| json!({"type": kind, "object": object}))
+                    .filter(|(_, r, _, _)| *r == resource)
+                    .map(|(_, _, kind, object)| line(json!({"type": kind, "object": object})))
                     .collect();
+                store.traffic.watch_events += events.len() as u64;
+                store.traffic.watch_bytes += events.iter().map(|e| e.len() as u64).sum::<u64>();
                 (events, store.revision, store.watch_generation != generation)
             };
             if closed {
                 return;
             }
             for event in events {
-                if lines.send(line(event)).await.is_err() {
+                if lines.send(event).await.is_err() {
                     return;
                 }
             }

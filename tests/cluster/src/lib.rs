@@ -26,6 +26,7 @@ pub mod credentials;
 pub mod fake_waypoint;
 pub mod hbone_client;
 pub mod kube_api;
+pub mod kube_fabric;
 pub mod load_tally;
 pub mod mesh;
 pub mod netns;

@@ -159,7 +159,7 @@ pub(crate) fn wait_daemon_ready(status: &Status, node: &str) -> Result<(), Clust
 }
 
 /// The log of node `node`'s daemons (each appends to it).
-pub(crate) fn daemon_log(status: &Status, node: &str) -> PathBuf {
+pub fn daemon_log(status: &Status, node: &str) -> PathBuf {
     status.state_dir.join(format!("logs/{node}-ztunnel.log"))
 }
 

@@ -154,20 +154,16 @@ pub(crate) fn registry(status: &Status) -> Registry {
                 labels: ns.labels.clone(),
             })
             .collect(),
-        status
-            .pods
-            .iter()
-            .map(|pod| Pod {
-                name: pod.name.clone(),
-                namespace: pod.namespace.clone(),
-                service_account: pod.service_account.clone(),
-                node: pod.node.clone(),
-                ips: vec![pod.ipv4.into(), pod.ipv6.into()],
-                netns: Some(Path::new(netns::NETNS_DIR).join(&pod.netns)),
-                labels: pod.labels.clone(),
-                workload: (!pod.workload.is_empty()).then(|| pod.workload.clone()),
-            })
-            .collect(),
+        status.pods.iter().map(|pod| Pod {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            service_account: pod.service_account.clone(),
+            node: pod.node.clone(),
+            ips: vec![pod.ipv4.into(), pod.ipv6.into()],
+            netns: Some(Path::new(netns::NETNS_DIR).join(&pod.netns)),
+            labels: pod.labels.clone(),
+            workload: (!pod.workload.is_empty()).then(|| pod.workload.clone()),
+        }),
         status
             .services
             .iter()

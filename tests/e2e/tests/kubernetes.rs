@@ -5,25 +5,18 @@
 //! enrolment, and policy objects created through the API enforced like
 //! policy files.
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use ztunnel::registry::Registry;
 use ztunnel_cluster::{
     Cluster,
     kube_api::{AUTHORIZATION_POLICIES, ApiServer, NAMESPACES, PODS},
+    kube_fabric,
     mesh::ADMIN_ADDRESS,
     netns,
 };
 use ztunnel_e2e::{daemon_log, http_server, mesh, within};
-
-/// Where the stand-in listens: on the fabric bridge, which every node reaches.
-const API_ADDRESS: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(10, 10, 0, 253)), 6443);
 
 /// How fast a change made through the API must take effect (the bound).
 const TAKES_EFFECT: Duration = Duration::from_secs(1);
@@ -31,68 +24,10 @@ const TAKES_EFFECT: Duration = Duration::from_secs(1);
 /// The stand-in API server serving `cluster`'s objects, and the daemon
 /// arguments that point the node daemons at it.
 fn serve_api(cluster: &Cluster, runtime: &tokio::runtime::Runtime) -> (ApiServer, Vec<String>) {
-    let status = cluster.status();
-    netns::ip(
-        &status.fabric.netns,
-        &[
-            "addr",
-            "add",
-            &format!("{}/24", API_ADDRESS.ip()),
-            "dev",
-            &status.fabric.bridge,
-        ],
-    )
-    .unwrap();
-    let fabric = ztunnel::redirect::netns::PodNetns::open(
-        &Path::new(netns::NETNS_DIR).join(&status.fabric.netns),
-    )
-    .unwrap();
-    let listener = fabric
-        .run(|| std::net::TcpListener::bind(API_ADDRESS))
-        .unwrap()
-        .unwrap();
-    let server = {
-        let _context = runtime.enter();
-        ApiServer::serve(listener).unwrap()
-    };
-    let registry = Registry::load(status.config.registry.as_ref().unwrap()).unwrap();
+    let (server, args) = kube_fabric::serve(cluster, runtime).unwrap();
+    let registry = Registry::load(cluster.status().config.registry.as_ref().unwrap()).unwrap();
     server.seed(&registry);
-
-    // As containerd does on a node: one file per pod network namespace. The
-    // cluster's pods only (other tests' clusters use the same addresses).
-    let netns_dir = status.state_dir.join("pod-netns");
-    std::fs::create_dir_all(&netns_dir).unwrap();
-    for pod in &status.pods {
-        std::os::unix::fs::symlink(
-            Path::new(netns::NETNS_DIR).join(&pod.netns),
-            netns_dir.join(&pod.name),
-        )
-        .unwrap();
-    }
-    let kubeconfig = status.state_dir.join("kubeconfig.yaml");
-    server.write_kubeconfig(&kubeconfig).unwrap();
-    // As the DaemonSet does: the cgroup v2 root named, not found.
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let cgroup_root = mounts
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|fields| fields[2] == "cgroup2")
-        .map(|fields| fields[1].to_owned())
-        .unwrap();
-    let args = vec![
-        "--kubernetes".to_owned(),
-        "--kubeconfig".to_owned(),
-        path(&kubeconfig),
-        "--netns-dir".to_owned(),
-        path(&netns_dir),
-        "--cgroup-root".to_owned(),
-        cgroup_root,
-    ];
     (server, args)
-}
-
-fn path(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
 }
 
 /// The pods node `node`'s daemon has captured (`namespace/name`), from its

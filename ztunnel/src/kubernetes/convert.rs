@@ -9,17 +9,18 @@
 //! managed by hand), and named target ports no EndpointSlice resolves yet.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
     path::PathBuf,
+    sync::Arc,
 };
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod, PodSpec, PodStatus, Service},
+        core::v1::{Namespace, Pod, Service},
         discovery::v1::EndpointSlice,
     },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    apimachinery::pkg::util::intstr::IntOrString,
 };
 
 use crate::registry::{self, Registry, naming, waypoint};
@@ -31,8 +32,8 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct Objects<'a> {
     /// Every namespace.
     pub namespaces: Vec<&'a Namespace>,
-    /// Every pod the daemon watches.
-    pub pods: Vec<&'a Pod>,
+    /// Every pod the daemon watches, as kept ([`PodRecord`]).
+    pub pods: Vec<&'a PodRecord>,
     /// Every service.
     pub services: Vec<&'a Service>,
     /// Every EndpointSlice (they resolve named target ports).
@@ -57,7 +58,8 @@ pub fn registry(
         })
         .collect();
     // Watches run independently: a pod may be seen before its namespace.
-    let known = |namespace: &str| namespaces.iter().any(|ns| ns.name == namespace);
+    let names: HashSet<&str> = namespaces.iter().map(|ns| ns.name.as_str()).collect();
+    let known = |namespace: &str| names.contains(namespace);
 
     // An address identifies one workload: the first claim wins (objects come
     // sorted by namespace and name, so the choice is stable), later ones are
@@ -65,25 +67,51 @@ pub fn registry(
     // new pod before the old one's deletion is seen.
     let mut claimed: HashSet<IpAddr> = HashSet::new();
     let mut pods = Vec::new();
-    for pod in &objects.pods {
-        let Some(mut converted) = self::pod(pod).filter(|pod| known(&pod.namespace)) else {
+    for record in &objects.pods {
+        let Some(pod) = record.pod.as_ref().filter(|pod| known(&pod.namespace)) else {
             continue;
         };
-        if converted.ips.iter().any(|ip| claimed.contains(ip)) {
-            tracing::warn!(pod = %converted.name, namespace = %converted.namespace, ips = ?converted.ips, "left out: another pod holds its address");
+        if pod.ips.iter().any(|ip| claimed.contains(ip)) {
+            tracing::warn!(pod = %pod.name, namespace = %pod.namespace, ips = ?pod.ips, "left out: another pod holds its address");
             continue;
         }
-        claimed.extend(converted.ips.iter().copied());
-        if node == Some(converted.node.as_str()) {
-            converted.netns = netns_of(&converted.ips);
+        claimed.extend(pod.ips.iter().copied());
+        if node == Some(pod.node.as_str()) {
+            // This node's pods (a few of the cluster's) get their netns.
+            let mut local = registry::Pod::clone(pod);
+            local.netns = netns_of(&pod.ips);
+            pods.push(Arc::new(local));
+        } else {
+            pods.push(pod.clone());
         }
-        pods.push(converted);
     }
 
+    // Each Service's EndpointSlices, found once for all (by namespace and
+    // the Service's name label), not by a scan per Service.
+    let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in &objects.slices {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_NAME_LABEL));
+        if let (Some(namespace), Some(service)) = (slice.metadata.namespace.as_deref(), service) {
+            slices_of
+                .entry((namespace, service.as_str()))
+                .or_default()
+                .push(slice);
+        }
+    }
     let services = objects
         .services
         .iter()
-        .filter_map(|svc| service(svc, &objects.slices))
+        .filter_map(|svc| {
+            let key = (
+                svc.metadata.namespace.as_deref()?,
+                svc.metadata.name.as_deref()?,
+            );
+            service(svc, slices_of.get(&key).map_or(&[][..], Vec::as_slice))
+        })
         .filter(|svc| known(&svc.namespace))
         .filter(|svc| {
             let free = svc.vips.iter().all(|vip| claimed.insert(*vip));
@@ -96,7 +124,7 @@ pub fn registry(
 
     let nodes: BTreeSet<&str> = pods
         .iter()
-        .map(|pod: &registry::Pod| pod.node.as_str())
+        .map(|pod: &Arc<registry::Pod>| pod.node.as_str())
         .chain(node)
         .collect();
     let nodes = nodes
@@ -108,46 +136,50 @@ pub fn registry(
     Registry::new(nodes, namespaces, pods, services)
 }
 
-/// Drops from a pod what [`registry()`] never reads (containers, volumes,
-/// conditions, annotations, managed fields ...). Every daemon holds every
-/// pod of the cluster, so this is most of the memory they would take.
-pub fn trim_pod(pod: &mut Pod) {
-    let metadata = std::mem::take(&mut pod.metadata);
-    pod.metadata = ObjectMeta {
-        name: metadata.name,
-        namespace: metadata.namespace,
-        labels: metadata.labels,
-        // Only the annotation the daemon keeps (`redirection`).
-        annotations: metadata.annotations.map(|annotations| {
-            annotations
-                .into_iter()
-                .filter(|(key, _)| key == super::redirection::ANNOTATION)
-                .collect()
-        }),
-        resource_version: metadata.resource_version,
-        uid: metadata.uid,
-        // The controller names the workload in metrics.
-        generate_name: metadata.generate_name,
-        owner_references: metadata.owner_references.map(|owners| {
-            owners
-                .into_iter()
-                .filter(|owner| owner.controller == Some(true))
-                .collect()
-        }),
-        ..ObjectMeta::default()
-    };
-    pod.spec = pod.spec.take().map(|spec| PodSpec {
-        node_name: spec.node_name,
-        host_network: spec.host_network,
-        service_account_name: spec.service_account_name,
-        ..PodSpec::default()
-    });
-    pod.status = pod.status.take().map(|status| PodStatus {
-        phase: status.phase,
-        pod_ip: status.pod_ip,
-        pod_ips: status.pod_ips,
-        ..PodStatus::default()
-    });
+/// A pod as the Kubernetes source keeps it: converted once, when its watch
+/// event arrives, to what the registry and the redirection annotation read.
+/// Every daemon holds every pod of the cluster, so this is most of its
+/// memory: a whole `Pod` object (containers, volumes, conditions, managed
+/// fields, ...) is many times larger, and converting every pod again on
+/// each rebuild was most of a rebuild's work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRecord {
+    /// `namespace/name`.
+    key: String,
+    /// The pod in the registry's terms, shared with every registry built
+    /// while it is unchanged; none when it is not a running, addressed,
+    /// scheduled, pod-network pod.
+    pub pod: Option<Arc<registry::Pod>>,
+    /// Its node (`spec.nodeName`), once scheduled.
+    pub node: Option<String>,
+    /// Whether it carries Istio's redirection annotation, enabled.
+    pub annotated: bool,
+}
+
+impl PodRecord {
+    /// Keeps what is read of `pod`.
+    pub fn new(pod: &Pod) -> Self {
+        Self {
+            key: format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            ),
+            pod: self::pod(pod).map(Arc::new),
+            node: pod.spec.as_ref().and_then(|spec| spec.node_name.clone()),
+            annotated: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(super::redirection::ANNOTATION))
+                .is_some_and(|value| value == super::redirection::ENABLED),
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 /// A pod as the model holds it, if it is a running, addressed, scheduled,
@@ -213,6 +245,7 @@ fn controller_workload(pod: &Pod) -> Option<String> {
 
 /// A service as the model holds it: cluster IPs, TCP ports resolved to
 /// numbers, and a selector.
+/// `svc` in the registry's terms; `slices` are its EndpointSlices.
 fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<registry::Service> {
     let spec = svc.spec.as_ref()?;
     let name = svc.metadata.name.clone()?;
@@ -237,15 +270,6 @@ fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<registry::Service
     // carry the number the endpoints' containers use.
     let named: BTreeMap<&str, u16> = slices
         .iter()
-        .filter(|slice| {
-            slice.metadata.namespace.as_deref() == Some(namespace.as_str())
-                && slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-                    == Some(&name)
-        })
         .flat_map(|slice| slice.ports.iter().flatten())
         .filter_map(|port| Some((port.name.as_deref()?, u16::try_from(port.port?).ok()?)))
         .collect();
@@ -335,9 +359,10 @@ mod tests {
             "addressType": "IPv4", "endpoints": [],
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
         }));
+        let pods = [&local, &remote, &host, &done].map(PodRecord::new);
         let objects = Objects {
             namespaces: vec![&namespace],
-            pods: vec![&local, &remote, &host, &done],
+            pods: pods.iter().collect(),
             services: vec![&service],
             slices: vec![&slice],
         };
@@ -384,25 +409,26 @@ mod tests {
     }
 
     #[test]
-    fn a_trimmed_pod_converts_as_the_whole_one_and_is_much_smaller() {
+    fn a_pod_is_kept_as_what_is_read_of_it() {
         let mut whole = pod_json("web-1", "node1", "10.244.1.2", "fd00::1:2");
-        whole["metadata"]["annotations"] = serde_json::json!({"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(2000)});
+        whole["metadata"]["annotations"] = serde_json::json!({
+            "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(2000),
+            "ambient.istio.io/redirection": "enabled"
+        });
         whole["metadata"]["managedFields"] =
             serde_json::json!([{"manager": "kubelet", "operation": "Update"}]);
         whole["spec"]["containers"] = serde_json::json!([{"name": "web", "image": "nginx", "env": [{"name": "A", "value": "b"}]}]);
         whole["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": "True"}]);
         let whole: Pod = from_json(whole);
-        let mut trimmed = whole.clone();
-        trim_pod(&mut trimmed);
-        let size = |pod: &Pod| serde_json::to_vec(pod).unwrap().len();
-        assert!(
-            size(&trimmed) * 5 < size(&whole),
-            "{} vs {}",
-            size(&trimmed),
-            size(&whole)
-        );
-        assert_eq!(self::pod(&trimmed), self::pod(&whole));
-        assert!(self::pod(&trimmed).is_some());
+        let record = PodRecord::new(&whole);
+        assert_eq!(record.key(), "demo/web-1");
+        assert_eq!(record.node.as_deref(), Some("node1"));
+        assert!(record.annotated);
+        let pod = record.pod.expect("a running pod");
+        assert_eq!((pod.name.as_str(), pod.workload()), ("web-1", "web"));
+        let mut pending = whole.clone();
+        pending.status = None;
+        assert_eq!(PodRecord::new(&pending).pod, None, "no address yet");
     }
 
     #[test]
@@ -415,9 +441,10 @@ mod tests {
             "spec": {"nodeName": "node1", "containers": []},
             "status": {"podIP": "10.244.1.7"}
         }));
+        let pods = [&old, &new, &elsewhere].map(PodRecord::new);
         let objects = Objects {
             namespaces: vec![&namespace],
-            pods: vec![&old, &new, &elsewhere],
+            pods: pods.iter().collect(),
             services: vec![],
             slices: vec![],
         };

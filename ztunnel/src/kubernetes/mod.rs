@@ -31,7 +31,7 @@ mod store;
 use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use futures_util::{
-    FutureExt, StreamExt,
+    StreamExt,
     stream::{BoxStream, SelectAll},
 };
 use k8s_openapi::api::{
@@ -51,8 +51,18 @@ use crate::{
     registry::Registry,
     reload::Watched,
 };
+use convert::PodRecord;
 use netns_index::NetnsIndex;
 use store::Store;
+
+/// How long the events after a first one are gathered before the views are
+/// rebuilt, at least: a rebuild costs in proportion to the cluster (see
+/// docs/scale.md), so a burst of changes (a rollout, a node draining) is
+/// one rebuild, not one per pod. istiod debounces its pushes the same way
+/// (`PILOT_DEBOUNCE_AFTER`, 100 ms). When the last rebuild took longer, the
+/// window is that long, so rebuilding takes at most about half of a CPU
+/// however fast the cluster changes.
+const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// How often pods of this node whose network namespace was not found yet
 /// are looked for again.
@@ -144,6 +154,7 @@ pub async fn start(
         events: node
             .filter(|_| config.policies)
             .map(|node| events::PolicyEvents::new(client.clone(), node)),
+        shrinks: Default::default(),
     };
     if !config.policies {
         // Not watched: complete, and empty, from the start.
@@ -193,7 +204,7 @@ pub async fn client(config: &KubeConfig) -> Result<Client, KubeError> {
 enum Update {
     Namespace(Event<Namespace>),
     // Boxed: pods and services are several times the size of the rest.
-    Pod(Box<Event<Pod>>),
+    Pod(Box<Event<PodRecord>>),
     Service(Box<Event<Service>>),
     Slice(Event<EndpointSlice>),
     /// An event of the policy kind `policies::KINDS[index]`.
@@ -236,7 +247,7 @@ fn watches(client: &Client, policies: bool) -> SelectAll<BoxStream<'static, Upda
         Update::Namespace,
     ));
     all.push(watch(Api::all(client.clone()), "pods", None, |event| {
-        Update::Pod(Box::new(event.modify(convert::trim_pod)))
+        Update::Pod(Box::new(record_pods(event)))
     }));
     all.push(watch(Api::all(client.clone()), "services", None, |event| {
         Update::Service(Box::new(event))
@@ -267,7 +278,7 @@ struct State {
     /// This node; none for the CA, which captures nothing.
     node: Option<String>,
     namespaces: Store<Namespace>,
-    pods: Store<Pod>,
+    pods: Store<PodRecord>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     policies: [Store<DynamicObject>; 2],
@@ -282,6 +293,8 @@ struct State {
     annotated: Option<watch::Sender<BTreeSet<String>>>,
     /// Events on the policy objects not applied as written (node daemons).
     events: Option<events::PolicyEvents>,
+    /// When the cluster shrank enough to give memory back.
+    shrinks: crate::memory::Surges,
 }
 
 /// What an update changed.
@@ -298,6 +311,7 @@ async fn run(
 ) {
     let mut ready = Some(ready);
     let mut retry = tokio::time::interval(NETNS_RETRY);
+    let mut last_rebuild = Duration::ZERO;
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut changed = Changed::default();
@@ -305,9 +319,19 @@ async fn run(
             update = updates.next() => {
                 let Some(update) = update else { return };
                 state.apply(update, &mut changed);
-                // Whatever else is waiting already: one rebuild per burst.
-                while let Some(Some(update)) = updates.next().now_or_never() {
-                    state.apply(update, &mut changed);
+                // Whatever else arrives within the window: one rebuild per
+                // burst, not one per event.
+                let window = tokio::time::sleep(DEBOUNCE.max(last_rebuild));
+                tokio::pin!(window);
+                loop {
+                    tokio::select! {
+                        biased;
+                        update = updates.next() => match update {
+                            Some(update) => state.apply(update, &mut changed),
+                            None => return,
+                        },
+                        () = &mut window => break,
+                    }
                 }
             }
             // Rebuilt only when the netns directory changed.
@@ -317,11 +341,15 @@ async fn run(
             continue;
         }
         let first = ready.is_some();
-        if changed.registry || first {
-            state.publish_registry();
-        }
+        // Policies first: publishing them is cheap, a registry rebuild
+        // costs in proportion to the cluster.
         if changed.policies || first {
             state.publish_policies();
+        }
+        if changed.registry || first {
+            let started = std::time::Instant::now();
+            state.publish_registry();
+            last_rebuild = started.elapsed();
         }
         if let Some(ready) = ready.take() {
             tracing::info!("the Kubernetes view is complete");
@@ -398,21 +426,30 @@ impl State {
             });
         }
         match registry.validated() {
-            Ok(registry) => {
-                self.registry.send_if_modified(|current| {
-                    let modified = **current != registry;
-                    if modified {
-                        tracing::info!(
-                            namespaces = registry.namespaces.len(),
-                            pods = registry.pods.len(),
-                            services = registry.services.len(),
-                            "registry updated from the Kubernetes API"
-                        );
-                        *current = Arc::new(registry);
-                    }
-                    modified
-                });
+            // Only this task sends: what it compared with is still current.
+            Ok(registry) if **self.registry.borrow() != registry => {
+                // Here, not on the first connection after the change (and
+                // outside the channel's lock, which connections read).
+                registry.build_index();
+                tracing::info!(
+                    namespaces = registry.namespaces.len(),
+                    pods = registry.pods.len(),
+                    services = registry.services.len(),
+                    "registry updated from the Kubernetes API"
+                );
+                let pods = registry.pods.len();
+                // The previous registry is freed here, unless a connection
+                // still holds it.
+                drop(self.registry.send_replace(Arc::new(registry)));
+                if self.shrinks.trim_now(pods) {
+                    crate::memory::trim();
+                    tracing::info!(
+                        pods,
+                        "the cluster shrank to half: freed memory given back to the system"
+                    );
+                }
             }
+            Ok(_) => {}
             Err(err) => tracing::warn!("keeping the previous registry: {err}"),
         }
     }
@@ -435,6 +472,17 @@ impl State {
             events.post(&set, &self.policies);
         }
         self.policy_set.send_replace(Arc::new(set));
+    }
+}
+
+/// A pod event with the pod as kept ([`PodRecord`]): converted once, here.
+fn record_pods(event: Event<Pod>) -> Event<PodRecord> {
+    match event {
+        Event::Init => Event::Init,
+        Event::InitApply(pod) => Event::InitApply(PodRecord::new(&pod)),
+        Event::InitDone => Event::InitDone,
+        Event::Apply(pod) => Event::Apply(PodRecord::new(&pod)),
+        Event::Delete(pod) => Event::Delete(PodRecord::new(&pod)),
     }
 }
 

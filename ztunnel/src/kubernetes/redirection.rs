@@ -27,6 +27,8 @@ use kube::{
 };
 use tokio::sync::watch;
 
+use super::convert::PodRecord;
+
 /// The annotation Istio's CNI agent sets on a pod whose traffic its node
 /// proxy captures.
 pub const ANNOTATION: &str = "ambient.istio.io/redirection";
@@ -137,26 +139,10 @@ async fn annotate(client: &Client, pod: &str, enable: bool) -> Result<(), kube::
 
 /// The pods of `node` among `pods` that carry the annotation, enabled.
 pub(super) fn annotated_on<'a>(
-    pods: impl Iterator<Item = &'a Pod>,
+    pods: impl Iterator<Item = &'a PodRecord>,
     node: &str,
 ) -> BTreeSet<String> {
-    pods.filter(|pod| {
-        pod.spec
-            .as_ref()
-            .is_some_and(|spec| spec.node_name.as_deref() == Some(node))
-            && pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|annotations| annotations.get(ANNOTATION))
-                .is_some_and(|value| value == ENABLED)
-    })
-    .map(|pod| {
-        format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-            pod.metadata.name.as_deref().unwrap_or_default()
-        )
-    })
-    .collect()
+    pods.filter(|pod| pod.annotated && pod.node.as_deref() == Some(node))
+        .map(|pod| pod.key().to_owned())
+        .collect()
 }

@@ -9,6 +9,30 @@ use std::collections::BTreeMap;
 
 use kube::{Resource, ResourceExt, runtime::watcher::Event};
 
+use super::convert::PodRecord;
+
+/// What a store files an object under: `namespace/name`.
+pub trait Keyed {
+    /// The object's `namespace/name`.
+    fn key(&self) -> String;
+}
+
+impl<K: Resource> Keyed for K {
+    fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        )
+    }
+}
+
+impl Keyed for PodRecord {
+    fn key(&self) -> String {
+        PodRecord::key(self).to_owned()
+    }
+}
+
 /// Objects of one kind by `namespace/name`, sorted.
 pub struct Store<K> {
     current: BTreeMap<String, K>,
@@ -26,7 +50,7 @@ impl<K> Default for Store<K> {
     }
 }
 
-impl<K: Resource> Store<K> {
+impl<K: Keyed> Store<K> {
     /// Applies one watch event; true when the objects in force changed.
     pub fn apply(&mut self, event: Event<K>) -> bool {
         match event {
@@ -36,7 +60,7 @@ impl<K: Resource> Store<K> {
             }
             Event::InitApply(object) => {
                 if let Some(relisting) = &mut self.relisting {
-                    relisting.insert(key(&object), object);
+                    relisting.insert(object.key(), object);
                 }
                 false
             }
@@ -48,10 +72,10 @@ impl<K: Resource> Store<K> {
                 true
             }
             Event::Apply(object) => {
-                self.current.insert(key(&object), object);
+                self.current.insert(object.key(), object);
                 true
             }
-            Event::Delete(object) => self.current.remove(&key(&object)).is_some(),
+            Event::Delete(object) => self.current.remove(&object.key()).is_some(),
         }
     }
 
@@ -77,14 +101,6 @@ impl<K: Resource> Store<K> {
     pub fn objects(&self) -> impl Iterator<Item = (&String, &K)> {
         self.current.iter()
     }
-}
-
-fn key<K: Resource>(object: &K) -> String {
-    format!(
-        "{}/{}",
-        object.namespace().unwrap_or_default(),
-        object.name_any()
-    )
 }
 
 #[cfg(test)]

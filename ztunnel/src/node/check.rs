@@ -126,7 +126,7 @@ fn target<'a>(registry: &'a Registry, name: &str) -> Result<Target<'a>, String> 
         .pods
         .iter()
         .find(|p| p.name == name && in_namespace(&p.namespace))
-        .map(Target::Pod)
+        .map(|pod| Target::Pod(pod))
         .or_else(|| {
             registry
                 .services

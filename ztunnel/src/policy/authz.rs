@@ -274,7 +274,7 @@ impl SourceMatch {
         };
         !self.is_empty()
             && included(&self.principals, &self.not_principals, |m| {
-                text(principal.as_deref(), m)
+                text(principal, m)
             })
             && included(&self.namespaces, &self.not_namespaces, |m| {
                 text(namespace, m)
@@ -335,13 +335,9 @@ impl WhenMatch {
             } => {
                 let value = match attribute {
                     TextAttribute::Principal => connection.source_identity.map(Identity::principal),
-                    TextAttribute::Namespace => connection
-                        .source_identity
-                        .map(|id| id.namespace().to_owned()),
+                    TextAttribute::Namespace => connection.source_identity.map(Identity::namespace),
                 };
-                included(values, not_values, |m| {
-                    value.as_deref().is_some_and(|v| m.matches(v))
-                })
+                included(values, not_values, |m| value.is_some_and(|v| m.matches(v)))
             }
             Self::NotAtL4 => false,
         }

@@ -5,7 +5,9 @@
 //! policies, then ALLOW policies when any applies. Dry-run policies are
 //! evaluated on the side; AUDIT matches are listed.
 
-use super::{Action, AuthorizationPolicy, Connection, MtlsMode, PolicySet, Workload};
+use super::{
+    Action, AuthorizationPolicy, Connection, MtlsMode, PolicySet, Workload, scope::ScopeIndex,
+};
 
 /// The `policy` of a plaintext connection refused by a STRICT mode.
 pub const STRICT_REFUSAL: &str = "PeerAuthentication/STRICT";
@@ -78,7 +80,7 @@ impl PolicySet {
                 dry_run: None,
             };
         }
-        let applicable: Vec<&AuthorizationPolicy> = self.applicable(workload).collect();
+        let applicable = self.applicable(workload);
         let enforced = evaluate(
             applicable.iter().copied().filter(|p| !p.dry_run),
             connection,
@@ -105,6 +107,7 @@ impl PolicySet {
     /// in words: why an expected ALLOW did not happen.
     pub fn allow_rules_without_effect(&self, workload: &Workload<'_>) -> Vec<String> {
         self.applicable(workload)
+            .into_iter()
             .filter(|p| p.action == Action::Allow && !p.dry_run)
             .flat_map(|policy| {
                 policy.rules_without_effect().into_iter().map(move |rule| {
@@ -118,14 +121,15 @@ impl PolicySet {
             .collect()
     }
 
-    /// The AuthorizationPolicies that apply to `workload`.
-    fn applicable<'a>(
-        &'a self,
-        workload: &'a Workload<'_>,
-    ) -> impl Iterator<Item = &'a AuthorizationPolicy> + 'a {
-        self.authorization
-            .iter()
-            .filter(|p| p.applies_to(workload, &self.root_namespace))
+    /// The AuthorizationPolicies that apply to `workload`, in the set's
+    /// order ([`super::scope`]).
+    fn applicable<'a>(&'a self, workload: &Workload<'_>) -> Vec<&'a AuthorizationPolicy> {
+        self.scopes
+            .get_or_init(|| ScopeIndex::new(&self.authorization))
+            .applicable(&self.authorization, workload, &self.root_namespace)
+            .into_iter()
+            .map(|position| &self.authorization[position])
+            .collect()
     }
 }
 

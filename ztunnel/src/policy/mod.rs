@@ -21,8 +21,9 @@ pub mod load;
 pub mod matcher;
 pub mod model;
 pub mod peer_auth;
+mod scope;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::OnceLock};
 
 pub use authz::{AuthorizationPolicy, Connection, Workload};
 pub use decide::{Decision, STRICT_REFUSAL, Verdict};
@@ -77,6 +78,10 @@ pub enum LoadError {
 }
 
 /// Every policy in force.
+///
+/// Decisions find the policies that apply to a workload through an index
+/// built on the first of them: a set is not changed once decided with (the
+/// daemon shares each version immutably).
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
     /// The mesh-wide namespace.
@@ -93,6 +98,7 @@ pub struct PolicySet {
     pub loads: u64,
     /// How many of those loads refused an object or a file.
     pub loads_with_problems: u64,
+    scopes: OnceLock<scope::ScopeIndex>,
 }
 
 impl PolicySet {
@@ -105,6 +111,7 @@ impl PolicySet {
     /// Puts the policies in the order evaluation and output rely on: by
     /// namespace and name.
     pub fn sort(&mut self) {
+        self.scopes = OnceLock::new();
         self.authorization.sort_by(|a, b| a.id.cmp(&b.id));
         self.peer_authentication.sort_by(|a, b| a.id.cmp(&b.id));
         self.objects

@@ -411,16 +411,19 @@ fn of_several_peer_authentications_at_one_level_the_oldest_decides() {
         let set = set(&policies.concat());
         assert_eq!(set.mtls_mode(&workload, 80), want, "{what}");
         let mut registry = crate::registry::Registry::default();
-        registry.pods.push(crate::registry::Pod {
-            name: "web-1".to_owned(),
-            namespace: "demo".to_owned(),
-            service_account: "web".to_owned(),
-            node: "node1".to_owned(),
-            ips: vec![],
-            netns: None,
-            labels: labels(),
-            workload: None,
-        });
+        registry.pods.push(
+            crate::registry::Pod {
+                name: "web-1".to_owned(),
+                namespace: "demo".to_owned(),
+                service_account: "web".to_owned(),
+                node: "node1".to_owned(),
+                ips: vec![],
+                netns: None,
+                labels: labels(),
+                workload: None,
+            }
+            .into(),
+        );
         let findings = set.analyze(&registry);
         assert!(
             findings

@@ -276,7 +276,7 @@ mod tests {
     /// `demo`, on node2) taking `traffic`.
     fn with_waypoint(traffic: &str) -> Registry {
         let mut registry = Registry::from_yaml(EXAMPLE).unwrap();
-        let mut pod = registry.pods[0].clone();
+        let mut pod = Pod::clone(&registry.pods[0]);
         pod.name = "waypoint-1".to_owned();
         pod.service_account = "waypoint".to_owned();
         pod.node = "node2".to_owned();
@@ -285,7 +285,7 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        registry.pods.push(pod.clone());
+        registry.pods.push(pod.clone().into());
         let mut service = registry.services[0].clone();
         service.name = "waypoint".to_owned();
         service.vips = vec![at("10.96.0.99:0").ip()];
@@ -304,7 +304,7 @@ mod tests {
                 "service" => &mut registry.services[0].labels,
                 "pod web-2" => {
                     let web2 = registry.pods.iter_mut().find(|p| p.name == "web-2");
-                    &mut web2.unwrap().labels
+                    &mut std::sync::Arc::make_mut(web2.unwrap()).labels
                 }
                 _ => &mut registry.namespaces[0].labels,
             };

@@ -49,20 +49,27 @@ impl Registry {
         Self::parse(text, None)
     }
 
-    /// Reads, parses and validates a registry file.
+    /// Reads, parses and validates a registry file, and builds its lookup
+    /// index ([`Registry::build_index`]): ready to publish.
     pub fn load(path: &Path) -> Result<Self, RegistryError> {
         let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, Some(path))
+        let registry = Self::parse(&text, Some(path))?;
+        registry.build_index();
+        Ok(registry)
     }
 
     fn parse(text: &str, origin: Option<&Path>) -> Result<Self, RegistryError> {
+        let mut options = serde_saphyr::Options::default();
+        options.budget = Some(budget_for(text));
         let registry: Registry =
-            serde_saphyr::from_str(text).map_err(|err| RegistryError::Parse {
-                origin: origin.map(Path::to_owned),
-                message: err.to_string(),
+            serde_saphyr::from_str_with_options(text, options).map_err(|err| {
+                RegistryError::Parse {
+                    origin: origin.map(Path::to_owned),
+                    message: err.to_string(),
+                }
             })?;
         validate::validate(&registry).map_err(RegistryError::Invalid)?;
         Ok(registry)
@@ -79,6 +86,21 @@ impl Registry {
     pub fn to_yaml(&self) -> String {
         serde_saphyr::to_string(self).expect("the registry model always serialises")
     }
+}
+
+/// The parser's limits for `text`: its defaults, raised in proportion to
+/// the text. Their node count (250,000) stops a registry near 14,000 pods,
+/// and a cluster that grows past it would stop being updated; the text is
+/// already in memory, so what it can make the parser do is bounded by its
+/// size (aliases, which could multiply it, keep their default limits).
+fn budget_for(text: &str) -> serde_saphyr::Budget {
+    let mut budget = serde_saphyr::Budget::default();
+    // A node (scalar, sequence or mapping) takes 2 bytes or more of text,
+    // an event as many.
+    budget.max_nodes = budget.max_nodes.max(text.len() / 2);
+    budget.max_events = budget.max_events.max(text.len());
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(text.len());
+    budget
 }
 
 #[cfg(test)]

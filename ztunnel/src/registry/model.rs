@@ -5,7 +5,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
     path::PathBuf,
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
 };
 
 use serde::{Deserialize, Serialize};
@@ -19,9 +19,12 @@ pub type Labels = BTreeMap<String, String>;
 ///
 /// The lookups the data path makes per connection ([`Registry::pod_at`],
 /// [`Registry::namespace`], [`Registry::service`],
-/// [`Registry::service_at`], [`Registry::pods_in`]) use an index built on
-/// the first of them: a registry is not changed once looked up in (the
-/// daemon shares each version immutably).
+/// [`Registry::service_at`], [`Registry::pods_in`], [`Registry::endpoints`])
+/// use an index, built by the sources before they publish a registry
+/// ([`Registry::build_index`]; else on the first lookup), so that their
+/// cost does not grow with the cluster and no connection waits for it: a
+/// registry is not changed once looked up in (the daemon shares each
+/// version immutably).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Registry {
@@ -31,9 +34,10 @@ pub struct Registry {
     /// Kubernetes namespaces and their labels (enrolment is decided by label).
     #[serde(default)]
     pub namespaces: Vec<Namespace>,
-    /// Pods on every node.
+    /// Pods on every node, shared with the sources that keep them (a
+    /// rebuild of the registry copies pointers, not pods).
     #[serde(default)]
-    pub pods: Vec<Pod>,
+    pub pods: Vec<Arc<Pod>>,
     /// Services: virtual IPs that select pods by label.
     #[serde(default)]
     pub services: Vec<Service>,
@@ -47,8 +51,26 @@ struct Index {
     pods_by_ip: HashMap<IpAddr, usize>,
     services_by_vip: HashMap<IpAddr, usize>,
     pods_by_namespace: HashMap<String, Vec<usize>>,
+    pods_by_node: HashMap<String, Vec<usize>>,
     services_by_namespace: HashMap<String, Vec<usize>>,
+    /// Namespace, then name.
+    services_by_name: HashMap<String, HashMap<String, usize>>,
     namespaces_by_name: HashMap<String, usize>,
+    /// Per service (same positions), the pods it selects: found on the
+    /// first connection to it, as most services of a cluster are never
+    /// dialled from one node.
+    endpoints: Vec<OnceLock<Vec<usize>>>,
+}
+
+/// Adds `position` to `key`'s list, copying the key only for its first
+/// entry (an index is built for every change of a cluster of any size).
+fn file(lists: &mut HashMap<String, Vec<usize>>, key: &str, position: usize) {
+    match lists.get_mut(key) {
+        Some(list) => list.push(position),
+        None => {
+            lists.insert(key.to_owned(), vec![position]);
+        }
+    }
 }
 
 /// The index is derived: two registries are equal when their contents are.
@@ -175,17 +197,18 @@ impl Service {
 }
 
 impl Registry {
-    /// A registry of these objects (not validated: see [`Registry::validated`]).
+    /// A registry of these objects (not validated: see [`Registry::validated`]);
+    /// `pods` owned or shared.
     pub fn new(
         nodes: Vec<Node>,
         namespaces: Vec<Namespace>,
-        pods: Vec<Pod>,
+        pods: impl IntoIterator<Item = impl Into<Arc<Pod>>>,
         services: Vec<Service>,
     ) -> Self {
         Self {
             nodes,
             namespaces,
-            pods,
+            pods: pods.into_iter().map(Into::into).collect(),
             services,
             index: OnceLock::new(),
         }
@@ -204,24 +227,41 @@ impl Registry {
                 for ip in &pod.ips {
                     index.pods_by_ip.entry(*ip).or_insert(position);
                 }
-                index
-                    .pods_by_namespace
-                    .entry(pod.namespace.clone())
-                    .or_default()
-                    .push(position);
+                file(&mut index.pods_by_namespace, &pod.namespace, position);
+                file(&mut index.pods_by_node, &pod.node, position);
             }
             for (position, service) in self.services.iter().enumerate() {
                 for vip in &service.vips {
                     index.services_by_vip.entry(*vip).or_insert(position);
                 }
-                index
-                    .services_by_namespace
-                    .entry(service.namespace.clone())
-                    .or_default()
-                    .push(position);
+                file(
+                    &mut index.services_by_namespace,
+                    &service.namespace,
+                    position,
+                );
+                match index.services_by_name.get_mut(&service.namespace) {
+                    Some(names) => {
+                        names.entry(service.name.clone()).or_insert(position);
+                    }
+                    None => {
+                        let names = HashMap::from([(service.name.clone(), position)]);
+                        index
+                            .services_by_name
+                            .insert(service.namespace.clone(), names);
+                    }
+                }
             }
+            index.endpoints = std::iter::repeat_with(OnceLock::new)
+                .take(self.services.len())
+                .collect();
             index
         })
+    }
+
+    /// Builds the lookup index now, rather than on the first connection
+    /// after the registry is published.
+    pub fn build_index(&self) {
+        self.index();
     }
 
     /// The namespace called `name`, if the registry has it.
@@ -233,18 +273,13 @@ impl Registry {
     /// The pod with address `ip`, if any.
     pub fn pod_at(&self, ip: IpAddr) -> Option<&Pod> {
         let position = *self.index().pods_by_ip.get(&ip)?;
-        self.pods.get(position)
+        self.pods.get(position).map(|pod| &**pod)
     }
 
     /// The Service `name` of `namespace`, if any.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.index()
-            .services_by_namespace
-            .get(namespace)
-            .into_iter()
-            .flatten()
-            .filter_map(|position| self.services.get(*position))
-            .find(|service| service.name == name)
+        let position = *self.index().services_by_name.get(namespace)?.get(name)?;
+        self.services.get(position)
     }
 
     /// The service with virtual IP `vip`, if any.
@@ -255,12 +290,8 @@ impl Registry {
 
     /// The pods of Kubernetes namespace `namespace`.
     pub fn pods_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.index()
-            .pods_by_namespace
-            .get(namespace)
-            .into_iter()
-            .flatten()
-            .filter_map(|position| self.pods.get(*position))
+        self.positions_in(namespace)
+            .map(|position| &*self.pods[position])
     }
 
     /// The pods `service` selects, each with its address of `family`'s kind
@@ -270,12 +301,40 @@ impl Registry {
         service: &'a Service,
         family: IpAddr,
     ) -> impl Iterator<Item = (&'a Pod, IpAddr)> + 'a {
-        self.pods_in(&service.namespace)
-            .filter(move |pod| service.selects(&pod.labels))
-            .filter_map(move |pod| {
-                let ip = pod.ips.iter().find(|ip| ip.is_ipv4() == family.is_ipv4())?;
-                Some((pod, *ip))
-            })
+        let index = self.index();
+        // The service's position, if it is this registry's own.
+        let selected = index
+            .services_by_name
+            .get(&service.namespace)
+            .and_then(|names| names.get(&service.name))
+            .filter(|&&position| std::ptr::eq(&self.services[position], service))
+            .map(|&position| {
+                index.endpoints[position].get_or_init(|| {
+                    self.positions_in(&service.namespace)
+                        .filter(|&pod| service.selects(&self.pods[pod].labels))
+                        .collect()
+                })
+            });
+        let pods: Box<dyn Iterator<Item = &'a Pod> + 'a> = match selected {
+            Some(positions) => Box::new(positions.iter().map(|&pod| &*self.pods[pod])),
+            None => Box::new(
+                self.pods_in(&service.namespace)
+                    .filter(move |pod| service.selects(&pod.labels)),
+            ),
+        };
+        pods.filter_map(move |pod| {
+            let ip = pod.ips.iter().find(|ip| ip.is_ipv4() == family.is_ipv4())?;
+            Some((pod, *ip))
+        })
+    }
+
+    fn positions_in(&self, namespace: &str) -> impl Iterator<Item = usize> + '_ {
+        self.index()
+            .pods_by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .copied()
     }
 
     /// The service a connection to `port` of `pod` most likely came through,
@@ -295,7 +354,12 @@ impl Registry {
     }
 
     /// The pods scheduled on `node`.
-    pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.pods.iter().filter(move |pod| pod.node == node)
+    pub fn pods_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.index()
+            .pods_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(|&position| &*self.pods[position])
     }
 }

@@ -110,7 +110,7 @@ fn indexed_lookups_agree_with_a_scan_and_do_not_affect_equality() {
     let untouched = registry.clone();
     for pod in &registry.pods {
         for ip in &pod.ips {
-            assert_eq!(registry.pod_at(*ip), Some(pod));
+            assert_eq!(registry.pod_at(*ip), Some(&**pod));
         }
     }
     for service in &registry.services {
@@ -140,4 +140,27 @@ fn indexed_lookups_agree_with_a_scan_and_do_not_affect_equality() {
             .map(|p| p.name.as_str()),
         Some("web-2")
     );
+}
+
+#[test]
+fn a_file_of_a_large_cluster_loads() {
+    // Past the YAML parser's default budget (250,000 nodes: about 14,000
+    // pods), which would stop a growing cluster's file from loading.
+    let pods = 20_000;
+    let mut yaml = String::from(
+        "nodes: [{name: node1}]\nnamespaces: [{name: big, labels: {istio.io/dataplane-mode: ambient}}]\npods:\n",
+    );
+    for i in 0..pods {
+        yaml.push_str(&format!(
+            "  - {{name: pod-{i}, namespace: big, serviceAccount: sa-{}, node: node1, ips: [10.{}.{}.{}], labels: {{app: app-{}, version: v1}}}}\n",
+            i / 10,
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255,
+            i / 10
+        ));
+    }
+    let registry = Registry::from_yaml(&yaml).expect("a large registry loads");
+    assert_eq!(registry.pods.len(), pods);
+    assert_eq!(registry.pods_on("node1").count(), pods);
 }

@@ -3,16 +3,19 @@
 //! Every problem found is reported (not just the first), each naming the
 //! object at fault, so a bad file is fixed in one pass.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::Registry;
 
 /// Checks `registry`; on failure returns every problem, separated by `; `.
-pub(super) fn validate(registry: &Registry) -> Result<(), String> {
+///
+/// It runs on every change of a cluster of any size: nothing is allocated
+/// per object unless the object has a problem.
+pub(super) fn validate<'a>(registry: &'a Registry) -> Result<(), String> {
     let mut problems = Vec::new();
 
-    let mut nodes = BTreeSet::new();
+    let mut nodes = HashSet::new();
     for node in &registry.nodes {
         check_name(
             &mut problems,
@@ -26,7 +29,7 @@ pub(super) fn validate(registry: &Registry) -> Result<(), String> {
         }
     }
 
-    let mut namespaces = BTreeSet::new();
+    let mut namespaces = HashSet::new();
     for ns in &registry.namespaces {
         check_name(&mut problems, "namespace", &ns.name, &ns.name, is_dns_label);
         if !namespaces.insert(ns.name.as_str()) {
@@ -35,8 +38,8 @@ pub(super) fn validate(registry: &Registry) -> Result<(), String> {
     }
 
     // Which object owns each address: an address must identify one workload.
-    let mut owners: BTreeMap<IpAddr, String> = BTreeMap::new();
-    let mut claim = |problems: &mut Vec<String>, ip: IpAddr, owner: String| {
+    let mut owners: HashMap<IpAddr, Object<'a>> = HashMap::new();
+    let mut claim = |problems: &mut Vec<String>, ip: IpAddr, owner: Object<'a>| {
         if let Some(first) = owners.get(&ip) {
             problems.push(format!("{owner}: address {ip} is already used by {first}"));
         } else {
@@ -44,19 +47,19 @@ pub(super) fn validate(registry: &Registry) -> Result<(), String> {
         }
     };
 
-    let mut pods = BTreeSet::new();
+    let mut pods = HashSet::new();
     for pod in &registry.pods {
-        let id = format!("pod {}/{}", pod.namespace, pod.name);
-        check_name(&mut problems, "pod", &id, &pod.name, is_dns_subdomain);
+        let id = Object("pod", &pod.namespace, &pod.name);
+        check_name(&mut problems, "pod", id, &pod.name, is_dns_subdomain);
         check_name(
             &mut problems,
             "serviceAccount",
-            &id,
+            id,
             &pod.service_account,
             is_dns_subdomain,
         );
         if let Some(workload) = &pod.workload {
-            check_name(&mut problems, "workload", &id, workload, is_dns_subdomain);
+            check_name(&mut problems, "workload", id, workload, is_dns_subdomain);
         }
         if !namespaces.contains(pod.namespace.as_str()) {
             problems.push(format!(
@@ -85,14 +88,14 @@ pub(super) fn validate(registry: &Registry) -> Result<(), String> {
             ));
         }
         for ip in &pod.ips {
-            claim(&mut problems, *ip, id.clone());
+            claim(&mut problems, *ip, id);
         }
     }
 
-    let mut services = BTreeSet::new();
+    let mut services = HashSet::new();
     for svc in &registry.services {
-        let id = format!("service {}/{}", svc.namespace, svc.name);
-        check_name(&mut problems, "service", &id, &svc.name, is_dns_label);
+        let id = Object("service", &svc.namespace, &svc.name);
+        check_name(&mut problems, "service", id, &svc.name, is_dns_label);
         if !namespaces.contains(svc.namespace.as_str()) {
             problems.push(format!(
                 "{id}: namespace {:?} is not in the registry",
@@ -106,17 +109,19 @@ pub(super) fn validate(registry: &Registry) -> Result<(), String> {
             problems.push(format!("{id}: has no vips"));
         }
         for vip in &svc.vips {
-            claim(&mut problems, *vip, id.clone());
+            claim(&mut problems, *vip, id);
         }
         if svc.ports.is_empty() {
             problems.push(format!("{id}: has no ports"));
         }
-        let mut ports = BTreeSet::new();
-        for port in &svc.ports {
+        for (i, port) in svc.ports.iter().enumerate() {
             if port.port == 0 || port.target_port == 0 {
                 problems.push(format!("{id}: port and targetPort must be 1-65535"));
             }
-            if !ports.insert(port.port) {
+            if svc.ports[..i]
+                .iter()
+                .any(|earlier| earlier.port == port.port)
+            {
                 problems.push(format!("{id}: port {} listed twice", port.port));
             }
         }
@@ -129,10 +134,20 @@ pub(super) fn validate(registry: &Registry) -> Result<(), String> {
     }
 }
 
+/// A pod or service, named in problems as `<kind> <namespace>/<name>`.
+#[derive(Clone, Copy)]
+struct Object<'a>(&'static str, &'a str, &'a str);
+
+impl std::fmt::Display for Object<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.0, self.1, self.2)
+    }
+}
+
 fn check_name(
     problems: &mut Vec<String>,
     what: &str,
-    id: &str,
+    id: impl std::fmt::Display,
     name: &str,
     valid: fn(&str) -> bool,
 ) {
