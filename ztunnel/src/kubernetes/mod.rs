@@ -353,6 +353,9 @@ async fn run(
         }
         if let Some(ready) = ready.take() {
             tracing::info!("the Kubernetes view is complete");
+            // Listing the cluster (pages of pod JSON, parsed and dropped)
+            // leaves freed memory in the allocator's arenas: give it back.
+            crate::memory::trim();
             let _ = ready.send(());
         }
     }
