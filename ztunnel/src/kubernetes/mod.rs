@@ -58,10 +58,12 @@ use store::Store;
 /// How long the events after a first one are gathered before the views are
 /// rebuilt, at least: a rebuild costs in proportion to the cluster (see
 /// docs/scale.md), so a burst of changes (a rollout, a node draining) is
-/// one rebuild, not one per pod. istiod debounces its pushes the same way
-/// (`PILOT_DEBOUNCE_AFTER`, 100 ms). When the last rebuild took longer, the
-/// window is that long, so rebuilding takes at most about half of a CPU
-/// however fast the cluster changes.
+/// one rebuild, not one per pod. istiod waits as long before a push
+/// (`PILOT_DEBOUNCE_AFTER`, 100 ms), but extends the wait while changes keep
+/// coming (up to `PILOT_DEBOUNCE_MAX`, 10 s); here the window does not
+/// extend, so no change waits longer than one window. When the last rebuild
+/// took longer than 100 ms, the window is that long, so rebuilding takes at
+/// most about half of a CPU however fast the cluster changes.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// How often pods of this node whose network namespace was not found yet
