@@ -16,8 +16,10 @@ use crate::proxy::Active;
 /// Open connections that make a surge worth trimming after.
 pub const SURGE: usize = 1024;
 
-/// How often the connection count is checked.
-pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the connection count is checked: often enough to see a surge
+/// of a few seconds (at 5 s one could fall between two checks and its
+/// memory was never given back); a check is one atomic read.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Decides when to trim, from a count seen again and again: open
 /// connections at each check, or the registry's pods at each update (a

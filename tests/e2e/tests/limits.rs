@@ -155,7 +155,7 @@ fn a_flood_of_idle_connections_leaves_other_pods_traffic_untouched() {
         },
     );
 
-    // Memory comes back once the surge is over (checked every 5 s).
+    // Memory comes back once the surge is over (checked every second).
     within(
         Duration::from_secs(20),
         "the daemons' memory comes back",
