@@ -254,8 +254,10 @@ fn repeat_connections_reuse_the_tunnel_a_new_trust_bundle_retires_it_and_new_tun
     get(&cluster, "client-1", &web).unwrap();
     wait_tunnel_idle(&cluster, "node1");
     get(&cluster, "client-1", &web).unwrap();
+    // On both sides: each daemon writes its own lines.
     eventually("both connections logged", || {
-        tunnels(&cluster, (0, 0)).1.len() == 2
+        let (source, destination) = tunnels(&cluster, (0, 0));
+        source.len() == 2 && destination.len() == 2
     });
     let (new, reused) = ((false, false), (false, true));
     assert_eq!(
@@ -291,7 +293,8 @@ fn repeat_connections_reuse_the_tunnel_a_new_trust_bundle_retires_it_and_new_tun
     wait_tunnel_idle(&cluster, "node1");
     get(&cluster, "client-1", &web).unwrap();
     eventually("both connections logged", || {
-        tunnels(&cluster, mark).1.len() == 2
+        let (source, destination) = tunnels(&cluster, mark);
+        source.len() == 2 && destination.len() == 2
     });
     assert_eq!(
         tunnels(&cluster, mark),
@@ -306,7 +309,8 @@ fn repeat_connections_reuse_the_tunnel_a_new_trust_bundle_retires_it_and_new_tun
     get(&cluster, "client-1", &web).unwrap();
     get(&cluster, "client-1", &web).unwrap();
     eventually("both connections logged", || {
-        tunnels(&cluster, mark).1.len() == 2
+        let (source, destination) = tunnels(&cluster, mark);
+        source.len() == 2 && destination.len() == 2
     });
     let resumed = (true, false);
     assert_eq!(
