@@ -65,7 +65,12 @@ enum Command {
         /// AuthorizationPolicy counts of the decision benchmark.
         #[arg(long, value_delimiter = ',', default_values_t = [10, 1_000, 10_000])]
         policies: Vec<usize>,
-        /// Only the in-process measurements (no cluster, no root needed).
+        /// CA cold starts, as `<nodes>x<identities per node>`.
+        #[arg(long, value_delimiter = ',', value_parser = nodes_by_identities,
+              default_values = ["100x10", "1000x10", "5000x20"])]
+        cold_starts: Vec<(usize, usize)>,
+        /// Only the in-process measurements (no cluster, no CA process, no
+        /// root needed).
         #[arg(long)]
         in_process: bool,
     },
@@ -77,6 +82,7 @@ fn main() -> Result<()> {
         sizes,
         decision_sizes,
         policies,
+        cold_starts,
         in_process,
     }) = &cli.command
     {
@@ -90,6 +96,11 @@ fn main() -> Result<()> {
                         Vec::new()
                     } else {
                         sizes.clone()
+                    },
+                    cold_starts: if *in_process {
+                        Vec::new()
+                    } else {
+                        cold_starts.clone()
                     },
                 };
                 scale::run(&settings, &environment(&cli)?)?
@@ -133,6 +144,18 @@ fn main() -> Result<()> {
     print!("{}", report.markdown());
     eprintln!("report written to {}", cli.out.display());
     Ok(())
+}
+
+/// `<nodes>x<identities per node>`.
+fn nodes_by_identities(text: &str) -> Result<(usize, usize), String> {
+    let (nodes, identities) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not <nodes>x<identities per node>, e.g. 1000x10"))?;
+    let number = |n: &str| {
+        n.parse::<usize>()
+            .map_err(|err| format!("{n:?} in {text:?}: {err}"))
+    };
+    Ok((number(nodes)?, number(identities)?))
 }
 
 /// Where the binaries are and which cluster to use.

@@ -119,14 +119,13 @@ where
     F: Fn(&Request<hyper::body::Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
     let answer = Arc::new(answer);
+    let mut acceptor = crate::accept::Acceptor::new(listener);
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!("{what} accept failed: {err}");
-                continue;
-            }
-        };
+        let (stream, _) = acceptor
+            .accept(|err, backoff| {
+                tracing::warn!("{what} accept failed, retrying in {backoff:?}: {err}")
+            })
+            .await;
         let answer = answer.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {

@@ -358,6 +358,7 @@ impl Cli {
                 rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
             }
         };
+        ztunnel::memory::limit_arenas();
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         if let Some(rate_limit) = rate_limit {
             runtime.spawn(rate_limit.report(REPORT_SUPPRESSED_EVERY));

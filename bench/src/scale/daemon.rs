@@ -28,7 +28,7 @@ use ztunnel_cluster::{
 };
 
 use super::synthetic::{self, Shape};
-use crate::harness::Environment;
+use crate::harness::{Environment, measure};
 
 /// Pod events per measurement, and their rate.
 /// (A multiple of 3: the stream ends with the pods it started with.)
@@ -155,8 +155,12 @@ fn measure_on(
         eprintln!("daemon: {row:?}");
         rows.push(row);
     }
-    // Back to the smallest size: is the memory given back?
+    // Back to the smallest size: is the memory given back? (With one size
+    // there is nothing to shrink.)
     let smallest = sizes[0];
+    if smallest == seeded {
+        return Ok(rows);
+    }
     shrink(&api, smallest, seeded);
     let log = mesh::daemon_log(cluster.status(), NODE);
     let mark = line_count(&log);
@@ -183,6 +187,10 @@ fn per_event(before: &Traffic, after: &Traffic) -> f64 {
     (after.watch_bytes - before.watch_bytes) as f64 / events as f64
 }
 
+fn no_services() -> Vec<Service> {
+    Vec::new()
+}
+
 /// Adds synthetic pods `from..to` and their Services.
 fn grow(api: &ApiServer, from: usize, to: usize) {
     let shape = Shape::new(to);
@@ -196,7 +204,7 @@ fn grow(api: &ApiServer, from: usize, to: usize) {
     };
     let nodes = Vec::new();
     let pods = all.pods[from..to].to_vec();
-    let services: Vec<Service> = all.services[first_service..last_service].to_vec();
+    let services = all.services[first_service..last_service].to_vec();
     api.seed(&Registry::new(nodes, namespaces, pods, services));
 }
 
@@ -241,11 +249,11 @@ fn events(
                 // the new pod deleted again.
                 let added = synthetic::pod(&shape, size + event / 3);
                 match event % 3 {
-                    0 => api.seed(&Registry::new(vec![], vec![], vec![added], vec![])),
+                    0 => api.seed(&Registry::new(vec![], vec![], vec![added], no_services())),
                     1 => {
                         let mut pod = synthetic::pod(&shape, (event / 3) % size.max(1));
                         pod.labels.insert("revision".to_owned(), event.to_string());
-                        api.seed(&Registry::new(vec![], vec![], vec![pod], vec![]));
+                        api.seed(&Registry::new(vec![], vec![], vec![pod], no_services()));
                     }
                     _ => api.delete(PODS, &added.namespace, &added.name),
                 }
@@ -349,30 +357,12 @@ fn daemon_pid(cluster: &Cluster) -> anyhow::Result<u32> {
 }
 
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .context("VmRSS in /proc/<pid>/status")?;
-    Ok(kib / 1024.0)
+    Ok(measure::rss_kib(pid)? / 1024.0)
 }
 
 /// User and system CPU of `pid` so far, in ms.
 fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command (which may hold spaces): utime is the 12th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("/proc/<pid>/stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf reads a constant of the system; no memory is shared.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks * 1000.0 / per_second)
+    Ok(measure::cpu_seconds(pid)? * 1000.0)
 }
 
 /// The daemon table, with the targets judged.

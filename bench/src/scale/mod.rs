@@ -8,10 +8,12 @@
 //!   a synthetic cluster: start to ready, memory, CPU per 1,000 pod events,
 //!   time for a change to reach the data path, watches and bytes per event.
 //! - [`ca`]: the CA's signing rate.
+//! - [`ca_cold_start`]: a cold start of the CA, end to end.
 //! - [`synthetic`]: the synthetic clusters.
 //! - [`plot`]: the curves, as SVG.
 
 pub mod ca;
+pub mod ca_cold_start;
 pub mod daemon;
 pub mod decision;
 pub mod plot;
@@ -41,6 +43,9 @@ pub struct ScaleReport {
     pub daemon: Vec<DaemonRow>,
     /// The CA's signing.
     pub ca: ca::CaRow,
+    /// The CA's cold starts (none in reports from before they were measured).
+    #[serde(default)]
+    pub cold_starts: Vec<ca_cold_start::ColdStartRow>,
 }
 
 /// What to measure.
@@ -52,6 +57,8 @@ pub struct ScaleSettings {
     pub policy_counts: Vec<usize>,
     /// Cluster sizes (pods) the daemon is run against.
     pub daemon_sizes: Vec<usize>,
+    /// CA cold starts: nodes, and identities each asks for.
+    pub cold_starts: Vec<(usize, usize)>,
 }
 
 /// Runs every measurement of `settings`.
@@ -62,9 +69,11 @@ pub fn run(
     let decisions = decision::measure(&settings.decision_sizes, &settings.policy_counts)?;
     let rebuilds = decision::rebuilds(&settings.decision_sizes)?;
     let ca = ca::measure()?;
+    let cold_starts = ca_cold_start::measure(&settings.cold_starts, &environment.bin_dir)?;
     let daemon = daemon::measure(&settings.daemon_sizes, environment)?;
     Ok(ScaleReport {
         ca,
+        cold_starts,
         machine: Machine::this(),
         commit: commit(),
         decisions,
@@ -122,6 +131,9 @@ impl ScaleReport {
             out.push_str(&daemon::markdown(&self.daemon));
         }
         out.push_str(&ca::markdown(&self.ca));
+        if !self.cold_starts.is_empty() {
+            out.push_str(&ca_cold_start::markdown(&self.cold_starts));
+        }
         out
     }
 
@@ -201,14 +213,16 @@ impl ScaleReport {
     fn rebuild_markdown(&self) -> String {
         let mut out = String::from(
             "### Registry rebuild (in-process)\n\n\
-             | pods | validate + index (ms) | file: parse + validate + index (ms) | file size (MiB) |\n\
-             |---|---|---|---|\n",
+             | pods | validate + index (ms) | patch for one pod (ms) | file: parse + validate + index (ms) | file size (MiB) |\n\
+             |---|---|---|---|---|\n",
         );
         for row in &self.rebuilds {
             out.push_str(&format!(
-                "| {} | {:.1} | {:.1} | {:.1} |\n",
+                "| {} | {:.1} | {} | {:.1} | {:.1} |\n",
                 row.pods,
                 row.validate_and_index_ms,
+                row.patch_one_pod_ms
+                    .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}")),
                 row.file_load_ms,
                 row.file_bytes as f64 / (1024.0 * 1024.0)
             ));

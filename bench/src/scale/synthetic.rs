@@ -107,7 +107,7 @@ pub fn registry(shape: &Shape, extra: Option<&Registry>) -> Registry {
         .collect();
     let mut pods: Vec<std::sync::Arc<Pod>> =
         (0..shape.pods).map(|i| pod(shape, i).into()).collect();
-    let mut services: Vec<Service> = (0..shape.services())
+    let mut services: Vec<std::sync::Arc<Service>> = (0..shape.services())
         .map(|app| Service {
             name: format!("app-{app}"),
             namespace: namespace_of(shape, app),
@@ -119,6 +119,7 @@ pub fn registry(shape: &Shape, extra: Option<&Registry>) -> Registry {
             selector: labels(&[("app", format!("app-{app}"))]),
             labels: Labels::new(),
         })
+        .map(std::sync::Arc::new)
         .collect();
     if let Some(extra) = extra {
         nodes.extend(extra.nodes.iter().cloned());

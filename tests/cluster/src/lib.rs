@@ -21,6 +21,7 @@
 //! Everything needs root (network namespaces, veths).
 
 pub mod addressing;
+pub mod ca_process;
 mod cluster;
 pub mod credentials;
 pub mod fake_waypoint;

@@ -164,21 +164,17 @@ pub(crate) fn registry(status: &Status) -> Registry {
             labels: pod.labels.clone(),
             workload: (!pod.workload.is_empty()).then(|| pod.workload.clone()),
         }),
-        status
-            .services
-            .iter()
-            .map(|service| Service {
-                name: service.name.clone(),
-                namespace: service.namespace.clone(),
-                vips: vec![service.ipv4.into(), service.ipv6.into()],
-                ports: vec![ServicePort {
-                    port: service.port,
-                    target_port: service.target_port,
-                }],
-                selector: service.selector.clone(),
-                labels: service.labels.clone(),
-            })
-            .collect(),
+        status.services.iter().map(|service| Service {
+            name: service.name.clone(),
+            namespace: service.namespace.clone(),
+            vips: vec![service.ipv4.into(), service.ipv6.into()],
+            ports: vec![ServicePort {
+                port: service.port,
+                target_port: service.target_port,
+            }],
+            selector: service.selector.clone(),
+            labels: service.labels.clone(),
+        }),
     )
 }
 

@@ -11,9 +11,9 @@ use std::{
 use rcgen::{CertificateParams, KeyPair, SanType};
 use ztunnel::identity::{
     CaClient, CaClientConfig, CaClientError, CaToken, CertManager, Identity, ManagerConfig,
-    ca_client::Code,
+    ca_client::Code, manager::RequestObserver,
 };
-use ztunnel_e2e::CaProcess;
+use ztunnel_cluster::ca_process::CaProcess;
 
 const NODE1_TOKEN: &str = "node1-token-aaaaaaaaaaaaaaaaaaaaaaaa";
 const NODE2_TOKEN: &str = "node2-token-bbbbbbbbbbbbbbbbbbbbbbbb";
@@ -67,10 +67,12 @@ impl Fixture {
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         CaProcess::start(
+            &ztunnel_e2e::bin("ztunnel"),
             listen,
             &args,
             self.dir.path().join(format!("ca-{listen}.log")),
         )
+        .unwrap()
     }
 
     fn client(&self, ca: &CaProcess, token: &str) -> CaClient {
@@ -110,7 +112,8 @@ impl Fixture {
         args.extend([state.as_str(), "--publish-root", &root]);
         args.extend_from_slice(extra);
         let log = self.dir.path().join("ca-kubernetes.log");
-        (api, CaProcess::start("127.0.0.1:0", &args, log))
+        let ca = CaProcess::start(&ztunnel_e2e::bin("ztunnel"), "127.0.0.1:0", &args, log);
+        (api, ca.unwrap())
     }
 
     /// node1 asks for a one-minute certificate of demo/web, which it runs.
@@ -518,6 +521,59 @@ async fn first_certificate(manager: &CertManager, identity: &Identity) {
     }
 }
 
+/// Each request's span, as reported.
+#[derive(Default)]
+struct Spans(std::sync::Mutex<Vec<(Instant, Instant)>>);
+
+impl RequestObserver for Spans {
+    fn requested(&self, _identity: &Identity, elapsed: Duration, _ok: bool) {
+        let end = Instant::now();
+        self.0.lock().unwrap().push((end - elapsed, end));
+    }
+}
+
+/// A node with many identities asks for at most its concurrency of them at
+/// a time (Istio's ztunnel: 8), so a cold start queues at the node rather
+/// than at the CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_has_no_more_requests_in_flight_than_its_concurrency() {
+    let fx = Fixture::new();
+    let ca = fx.start_ca(&[]);
+    let spans = std::sync::Arc::new(Spans::default());
+    let config = ManagerConfig {
+        concurrency: 2,
+        ..ManagerConfig::default()
+    };
+    let mut manager =
+        CertManager::new(fx.client(&ca, NODE1_TOKEN), config).observed_by(spans.clone());
+    // node1 runs web; the other ServiceAccounts are refused, and a refusal
+    // is a request in flight too.
+    let identities: BTreeSet<Identity> = (0..15)
+        .map(|i| Identity::parse(&format!("spiffe://cluster.local/ns/demo/sa/sa-{i}")).unwrap())
+        .chain([Identity::parse(WEB).unwrap()])
+        .collect();
+    manager.set_identities(&identities);
+    let mut pending = manager.subscribe_pending();
+    tokio::time::timeout(Duration::from_secs(10), pending.wait_for(|p| p.is_empty()))
+        .await
+        .expect("every identity answered within 10 s")
+        .unwrap();
+    let spans = spans.0.lock().unwrap().clone();
+    assert!(spans.len() >= identities.len(), "{} requests", spans.len());
+    let most = spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 2, "{most} requests in flight at once");
+    assert!(manager.get(&Identity::parse(WEB).unwrap()).is_some());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn short_lived_certificates_renew_at_half_life_many_times_without_a_gap() {
     let fx = Fixture::new();
@@ -565,6 +621,7 @@ async fn valid_certificates_outlive_a_ca_outage_expired_ones_are_withdrawn_and_r
         validity: Duration::from_secs(4),
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_millis(400),
+        ..ManagerConfig::default()
     };
     let mut manager = CertManager::new(fx.client(&ca, NODE1_TOKEN), config);
     let web = Identity::parse(WEB).unwrap();

@@ -213,14 +213,13 @@ impl Ca {
         // accepting; finished streams are handed to the gRPC server.
         let (streams, incoming) = tokio::sync::mpsc::channel(64);
         let accept_loop = tokio::spawn(async move {
+            let mut incoming = crate::accept::Acceptor::new(listener);
             loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        tracing::warn!("accept failed: {err}");
-                        continue;
-                    }
-                };
+                let (tcp, peer) = incoming
+                    .accept(|err, backoff| {
+                        tracing::warn!("accept failed, retrying in {backoff:?}: {err}")
+                    })
+                    .await;
                 let (acceptor, streams) = (acceptor.clone(), streams.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

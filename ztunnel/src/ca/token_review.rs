@@ -15,15 +15,24 @@
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, Client, api::PostParams};
+use tokio::sync::Semaphore;
 
 /// The TokenReview `extra` key naming the node of the token's pod.
 const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
+
+/// TokenReviews in flight at most. Every certificate request is one; in a
+/// cold start every node asks at once, and without a bound the CA opened a
+/// connection to the API server per request waiting (tens of thousands)
+/// until it ran out of file descriptors. 64 reviews of a few ms each are
+/// more than the CA signs in the same time.
+const REVIEWS_IN_FLIGHT: usize = 64;
 
 /// Asks the API server who a token belongs to.
 pub struct TokenReviewer {
     api: Api<TokenReview>,
     audiences: Vec<String>,
     usernames: Vec<String>,
+    in_flight: Semaphore,
 }
 
 /// The username TokenReview reports for tokens of ServiceAccount
@@ -48,6 +57,7 @@ impl TokenReviewer {
             api: Api::all(client),
             audiences,
             usernames,
+            in_flight: Semaphore::new(REVIEWS_IN_FLIGHT),
         }
     }
 
@@ -60,13 +70,13 @@ impl TokenReviewer {
             },
             ..TokenReview::default()
         };
-        let reviewed = self
-            .api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|err| {
-                format!("the token could not be reviewed (TokenReview failed: {err})")
-            })?;
+        // Never closed: the permit is always granted, in turn.
+        let permit = self.in_flight.acquire().await.ok();
+        let reviewed = self.api.create(&PostParams::default(), &review).await;
+        drop(permit);
+        let reviewed = reviewed.map_err(|err| {
+            format!("the token could not be reviewed (TokenReview failed: {err})")
+        })?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(format!(

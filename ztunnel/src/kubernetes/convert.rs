@@ -23,7 +23,7 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use crate::registry::{self, Registry, naming, waypoint};
+use crate::registry::{self, PodChange, Registry, naming, waypoint};
 
 /// The label EndpointSlices carry to name their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -40,20 +40,23 @@ pub struct Objects<'a> {
     pub slices: Vec<&'a EndpointSlice>,
 }
 
-/// Builds the registry for the daemon of `node` (none: the CA). `netns_of`
-/// finds the network namespace of a pod of this node from its addresses.
+/// Builds the registry for the daemon of `node` (none: the CA), and says
+/// how many pods and Services it left out over an address another holds.
+/// `netns_of` finds the network namespace of a pod of this node from its
+/// addresses.
 pub fn registry(
     objects: &Objects<'_>,
     node: Option<&str>,
     mut netns_of: impl FnMut(&[IpAddr]) -> Option<PathBuf>,
-) -> Registry {
+) -> (Registry, usize) {
+    let mut left_out = 0;
     let namespaces: Vec<registry::Namespace> = objects
         .namespaces
         .iter()
         .filter_map(|ns| {
             Some(registry::Namespace {
                 name: ns.metadata.name.clone()?,
-                labels: ns.metadata.labels.clone().unwrap_or_default(),
+                labels: labels_of(&ns.metadata.labels),
             })
         })
         .collect();
@@ -73,6 +76,7 @@ pub fn registry(
         };
         if pod.ips.iter().any(|ip| claimed.contains(ip)) {
             tracing::warn!(pod = %pod.name, namespace = %pod.namespace, ips = ?pod.ips, "left out: another pod holds its address");
+            left_out += 1;
             continue;
         }
         claimed.extend(pod.ips.iter().copied());
@@ -102,7 +106,7 @@ pub fn registry(
                 .push(slice);
         }
     }
-    let services = objects
+    let services: Vec<registry::Service> = objects
         .services
         .iter()
         .filter_map(|svc| {
@@ -116,6 +120,7 @@ pub fn registry(
         .filter(|svc| {
             let free = svc.vips.iter().all(|vip| claimed.insert(*vip));
             if !free {
+                left_out += 1;
                 tracing::warn!(service = %svc.name, namespace = %svc.namespace, "left out: its cluster IP is another object's address");
             }
             free
@@ -133,7 +138,7 @@ pub fn registry(
             name: name.to_owned(),
         })
         .collect();
-    Registry::new(nodes, namespaces, pods, services)
+    (Registry::new(nodes, namespaces, pods, services), left_out)
 }
 
 /// A pod as the Kubernetes source keeps it: converted once, when its watch
@@ -180,6 +185,32 @@ impl PodRecord {
     pub fn key(&self) -> &str {
         &self.key
     }
+
+    /// This record as a change of the registry's pods: the pod, or its
+    /// removal when it is not one the registry holds.
+    pub fn change(&self) -> PodChange {
+        match &self.pod {
+            Some(pod) => PodChange::Set(pod.clone()),
+            None => self.removal(),
+        }
+    }
+
+    /// Its removal from the registry's pods.
+    pub fn removal(&self) -> PodChange {
+        let (namespace, name) = self.key.split_once('/').unwrap_or(("", &self.key));
+        PodChange::Remove {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// An object's labels, as the model holds them.
+fn labels_of(labels: &Option<BTreeMap<String, String>>) -> registry::Labels {
+    labels
+        .as_ref()
+        .map(registry::Labels::from)
+        .unwrap_or_default()
 }
 
 /// A pod as the model holds it, if it is a running, addressed, scheduled,
@@ -218,7 +249,7 @@ fn pod(pod: &Pod) -> Option<registry::Pod> {
         ips,
         netns: None,
         workload: controller_workload(pod),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: labels_of(&pod.metadata.labels),
     })
 }
 
@@ -235,7 +266,7 @@ fn controller_workload(pod: &Pod) -> Option<String> {
         .iter()
         .flatten()
         .find(|owner| owner.controller == Some(true))?;
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let labels = labels_of(&pod.metadata.labels);
     Some(naming::controller_workload(
         &controller.kind,
         &controller.name,
@@ -309,7 +340,7 @@ fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<registry::Service
         namespace,
         vips,
         ports,
-        selector,
+        selector: selector.into(),
         labels,
     })
 }
@@ -366,9 +397,10 @@ mod tests {
             services: vec![&service],
             slices: vec![&slice],
         };
-        let registry = registry(&objects, Some("node1"), |ips| {
+        let (registry, left_out) = registry(&objects, Some("node1"), |ips| {
             (ips[0] == "10.244.1.2".parse::<IpAddr>().unwrap()).then(|| "/run/netns/x".into())
         });
+        assert_eq!(left_out, 0);
         let names: Vec<_> = registry.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
@@ -448,12 +480,16 @@ mod tests {
             services: vec![],
             slices: vec![],
         };
-        let registry = registry(&objects, Some("node1"), |_| None);
+        let (registry, left_out) = registry(&objects, Some("node1"), |_| None);
         let names: Vec<_> = registry.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
             ["a-old"],
             "a pod of a namespace not seen yet is left out"
+        );
+        assert_eq!(
+            left_out, 1,
+            "b-new, over its address (c waits for its namespace)"
         );
         crate::registry::Registry::from_yaml(&registry.to_yaml()).expect("a valid registry");
     }

@@ -48,7 +48,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::{
     policy::{Loader, PolicySet},
-    registry::Registry,
+    registry::{self, Patched, PodChange, Registry},
     reload::Watched,
 };
 use convert::PodRecord;
@@ -157,6 +157,9 @@ pub async fn start(
             .filter(|_| config.policies)
             .map(|node| events::PolicyEvents::new(client.clone(), node)),
         shrinks: Default::default(),
+        pod_changes: None,
+        left_out: false,
+        annotated_here: BTreeSet::new(),
     };
     if !config.policies {
         // Not watched: complete, and empty, from the start.
@@ -297,6 +300,18 @@ struct State {
     events: Option<events::PolicyEvents>,
     /// When the cluster shrank enough to give memory back.
     shrinks: crate::memory::Surges,
+    /// The pods changed since the registry was last published, to patch it
+    /// with ([`Registry::patched`]); none when anything else changed too,
+    /// and the registry is rebuilt whole.
+    pod_changes: Option<Vec<PodChange>>,
+    /// The last rebuild left a pod or Service out over an address another
+    /// holds: a patch could not tell which takes the address when it is
+    /// freed, so changes rebuild until none is left out.
+    left_out: bool,
+    /// This node's pods that carry the redirection annotation, kept as
+    /// their events arrive (a scan of every pod per change cost a third of
+    /// the daemon's CPU at 100,000 pods) and published with the registry.
+    annotated_here: BTreeSet<String>,
 }
 
 /// What an update changed.
@@ -363,13 +378,72 @@ async fn run(
     }
 }
 
+/// The network namespace of this node's pod at `ips`, from `netns`; the
+/// directory is read again for a pod not found (it may be new), once while
+/// `rescanned` is false.
+fn netns_of(
+    netns: &mut Option<NetnsIndex>,
+    rescanned: &mut bool,
+    ips: &[std::net::IpAddr],
+) -> Option<PathBuf> {
+    let netns = netns.as_mut()?;
+    netns.find(ips).or_else(|| {
+        if !std::mem::replace(rescanned, true) {
+            netns.rescan();
+        }
+        netns.find(ips)
+    })
+}
+
 impl State {
     fn apply(&mut self, update: Update, changed: &mut Changed) {
         match update {
-            Update::Namespace(event) => changed.registry |= self.namespaces.apply(event),
-            Update::Pod(event) => changed.registry |= self.pods.apply(*event),
-            Update::Service(event) => changed.registry |= self.services.apply(*event),
-            Update::Slice(event) => changed.registry |= self.slices.apply(event),
+            Update::Namespace(event) => {
+                let applied = self.namespaces.apply(event);
+                self.rebuild_if(applied, changed);
+            }
+            Update::Pod(event) => {
+                let here = |record: &PodRecord| {
+                    record.annotated && record.node.is_some() && record.node == self.node
+                };
+                let (change, annotated) = match &*event {
+                    Event::Apply(record) => {
+                        (Some(record.change()), Some((record.key(), here(record))))
+                    }
+                    Event::Delete(record) => (Some(record.removal()), Some((record.key(), false))),
+                    // A list: everything may have changed.
+                    Event::Init | Event::InitApply(_) | Event::InitDone => (None, None),
+                };
+                match annotated {
+                    Some((key, true)) => {
+                        self.annotated_here.insert(key.to_owned());
+                    }
+                    Some((key, false)) => {
+                        self.annotated_here.remove(key);
+                    }
+                    None => {}
+                }
+                let listed = matches!(*event, Event::InitDone);
+                if self.pods.apply(*event) {
+                    changed.registry = true;
+                    match (change, &mut self.pod_changes) {
+                        (Some(change), Some(changes)) => changes.push(change),
+                        _ => self.pod_changes = None,
+                    }
+                }
+                if let (true, Some(node)) = (listed, self.node.as_deref()) {
+                    self.annotated_here =
+                        redirection::annotated_on(self.pods.objects().map(|(_, pod)| pod), node);
+                }
+            }
+            Update::Service(event) => {
+                let applied = self.services.apply(*event);
+                self.rebuild_if(applied, changed);
+            }
+            Update::Slice(event) => {
+                let applied = self.slices.apply(event);
+                self.rebuild_if(applied, changed);
+            }
             Update::Policy(index, event) => changed.policies |= self.policies[index].apply(event),
             Update::Failed {
                 kind,
@@ -391,6 +465,14 @@ impl State {
         }
     }
 
+    /// Marks the registry for a rebuild if `applied` changed its objects.
+    fn rebuild_if(&mut self, applied: bool, changed: &mut Changed) {
+        if applied {
+            changed.registry = true;
+            self.pod_changes = None;
+        }
+    }
+
     fn synced(&self) -> bool {
         self.namespaces.synced()
             && self.pods.synced()
@@ -400,68 +482,103 @@ impl State {
     }
 
     fn publish_registry(&mut self) {
+        // A pod not found in the netns index may be new: the directory is
+        // read again, once per publish at most.
+        let mut rescanned = false;
+        let patched = match self.pod_changes.replace(Vec::new()) {
+            Some(changes) if !self.left_out => {
+                let (node, netns) = (self.node.as_deref(), &mut self.netns);
+                // This node's pods (a few of the cluster's) get their netns.
+                let changes = changes.into_iter().map(|change| match change {
+                    PodChange::Set(pod) if node == Some(pod.node.as_str()) => {
+                        let mut local = registry::Pod::clone(&pod);
+                        local.netns = netns_of(netns, &mut rescanned, &pod.ips);
+                        PodChange::Set(Arc::new(local))
+                    }
+                    other => other,
+                });
+                let current = self.registry.borrow().clone();
+                current.patched(changes)
+            }
+            _ => Patched::Rebuild("objects other than pods changed".to_owned()),
+        };
+        let registry = match patched {
+            Patched::Unchanged => None,
+            Patched::Changed(registry) => Some(*registry),
+            Patched::Rebuild(why) => {
+                tracing::debug!("rebuilding the registry: {why}");
+                self.rebuild(&mut rescanned)
+            }
+        };
+        if let Some(annotated) = &self.annotated {
+            annotated.send_if_modified(|current| {
+                let modified = *current != self.annotated_here;
+                if modified {
+                    current.clone_from(&self.annotated_here);
+                }
+                modified
+            });
+        }
+        let Some(registry) = registry else { return };
+        self.missing_netns = self
+            .node
+            .as_deref()
+            .is_some_and(|node| registry.pods_on(node).any(|pod| pod.netns.is_none()));
+        // Here, not on the first connection after the change (and outside
+        // the channel's lock, which connections read).
+        registry.build_index();
+        tracing::info!(
+            namespaces = registry.namespaces.len(),
+            pods = registry.pods.len(),
+            services = registry.services.len(),
+            "registry updated from the Kubernetes API"
+        );
+        let pods = registry.pods.len();
+        // The previous registry is freed here, unless a connection still
+        // holds it.
+        drop(self.registry.send_replace(Arc::new(registry)));
+        if self.shrinks.trim_now(pods) {
+            crate::memory::trim();
+            tracing::info!(
+                pods,
+                "the cluster shrank to half: freed memory given back to the system"
+            );
+        }
+    }
+
+    /// The registry built whole from the objects, if it differs from the
+    /// current one and passes its checks.
+    fn rebuild(&mut self, rescanned: &mut bool) -> Option<Registry> {
         let objects = convert::Objects {
             namespaces: self.namespaces.objects().map(|(_, o)| o).collect(),
             pods: self.pods.objects().map(|(_, o)| o).collect(),
             services: self.services.objects().map(|(_, o)| o).collect(),
             slices: self.slices.objects().map(|(_, o)| o).collect(),
         };
-        // A pod not found in the index may be new: the directory is read
-        // again, once per rebuild at most.
-        let mut rescanned = false;
-        let registry = convert::registry(&objects, self.node.as_deref(), |ips| {
-            let netns = self.netns.as_mut()?;
-            netns.find(ips).or_else(|| {
-                if !std::mem::replace(&mut rescanned, true) {
-                    netns.rescan();
-                }
-                netns.find(ips)
-            })
+        let netns = &mut self.netns;
+        let (registry, left_out) = convert::registry(&objects, self.node.as_deref(), |ips| {
+            netns_of(netns, rescanned, ips)
         });
-        self.missing_netns = self
-            .node
-            .as_deref()
-            .is_some_and(|node| registry.pods_on(node).any(|pod| pod.netns.is_none()));
-        if let (Some(annotated), Some(node)) = (&self.annotated, self.node.as_deref()) {
-            let now = redirection::annotated_on(self.pods.objects().map(|(_, pod)| pod), node);
-            annotated.send_if_modified(|current| {
-                let modified = *current != now;
-                *current = now;
-                modified
-            });
-        }
+        self.left_out = left_out > 0;
         match registry.validated() {
             // Only this task sends: what it compared with is still current.
-            Ok(registry) if **self.registry.borrow() != registry => {
-                // Here, not on the first connection after the change (and
-                // outside the channel's lock, which connections read).
-                registry.build_index();
-                tracing::info!(
-                    namespaces = registry.namespaces.len(),
-                    pods = registry.pods.len(),
-                    services = registry.services.len(),
-                    "registry updated from the Kubernetes API"
-                );
-                let pods = registry.pods.len();
-                // The previous registry is freed here, unless a connection
-                // still holds it.
-                drop(self.registry.send_replace(Arc::new(registry)));
-                if self.shrinks.trim_now(pods) {
-                    crate::memory::trim();
-                    tracing::info!(
-                        pods,
-                        "the cluster shrank to half: freed memory given back to the system"
-                    );
-                }
+            Ok(registry) if **self.registry.borrow() != registry => Some(registry),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!("keeping the previous registry: {err}");
+                None
             }
-            Ok(_) => {}
-            Err(err) => tracing::warn!("keeping the previous registry: {err}"),
         }
     }
 
-    /// Reads the netns directory again; true when it changed.
+    /// Reads the netns directory again; true when it changed (the registry
+    /// is then rebuilt: any pod of this node may have found its netns).
     fn rescan_netns(&mut self) -> bool {
-        self.netns.as_mut().is_some_and(NetnsIndex::rescan)
+        let changed = self.netns.as_mut().is_some_and(NetnsIndex::rescan);
+        if changed {
+            self.pod_changes = None;
+        }
+        changed
     }
 
     fn publish_policies(&mut self) {

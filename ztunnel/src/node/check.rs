@@ -132,7 +132,7 @@ fn target<'a>(registry: &'a Registry, name: &str) -> Result<Target<'a>, String> 
                 .services
                 .iter()
                 .find(|s| s.name == name && in_namespace(&s.namespace))
-                .map(Target::Service)
+                .map(|service| Target::Service(service))
         })
         .ok_or_else(|| format!("no pod or Service {name} in the registry"))
 }

@@ -41,9 +41,9 @@ impl ScopeIndex {
                 None => scope.everyone.push(position),
                 Some((key, value)) => scope
                     .by_label
-                    .entry(key.clone())
+                    .entry(key.to_owned())
                     .or_default()
-                    .entry(value.clone())
+                    .entry(value.to_owned())
                     .or_default()
                     .push(position),
             }

@@ -44,6 +44,7 @@ use tokio::{
 };
 
 use crate::{
+    accept::Acceptor,
     access_log::AccessLog,
     identity::TrustDomain,
     metrics::{ListenerLabels, Metrics, Reporter},
@@ -135,21 +136,14 @@ impl Listener {
     }
 }
 
-/// First pause after a failed accept; doubled up to [`ACCEPT_BACKOFF_MAX`]
-/// while accepts keep failing.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
-/// Longest pause after failed accepts.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
 /// Accepts connections on `listener` (pod `pod`'s listener `what`) until
 /// the task is dropped, running `handle` on each in a task of its own, with
 /// the guard that counts it in `active` (a handler that waits between
 /// connections, as a tunnel does, drops it meanwhile); each accepted socket
 /// is counted open until its task ends.
 ///
-/// A failed accept (most often the open-file limit: the connection waits in
-/// the kernel's queue) is retried after a pause that doubles while accepts
-/// keep failing: retrying at once would spin a core and flood the log.
+/// A failed accept is counted and retried after a pause
+/// ([`crate::accept`]).
 pub(crate) async fn accept_each<F, Fut>(
     listener: TcpListener,
     context: &ProxyContext,
@@ -160,28 +154,23 @@ pub(crate) async fn accept_each<F, Fut>(
     F: Fn(TcpStream, SocketAddr, Running) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut backoff = ACCEPT_BACKOFF;
+    let mut acceptor = Acceptor::new(listener);
     context.active.accepting().await;
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                backoff = ACCEPT_BACKOFF;
-                let open = context.metrics.socket_opened(what.reporter());
-                let handled = handle(stream, peer, context.active.enter());
-                tokio::spawn(async move {
-                    let _open = open;
-                    handled.await
-                });
-            }
-            Err(err) => {
+        let (stream, peer) = acceptor
+            .accept(|err, backoff| {
                 let name = what.name();
                 let labels = ListenerLabels { listener: name };
                 context.metrics.accept_errors.get_or_create(&labels).inc();
                 tracing::warn!(pod, "{name} accept failed, retrying in {backoff:?}: {err}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-            }
-        }
+            })
+            .await;
+        let open = context.metrics.socket_opened(what.reporter());
+        let handled = handle(stream, peer, context.active.enter());
+        tokio::spawn(async move {
+            let _open = open;
+            handled.await
+        });
     }
 }
 

@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn a_service_without_matching_pods_has_no_endpoint() {
         let mut registry = Registry::from_yaml(EXAMPLE).unwrap();
-        registry.services[0]
+        std::sync::Arc::make_mut(&mut registry.services[0])
             .selector
             .insert("app".into(), "nothing".into());
         assert_eq!(routed(&registry, "10.96.0.10:80"), "no endpoint demo/web");
@@ -286,14 +286,14 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         registry.pods.push(pod.clone().into());
-        let mut service = registry.services[0].clone();
+        let mut service = Service::clone(&registry.services[0]);
         service.name = "waypoint".to_owned();
         service.vips = vec![at("10.96.0.99:0").ip()];
         service.selector = pod.labels.clone();
         service
             .labels
             .insert(waypoint::WAYPOINT_FOR.to_owned(), traffic.to_owned());
-        registry.services.push(service);
+        registry.services.push(service.into());
         registry
     }
 
@@ -301,7 +301,7 @@ mod tests {
     fn a_destination_naming_a_waypoint_is_reached_through_it() {
         let label = |registry: &mut Registry, what: &str| {
             let labels = match what {
-                "service" => &mut registry.services[0].labels,
+                "service" => &mut std::sync::Arc::make_mut(&mut registry.services[0]).labels,
                 "pod web-2" => {
                     let web2 = registry.pods.iter_mut().find(|p| p.name == "web-2");
                     &mut std::sync::Arc::make_mut(web2.unwrap()).labels

@@ -9,15 +9,19 @@
 //! no address belongs to two workloads), so the data path never re-checks it.
 
 mod enrolment;
+mod labels;
 mod model;
 pub mod naming;
+mod patch;
 mod validate;
 pub mod waypoint;
 
 use std::path::{Path, PathBuf};
 
 pub use enrolment::{Enrolment, LabelSelector};
-pub use model::{Labels, Namespace, Node, Pod, Registry, Service, ServicePort};
+pub use labels::Labels;
+pub use model::{Namespace, Node, Pod, Registry, Service, ServicePort};
+pub use patch::{Patched, PodChange};
 
 /// Why a registry could not be loaded. Each variant names what to fix.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! as in Kubernetes objects; unknown keys are errors so typos are caught).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::IpAddr,
     path::PathBuf,
     sync::{Arc, OnceLock},
@@ -10,10 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::naming;
-
-/// Kubernetes-style labels: key to value, ordered for stable output.
-pub type Labels = BTreeMap<String, String>;
+use super::{Labels, naming};
 
 /// Everything the daemon knows about the cluster.
 ///
@@ -38,33 +35,48 @@ pub struct Registry {
     /// rebuild of the registry copies pointers, not pods).
     #[serde(default)]
     pub pods: Vec<Arc<Pod>>,
-    /// Services: virtual IPs that select pods by label.
+    /// Services: virtual IPs that select pods by label (shared as pods are).
     #[serde(default)]
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     #[serde(skip)]
-    index: OnceLock<Index>,
+    pub(super) index: OnceLock<Index>,
 }
 
 /// Positions in the registry's lists, by what connections are looked up by.
 #[derive(Clone, Debug, Default)]
-struct Index {
-    pods_by_ip: HashMap<IpAddr, usize>,
-    services_by_vip: HashMap<IpAddr, usize>,
-    pods_by_namespace: HashMap<String, Vec<usize>>,
-    pods_by_node: HashMap<String, Vec<usize>>,
-    services_by_namespace: HashMap<String, Vec<usize>>,
-    /// Namespace, then name.
-    services_by_name: HashMap<String, HashMap<String, usize>>,
-    namespaces_by_name: HashMap<String, usize>,
+pub(super) struct Index {
+    /// What a pod's change moves.
+    pub(super) pods: PodIndex,
+    /// What only a namespace's or a Service's change moves: shared by the
+    /// registries patched from one another ([`Registry::patched`]).
+    pub(super) services: Arc<ServiceIndex>,
     /// Per service (same positions), the pods it selects: found on the
     /// first connection to it, as most services of a cluster are never
     /// dialled from one node.
-    endpoints: Vec<OnceLock<Vec<usize>>>,
+    pub(super) endpoints: Vec<OnceLock<Vec<usize>>>,
+}
+
+/// Pods' positions by address, namespace and node.
+#[derive(Clone, Debug, Default)]
+pub(super) struct PodIndex {
+    pub(super) by_ip: HashMap<IpAddr, usize>,
+    pub(super) by_namespace: HashMap<String, Vec<usize>>,
+    pub(super) by_node: HashMap<String, Vec<usize>>,
+}
+
+/// Namespaces' and Services' positions.
+#[derive(Debug, Default)]
+pub(super) struct ServiceIndex {
+    pub(super) namespaces_by_name: HashMap<String, usize>,
+    pub(super) services_by_vip: HashMap<IpAddr, usize>,
+    pub(super) services_by_namespace: HashMap<String, Vec<usize>>,
+    /// Namespace, then name.
+    pub(super) services_by_name: HashMap<String, HashMap<String, usize>>,
 }
 
 /// Adds `position` to `key`'s list, copying the key only for its first
 /// entry (an index is built for every change of a cluster of any size).
-fn file(lists: &mut HashMap<String, Vec<usize>>, key: &str, position: usize) {
+pub(super) fn file(lists: &mut HashMap<String, Vec<usize>>, key: &str, position: usize) {
     match lists.get_mut(key) {
         Some(list) => list.push(position),
         None => {
@@ -190,9 +202,7 @@ impl Service {
 
     /// Whether the service selects pods with `labels`.
     pub fn selects(&self, labels: &Labels) -> bool {
-        self.selector
-            .iter()
-            .all(|(key, value)| labels.get(key) == Some(value))
+        labels.contain_all(self.selector.iter())
     }
 }
 
@@ -203,58 +213,58 @@ impl Registry {
         nodes: Vec<Node>,
         namespaces: Vec<Namespace>,
         pods: impl IntoIterator<Item = impl Into<Arc<Pod>>>,
-        services: Vec<Service>,
+        services: impl IntoIterator<Item = impl Into<Arc<Service>>>,
     ) -> Self {
         Self {
             nodes,
             namespaces,
             pods: pods.into_iter().map(Into::into).collect(),
-            services,
+            services: services.into_iter().map(Into::into).collect(),
             index: OnceLock::new(),
         }
     }
 
-    fn index(&self) -> &Index {
+    pub(super) fn index(&self) -> &Index {
         self.index.get_or_init(|| {
-            let mut index = Index::default();
+            let mut pods = PodIndex::default();
+            for (position, pod) in self.pods.iter().enumerate() {
+                pods.file(pod, position);
+            }
+            let mut services = ServiceIndex::default();
             for (position, namespace) in self.namespaces.iter().enumerate() {
-                index
+                services
                     .namespaces_by_name
                     .entry(namespace.name.clone())
                     .or_insert(position);
             }
-            for (position, pod) in self.pods.iter().enumerate() {
-                for ip in &pod.ips {
-                    index.pods_by_ip.entry(*ip).or_insert(position);
-                }
-                file(&mut index.pods_by_namespace, &pod.namespace, position);
-                file(&mut index.pods_by_node, &pod.node, position);
-            }
             for (position, service) in self.services.iter().enumerate() {
                 for vip in &service.vips {
-                    index.services_by_vip.entry(*vip).or_insert(position);
+                    services.services_by_vip.entry(*vip).or_insert(position);
                 }
                 file(
-                    &mut index.services_by_namespace,
+                    &mut services.services_by_namespace,
                     &service.namespace,
                     position,
                 );
-                match index.services_by_name.get_mut(&service.namespace) {
+                match services.services_by_name.get_mut(&service.namespace) {
                     Some(names) => {
                         names.entry(service.name.clone()).or_insert(position);
                     }
                     None => {
                         let names = HashMap::from([(service.name.clone(), position)]);
-                        index
+                        services
                             .services_by_name
                             .insert(service.namespace.clone(), names);
                     }
                 }
             }
-            index.endpoints = std::iter::repeat_with(OnceLock::new)
-                .take(self.services.len())
-                .collect();
-            index
+            Index {
+                pods,
+                services: Arc::new(services),
+                endpoints: std::iter::repeat_with(OnceLock::new)
+                    .take(self.services.len())
+                    .collect(),
+            }
         })
     }
 
@@ -266,26 +276,31 @@ impl Registry {
 
     /// The namespace called `name`, if the registry has it.
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
-        let position = *self.index().namespaces_by_name.get(name)?;
+        let position = *self.index().services.namespaces_by_name.get(name)?;
         self.namespaces.get(position)
     }
 
     /// The pod with address `ip`, if any.
     pub fn pod_at(&self, ip: IpAddr) -> Option<&Pod> {
-        let position = *self.index().pods_by_ip.get(&ip)?;
+        let position = *self.index().pods.by_ip.get(&ip)?;
         self.pods.get(position).map(|pod| &**pod)
     }
 
     /// The Service `name` of `namespace`, if any.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        let position = *self.index().services_by_name.get(namespace)?.get(name)?;
-        self.services.get(position)
+        let position = *self
+            .index()
+            .services
+            .services_by_name
+            .get(namespace)?
+            .get(name)?;
+        self.services.get(position).map(|service| &**service)
     }
 
     /// The service with virtual IP `vip`, if any.
     pub fn service_at(&self, vip: IpAddr) -> Option<&Service> {
-        let position = *self.index().services_by_vip.get(&vip)?;
-        self.services.get(position)
+        let position = *self.index().services.services_by_vip.get(&vip)?;
+        self.services.get(position).map(|service| &**service)
     }
 
     /// The pods of Kubernetes namespace `namespace`.
@@ -304,10 +319,11 @@ impl Registry {
         let index = self.index();
         // The service's position, if it is this registry's own.
         let selected = index
+            .services
             .services_by_name
             .get(&service.namespace)
             .and_then(|names| names.get(&service.name))
-            .filter(|&&position| std::ptr::eq(&self.services[position], service))
+            .filter(|&&position| std::ptr::eq(&*self.services[position], service))
             .map(|&position| {
                 index.endpoints[position].get_or_init(|| {
                     self.positions_in(&service.namespace)
@@ -330,7 +346,8 @@ impl Registry {
 
     fn positions_in(&self, namespace: &str) -> impl Iterator<Item = usize> + '_ {
         self.index()
-            .pods_by_namespace
+            .pods
+            .by_namespace
             .get(namespace)
             .into_iter()
             .flatten()
@@ -343,11 +360,12 @@ impl Registry {
     /// pod's namespace that selects the pod and has `port` as a target port.
     pub fn service_of(&self, pod: &Pod, port: u16) -> Option<&Service> {
         self.index()
+            .services
             .services_by_namespace
             .get(&pod.namespace)
             .into_iter()
             .flatten()
-            .filter_map(|position| self.services.get(*position))
+            .filter_map(|position| self.services.get(*position).map(|service| &**service))
             .find(|service| {
                 service.selects(&pod.labels) && service.ports.iter().any(|p| p.target_port == port)
             })
@@ -356,10 +374,44 @@ impl Registry {
     /// The pods scheduled on `node`.
     pub fn pods_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Pod> + 'a {
         self.index()
-            .pods_by_node
+            .pods
+            .by_node
             .get(node)
             .into_iter()
             .flatten()
             .map(|&position| &*self.pods[position])
+    }
+}
+
+impl PodIndex {
+    /// Files the pod at `position` under its addresses, namespace and node
+    /// (an address already filed keeps its first pod).
+    pub(super) fn file(&mut self, pod: &Pod, position: usize) {
+        for ip in &pod.ips {
+            self.by_ip.entry(*ip).or_insert(position);
+        }
+        file(&mut self.by_namespace, &pod.namespace, position);
+        file(&mut self.by_node, &pod.node, position);
+    }
+
+    /// Takes the pod at `position` out of the index.
+    pub(super) fn unfile(&mut self, pod: &Pod, position: usize) {
+        for ip in &pod.ips {
+            if self.by_ip.get(ip) == Some(&position) {
+                self.by_ip.remove(ip);
+            }
+        }
+        unfile(&mut self.by_namespace, &pod.namespace, position);
+        unfile(&mut self.by_node, &pod.node, position);
+    }
+}
+
+/// Takes `position` out of `key`'s list, and the list once empty.
+fn unfile(lists: &mut HashMap<String, Vec<usize>>, key: &str, position: usize) {
+    if let Some(list) = lists.get_mut(key) {
+        list.retain(|&at| at != position);
+        if list.is_empty() {
+            lists.remove(key);
+        }
     }
 }

@@ -35,7 +35,6 @@ const CANONICAL_REVISION_LABELS: [&str; 3] = [
 pub fn workload<'a>(pod: &'a str, controller: Option<&'a str>, labels: &'a Labels) -> &'a str {
     labels
         .get(WORKLOAD_NAME_LABEL)
-        .map(String::as_str)
         .or(controller)
         .unwrap_or(pod)
 }
@@ -51,9 +50,7 @@ pub fn canonical_revision(labels: &Labels) -> &str {
 }
 
 fn first_label<'a>(labels: &'a Labels, keys: &[&str]) -> Option<&'a str> {
-    keys.iter()
-        .find_map(|key| labels.get(*key))
-        .map(String::as_str)
+    keys.iter().find_map(|key| labels.get(key))
 }
 
 /// The workload a pod's controller stands for, as Istio guesses it: a
@@ -65,13 +62,13 @@ fn first_label<'a>(labels: &'a Labels, keys: &[&str]) -> Option<&'a str> {
 pub fn controller_workload(kind: &str, name: &str, labels: &Labels) -> String {
     let without_hash = |label: &str| {
         let hash = labels.get(label).filter(|hash| !hash.is_empty())?;
-        name.strip_suffix(hash.as_str())?.strip_suffix('-')
+        name.strip_suffix(hash)?.strip_suffix('-')
     };
     let derived = match kind {
         "ReplicaSet" => {
             without_hash("pod-template-hash").or_else(|| without_hash("rollouts-pod-template-hash"))
         }
-        "ReplicationController" => labels.get("deploymentconfig").map(String::as_str),
+        "ReplicationController" => labels.get("deploymentconfig"),
         "Job" => name.rsplit_once('-').and_then(|(cron, stamp)| {
             let digits =
                 (8..=10).contains(&stamp.len()) && stamp.bytes().all(|b| b.is_ascii_digit());

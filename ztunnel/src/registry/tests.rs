@@ -115,7 +115,7 @@ fn indexed_lookups_agree_with_a_scan_and_do_not_affect_equality() {
     }
     for service in &registry.services {
         for vip in &service.vips {
-            assert_eq!(registry.service_at(*vip), Some(service));
+            assert_eq!(registry.service_at(*vip), Some(&**service));
             assert_eq!(registry.pod_at(*vip), None, "a VIP is no pod's");
         }
     }

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use super::Registry;
+use super::{Node, Pod, Registry};
 
 /// Checks `registry`; on failure returns every problem, separated by `; `.
 ///
@@ -17,13 +17,7 @@ pub(super) fn validate<'a>(registry: &'a Registry) -> Result<(), String> {
 
     let mut nodes = HashSet::new();
     for node in &registry.nodes {
-        check_name(
-            &mut problems,
-            "node",
-            &node.name,
-            &node.name,
-            is_dns_subdomain,
-        );
+        check_node(&mut problems, node);
         if !nodes.insert(node.name.as_str()) {
             problems.push(format!("node {}: listed twice", node.name));
         }
@@ -50,17 +44,7 @@ pub(super) fn validate<'a>(registry: &'a Registry) -> Result<(), String> {
     let mut pods = HashSet::new();
     for pod in &registry.pods {
         let id = Object("pod", &pod.namespace, &pod.name);
-        check_name(&mut problems, "pod", id, &pod.name, is_dns_subdomain);
-        check_name(
-            &mut problems,
-            "serviceAccount",
-            id,
-            &pod.service_account,
-            is_dns_subdomain,
-        );
-        if let Some(workload) = &pod.workload {
-            check_name(&mut problems, "workload", id, workload, is_dns_subdomain);
-        }
+        check_pod(&mut problems, pod);
         if !namespaces.contains(pod.namespace.as_str()) {
             problems.push(format!(
                 "{id}: namespace {:?} is not in the registry",
@@ -72,20 +56,6 @@ pub(super) fn validate<'a>(registry: &'a Registry) -> Result<(), String> {
         }
         if !pods.insert((pod.namespace.as_str(), pod.name.as_str())) {
             problems.push(format!("{id}: listed twice"));
-        }
-        if pod.ips.is_empty() {
-            problems.push(format!("{id}: has no ips"));
-        }
-        if pod.ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
-            || pod.ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
-        {
-            problems.push(format!("{id}: at most one IPv4 and one IPv6 address"));
-        }
-        if let Some(netns) = pod.netns.as_ref().filter(|path| !path.is_absolute()) {
-            problems.push(format!(
-                "{id}: netns {} must be an absolute path",
-                netns.display()
-            ));
         }
         for ip in &pod.ips {
             claim(&mut problems, *ip, id);
@@ -131,6 +101,41 @@ pub(super) fn validate<'a>(registry: &'a Registry) -> Result<(), String> {
         Ok(())
     } else {
         Err(problems.join("; "))
+    }
+}
+
+/// What can be checked of `node` alone: its name.
+pub(super) fn check_node(problems: &mut Vec<String>, node: &Node) {
+    check_name(problems, "node", &node.name, &node.name, is_dns_subdomain);
+}
+
+/// What can be checked of `pod` alone: its names, addresses and netns.
+pub(super) fn check_pod(problems: &mut Vec<String>, pod: &Pod) {
+    let id = Object("pod", &pod.namespace, &pod.name);
+    check_name(problems, "pod", id, &pod.name, is_dns_subdomain);
+    check_name(
+        problems,
+        "serviceAccount",
+        id,
+        &pod.service_account,
+        is_dns_subdomain,
+    );
+    if let Some(workload) = &pod.workload {
+        check_name(problems, "workload", id, workload, is_dns_subdomain);
+    }
+    if pod.ips.is_empty() {
+        problems.push(format!("{id}: has no ips"));
+    }
+    if pod.ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
+        || pod.ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
+    {
+        problems.push(format!("{id}: at most one IPv4 and one IPv6 address"));
+    }
+    if let Some(netns) = pod.netns.as_ref().filter(|path| !path.is_absolute()) {
+        problems.push(format!(
+            "{id}: netns {} must be an absolute path",
+            netns.display()
+        ));
     }
 }
 

@@ -52,12 +52,10 @@ enum Named<'a> {
 
 fn named<'a>(labels: &'a Labels, own_namespace: &'a str) -> Named<'a> {
     match labels.get(USE_WAYPOINT) {
-        Some(name) if name == "none" => Named::OptedOut,
+        Some("none") => Named::OptedOut,
         Some(name) => Named::Waypoint(
             name,
-            labels
-                .get(USE_WAYPOINT_NAMESPACE)
-                .map_or(own_namespace, String::as_str),
+            labels.get(USE_WAYPOINT_NAMESPACE).unwrap_or(own_namespace),
         ),
         None => Named::Unset,
     }
@@ -88,7 +86,7 @@ pub fn waypoint_for<'a>(
         },
     };
     let waypoint = registry.service(waypoint_namespace, name)?;
-    let takes = match waypoint.labels.get(WAYPOINT_FOR).map(String::as_str) {
+    let takes = match waypoint.labels.get(WAYPOINT_FOR) {
         None | Some("service") => traffic == Traffic::Service,
         Some("workload") => traffic == Traffic::Workload,
         Some("all") => true,
