@@ -52,3 +52,31 @@ impl Acceptor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listening socket shut down for reading fails every accept at once
+    /// (`EINVAL`), as a process out of descriptors does.
+    #[tokio::test(start_paused = true)]
+    async fn failed_accepts_are_retried_after_a_doubling_pause() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        socket2::SockRef::from(&listener)
+            .shutdown(std::net::Shutdown::Read)
+            .unwrap();
+        let mut acceptor = Acceptor::new(listener);
+        let mut pauses = Vec::new();
+        let accepted = tokio::time::timeout(
+            Duration::from_secs(4),
+            acceptor.accept(|_, pause| pauses.push(pause.as_millis())),
+        )
+        .await;
+        assert!(accepted.is_err(), "nothing to accept");
+        assert_eq!(
+            pauses,
+            [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000],
+            "4 s of failures"
+        );
+    }
+}

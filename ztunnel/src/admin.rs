@@ -3,6 +3,7 @@
 //!
 //! | path | answer |
 //! |---|---|
+//! | `/healthz/live` | 200 `alive` while the daemon answers (not ready is not dead) |
 //! | `/healthz/ready` | 200 `ready` when the daemon can serve its pods, else 503 with the reasons |
 //! | `/certs` | the certificates held (identity, serial, validity, issuer), identities still waiting for one, and the trusted roots |
 //! | `/config_dump` | the registry, the pods captured on this node, the policies in force |
@@ -223,7 +224,8 @@ fn route(
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "endpoints: /healthz/ready /certs /config_dump /logging /check /analyze\n".to_owned(),
+            "endpoints: /healthz/live /healthz/ready /certs /config_dump /logging /check /analyze\n"
+                .to_owned(),
         ),
     }
 }

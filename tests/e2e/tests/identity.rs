@@ -232,6 +232,8 @@ async fn the_generated_root_is_private_and_reused_across_restarts() {
     let fx = Fixture::new();
     let ca = fx.start_ca(&[]);
     let first_root = std::fs::read_to_string(fx.path("root.pem")).unwrap();
+    let generated = "generated a new self-signed root";
+    assert!(ca.log().contains(generated), "said loudly:\n{}", ca.log());
     ca.kill();
     let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&fx.path("state")), 0o700);
@@ -243,6 +245,7 @@ async fn the_generated_root_is_private_and_reused_across_restarts() {
         first_root,
         "a restart keeps the root"
     );
+    assert!(!ca.log().contains(generated), "{}", ca.log());
     let chain = fx.web_chain(&ca).await;
     assert_eq!(chain.last().unwrap(), &first_root);
 }

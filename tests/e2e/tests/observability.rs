@@ -545,6 +545,12 @@ fn admin_dumps_the_config_in_force_and_changes_the_log_level() {
     );
     assert!(!dump.to_string().contains("PRIVATE KEY"));
 
+    // An unknown path lists every endpoint, the probes' among them.
+    assert_eq!(
+        admin(&cluster, "node1", "/nothing-here", &[]).trim(),
+        "endpoints: /healthz/live /healthz/ready /certs /config_dump /logging /check /analyze"
+    );
+
     assert_eq!(
         admin(&cluster, "node1", "/logging", &[]).trim(),
         "log level: info"

@@ -97,6 +97,13 @@ impl Authority {
         fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(io(state_dir))?;
         let (cert_path, key_path) = (state_dir.join(ROOT_CERT), state_dir.join(CA_KEY));
         if !cert_path.exists() {
+            // Said loudly: a mistyped --state-dir (or one on a volume that
+            // was not mounted) starts a new root that no daemon trusts.
+            tracing::warn!(
+                state_dir = %state_dir.display(),
+                "no root in the state directory: generated a new self-signed root (daemons trust \
+                 only the root they were given; keep this directory to keep the root)"
+            );
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
             let cert = root_params(&trust_domain)?.self_signed(&key)?;
             write_private(&key_path, key.serialize_pem().as_bytes())?;

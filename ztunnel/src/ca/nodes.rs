@@ -73,8 +73,13 @@ impl NodeTokens {
             path: path.to_owned(),
             source,
         })?;
-        let tokens: BTreeMap<String, String> =
+        // An empty file (or one of comments) is no map: no node could ever
+        // authenticate, which is never what was meant.
+        let tokens: Option<BTreeMap<String, String>> =
             serde_saphyr::from_str(&text).map_err(|err| invalid(err.to_string()))?;
+        let tokens = tokens.filter(|tokens| !tokens.is_empty()).ok_or_else(|| {
+            invalid("no node token in it: no node could authenticate (one `<node>: <token>` line per node)".to_owned())
+        })?;
         if let Some((node, _)) = tokens.iter().find(|(_, token)| token.len() < MIN_TOKEN_LEN) {
             return Err(invalid(format!(
                 "the token of node {node} is shorter than {MIN_TOKEN_LEN} characters"
@@ -117,6 +122,17 @@ mod tests {
         );
         assert_eq!(tokens.node_of("bbbbbbbbbbbbbbbbbbbbbbbbbbb"), None);
         assert_eq!(tokens.node_of(""), None);
+    }
+
+    #[test]
+    fn a_file_without_tokens_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.yaml");
+        for text in ["", "# node1: later\n", "{}\n"] {
+            std::fs::write(&path, text).unwrap();
+            let err = NodeTokens::load(&path).unwrap_err().to_string();
+            assert!(err.contains("no node token in it"), "{text:?}: {err}");
+        }
     }
 
     #[test]
