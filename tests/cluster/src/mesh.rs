@@ -154,8 +154,9 @@ pub(crate) fn spawn_daemon(
 
 /// Waits until the daemon of `node` is ready.
 pub(crate) fn wait_daemon_ready(status: &Status, node: &str) -> Result<(), ClusterError> {
-    let netns = &status.node(node).expect("a planned node").netns;
-    wait_ready(netns, &daemon_log(status, node))
+    let planned = status.node(node).expect("a planned node");
+    let pid = planned.daemon.as_ref().map(|daemon| daemon.pid);
+    wait_ready(&planned.netns, pid, &daemon_log(status, node))
 }
 
 /// The log of node `node`'s daemons (each appends to it).
@@ -220,9 +221,11 @@ fn start_daemon(status: &Status, node: &str, ztunnel: &Path) -> Result<u32, Clus
     netns::spawn_detached(netns, ztunnel, &args, &daemon_log(status, node))
 }
 
-/// Waits until the daemon in `netns` reports ready on its admin endpoint; on
-/// failure the error carries the end of its `log`.
-fn wait_ready(netns: &str, log: &Path) -> Result<(), ClusterError> {
+/// Waits until the daemon in `netns` (process `pid`) reports ready on its
+/// admin endpoint; on failure the error carries the end of its `log`. A
+/// daemon that exits (a flag it rejects, a file it cannot read) fails the
+/// wait at once, with its own error.
+fn wait_ready(netns: &str, pid: Option<u32>, log: &Path) -> Result<(), ClusterError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let url = format!("http://{ADMIN_ADDRESS}/healthz/ready");
     loop {
@@ -237,6 +240,12 @@ fn wait_ready(netns: &str, log: &Path) -> Result<(), ClusterError> {
         .unwrap_or_default();
         if code == "200" {
             return Ok(());
+        }
+        if let Some(pid) = pid.filter(|pid| !netns::is_alive(*pid)) {
+            return Err(ClusterError::Command {
+                command: format!("ztunnel node (pid {pid}) in {netns}"),
+                message: format!("it exited while starting; its log ends:\n{}", tail(log)),
+            });
         }
         if Instant::now() > deadline {
             return Err(ClusterError::Timeout(format!(

@@ -162,6 +162,24 @@ impl Drop for DownOnDrop {
     }
 }
 
+/// A daemon that cannot start fails `cluster up` at once with its own
+/// error, not after the readiness timeout.
+#[test]
+fn cluster_up_reports_a_daemon_that_exits_at_once() {
+    let name = unique_name();
+    let _guard = DownOnDrop(name.clone());
+    let out = cluster_cli(&["up", "--name", &name, "--daemon-arg=--no-such-flag"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    // Seen exiting, not waited for until the readiness timeout.
+    assert!(stderr.contains("exited while starting"), "{stderr}");
+    assert!(!stderr.contains("is not ready"), "{stderr}");
+    assert!(
+        stderr.contains("--no-such-flag"),
+        "the daemon's own error:\n{stderr}"
+    );
+}
+
 #[test]
 fn cluster_cli_up_status_exec_down() {
     let name = unique_name();
