@@ -227,6 +227,40 @@ async fn issued_chains_verify_with_openssl_and_carry_exactly_the_identity() {
     assert_eq!(serials.len(), 3);
 }
 
+/// A CA that cannot start says why in one line, without a backtrace even
+/// with `RUST_BACKTRACE` set (as Istio's chart sets it), and exits 1.
+#[test]
+fn a_token_file_without_tokens_stops_the_ca_with_one_line() {
+    let fx = Fixture::new();
+    let empty = fx.write("empty-tokens.yaml", "# no node yet\n");
+    let out = Command::new(ztunnel_e2e::bin("ztunnel"))
+        .args([
+            "ca",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            &fx.path("state"),
+        ])
+        .args([
+            "--registry",
+            &fx.path("registry.yaml"),
+            "--node-tokens",
+            &empty,
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(error[0].contains("no node token in it"), "{stderr}");
+    assert!(!stderr.contains("lang_start"), "a backtrace:\n{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_generated_root_is_private_and_reused_across_restarts() {
     let fx = Fixture::new();

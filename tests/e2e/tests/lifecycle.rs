@@ -168,8 +168,14 @@ impl Drop for DownOnDrop {
 fn cluster_up_reports_a_daemon_that_exits_at_once() {
     let name = unique_name();
     let _guard = DownOnDrop(name.clone());
-    let out = cluster_cli(&["up", "--name", &name, "--daemon-arg=--no-such-flag"]);
+    // As a shell with RUST_BACKTRACE set: the error is still one message.
+    let out = std::process::Command::new(ztunnel_e2e::bin("ztunnel-cluster"))
+        .args(["up", "--name", &name, "--daemon-arg=--no-such-flag"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("lang_start"), "a backtrace:\n{stderr}");
     assert!(!out.status.success(), "{stderr}");
     // Seen exiting, not waited for until the readiness timeout.
     assert!(stderr.contains("exited while starting"), "{stderr}");

@@ -115,7 +115,19 @@ fn node_arg(value: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{value:?} is not NODE=ARG (for example node2=--no-native-tunnel)"))
 }
 
-fn main() -> Result<()> {
+/// Errors as one line, cause chain included, without a backtrace even when
+/// `RUST_BACKTRACE` is set.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Up {
             name,
