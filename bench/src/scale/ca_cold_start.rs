@@ -76,20 +76,14 @@ impl ColdStartRow {
     }
 }
 
-/// Collects every request's outcome.
+/// Every request's latency and whether it failed.
 #[derive(Default)]
-struct Tally {
-    latencies: Mutex<Vec<Duration>>,
-    failed: Mutex<u64>,
-}
+struct Tally(Mutex<Vec<(Duration, bool)>>);
 
 impl RequestObserver for Tally {
     fn requested(&self, _identity: &Identity, elapsed: Duration, ok: bool) {
-        if let Ok(mut latencies) = self.latencies.lock() {
-            latencies.push(elapsed);
-        }
-        if !ok && let Ok(mut failed) = self.failed.lock() {
-            *failed += 1;
+        if let Ok(mut requests) = self.0.lock() {
+            requests.push((elapsed, !ok));
         }
     }
 }
@@ -249,11 +243,9 @@ async fn cold_start(nodes: usize, per_node: usize, bin_dir: &Path) -> anyhow::Re
     let _ = std::fs::remove_dir_all(&dir);
 
     done.sort();
-    let mut latencies = tally
-        .latencies
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
+    let requests = tally.0.lock().map(|r| r.clone()).unwrap_or_default();
+    let failed = requests.iter().filter(|(_, failed)| *failed).count() as u64;
+    let mut latencies: Vec<Duration> = requests.iter().map(|(elapsed, _)| *elapsed).collect();
     latencies.sort();
     let percentile = |p: f64| {
         latencies
@@ -267,7 +259,7 @@ async fn cold_start(nodes: usize, per_node: usize, bin_dir: &Path) -> anyhow::Re
         half_the_nodes_s: done[done.len() / 2].as_secs_f64(),
         ca_cpu_s,
         requests: latencies.len() as u64,
-        failed: tally.failed.lock().map(|f| *f).unwrap_or_default(),
+        failed,
         p50_ms: percentile(0.5),
         p99_ms: percentile(0.99),
     };

@@ -202,11 +202,10 @@ impl AuthorizationPolicy {
     pub fn applies_to(&self, workload: &Workload<'_>, root: &str) -> bool {
         let in_scope = self.namespace == root || self.namespace == workload.namespace;
         in_scope
-            && self.selector.as_ref().is_none_or(|selector| {
-                selector
-                    .iter()
-                    .all(|(key, value)| workload.labels.get(key) == Some(value))
-            })
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|selector| workload.labels.contain_all(selector))
     }
 
     /// The rules that can never match here: an ALLOW rule naming an HTTP

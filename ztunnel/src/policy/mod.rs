@@ -172,7 +172,7 @@ impl PolicySet {
         let selects_a_pod = |namespace: &str, selector: Option<&crate::registry::Labels>| {
             registry.pods.iter().any(|pod| {
                 (namespace == self.root_namespace || pod.namespace == namespace)
-                    && selector.is_none_or(|s| s.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+                    && selector.is_none_or(|s| pod.labels.contain_all(s))
             })
         };
         let mut findings: Vec<String> = self

@@ -115,11 +115,10 @@ impl PeerAuthentication {
     pub fn selects(&self, workload: &Workload<'_>, root: &str) -> bool {
         self.namespace == workload.namespace
             && self.namespace != root
-            && self.selector.as_ref().is_some_and(|selector| {
-                selector
-                    .iter()
-                    .all(|(key, value)| workload.labels.get(key) == Some(value))
-            })
+            && self
+                .selector
+                .as_ref()
+                .is_some_and(|selector| workload.labels.contain_all(selector))
     }
 
     /// Its namespace and its selector's labels, if it has a selector.
